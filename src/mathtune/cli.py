@@ -1,0 +1,148 @@
+"""`mathtune` command line: train, eval, compare, run. Every command builds one RunConfig.
+
+Bad input of any kind ends in one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from mathtune.config import DEFAULT_CONFIG_DIR, RunConfig, load_config, parse_override
+from mathtune.errors import MathtuneError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Fine-tune small language models on math word problems and measure them honestly.")
+
+QUICKSTART = DEFAULT_CONFIG_DIR / "quickstart.yaml"
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (default: quickstart)")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a key: -s train.lr=1e-4")]
+ModelOpt = Annotated[str | None, typer.Option(help="Model: smollm2-135m, a hub id, a directory or a .gguf")]
+MethodOpt = Annotated[str | None, typer.Option(help="Tuning method: lora, qlora, full, stacked-lora")]
+PromptOpt = Annotated[str | None, typer.Option(help="Prompt strategy: qa, breakdown, no-breakdown, program")]
+DataDirOpt = Annotated[str | None, typer.Option(help="Folder with gsm8k/ and svamp/ (env MATHTUNE_DATA_DIR)")]
+OutOpt = Annotated[str | None, typer.Option("--output-dir", "-o", help="Run directory to write")]
+TrainSizeOpt = Annotated[int | None, typer.Option(help="Train rows to use (seeded subset)")]
+EvalSizeOpt = Annotated[int | None, typer.Option(help="Test problems to draw (seeded)")]
+StepsOpt = Annotated[int | None, typer.Option(help="Stop training after this many steps")]
+OverwriteOpt = Annotated[bool, typer.Option(help="Replace a non-empty output directory")]
+ResumeOpt = Annotated[bool, typer.Option(help="Continue from the run directory's last checkpoint")]
+
+
+def build_run_config(config: Path | None, sets: list[str] | None, **flags: Any) -> RunConfig:
+    """YAML (or quickstart) < --set overrides < named flags; one validated object for everything."""
+    overrides = dict(parse_override(item) for item in sets or [])
+    named = {"model.name": flags.get("model"), "method.name": flags.get("method"),
+             "prompt.strategy": flags.get("prompt"), "data.data_dir": flags.get("data_dir"),
+             "output_dir": flags.get("output_dir"), "data.train_size": flags.get("train_size"),
+             "eval.num_problems": flags.get("eval_size"), "train.max_steps": flags.get("max_steps")}
+    overrides.update({key: value for key, value in named.items() if value is not None})
+    path = config if config is not None else (QUICKSTART if QUICKSTART.is_file() else None)
+    return load_config(path, overrides)
+
+
+@app.command("train")
+def train_cmd(config: ConfigOpt = None, set_: SetOpt = None, model: ModelOpt = None, method: MethodOpt = None,
+              prompt: PromptOpt = None, data_dir: DataDirOpt = None, output_dir: OutOpt = None,
+              train_size: TrainSizeOpt = None, max_steps: StepsOpt = None, overwrite: OverwriteOpt = False,
+              resume: ResumeOpt = False) -> None:
+    """Fine-tune a model; writes the adapter (PEFT format), tokenizer and a run card."""
+    from mathtune.workflows import train_workflow
+
+    cfg = build_run_config(config, set_, model=model, method=method, prompt=prompt, data_dir=data_dir,
+                           output_dir=output_dir, train_size=train_size, max_steps=max_steps)
+    run_dir = train_workflow(cfg, overwrite=overwrite, resume=resume)
+    typer.echo(f"adapter written to {run_dir / 'adapter'}")
+
+
+@app.command("eval")
+def eval_cmd(run_dir: Annotated[Path | None, typer.Argument(help="Finished run dir whose tuned model to test")]
+             = None, base: Annotated[bool, typer.Option(help="Evaluate the base model instead")] = False,
+             config: ConfigOpt = None, set_: SetOpt = None, model: ModelOpt = None, prompt: PromptOpt = None,
+             data_dir: DataDirOpt = None, eval_size: EvalSizeOpt = None,
+             output_dir: OutOpt = None, overwrite: OverwriteOpt = False) -> None:
+    """Evaluate a base model or a run's tuned model; writes predictions.jsonl and metrics.json."""
+    from mathtune.io import prepare_output_dir, run_lock
+    from mathtune.workflows import eval_workflow
+
+    cfg = build_run_config(config, set_, model=model, prompt=prompt, data_dir=data_dir, eval_size=eval_size)
+    default = (run_dir / "eval" / "tuned") if run_dir and not base else Path(cfg.output_dir) / "eval" / "base"
+    out = prepare_output_dir(Path(output_dir) if output_dir else default, overwrite, resume=not overwrite)
+    with run_lock(out):
+        metrics = eval_workflow(cfg, run_dir, base, out)
+    _print_scores(metrics)
+    typer.echo(f"predictions and metrics written to {out}")
+
+
+@app.command("compare")
+def compare_cmd(paths: Annotated[list[Path], typer.Argument(help="Run dirs or eval dirs to put side by side")],
+                output: Annotated[Path | None, typer.Option("--output", "-o", help="Write <output>.md/.json/.png")]
+                = None) -> None:
+    """Table of models on the same problems, exact McNemar test, and problems where they differ."""
+    from mathtune.compare import compare_runs, render_markdown, write_comparison
+
+    comparison = compare_runs(paths)
+    if output is not None:
+        write_comparison(comparison, output)
+        from mathtune.report.plots import accuracy_bar_chart
+
+        accuracy_bar_chart(comparison["rows"], output.with_suffix(".png"))
+    typer.echo(render_markdown(comparison))
+
+
+@app.command("run")
+def run_cmd(config: ConfigOpt = None, set_: SetOpt = None, model: ModelOpt = None, method: MethodOpt = None,
+            prompt: PromptOpt = None, data_dir: DataDirOpt = None, output_dir: OutOpt = None,
+            train_size: TrainSizeOpt = None, eval_size: EvalSizeOpt = None, max_steps: StepsOpt = None,
+            overwrite: OverwriteOpt = False, resume: ResumeOpt = False) -> None:
+    """Train, evaluate base and tuned on the same problems, and compare: the whole study."""
+    from mathtune.workflows import run_workflow
+
+    cfg = build_run_config(config, set_, model=model, method=method, prompt=prompt, data_dir=data_dir,
+                           output_dir=output_dir, train_size=train_size, eval_size=eval_size,
+                           max_steps=max_steps)
+    typer.echo(f"mathtune run: model {cfg.model.name}, method {cfg.method.name}, prompt {cfg.prompt.strategy}, "
+               f"train rows {cfg.data.train_size or 'all'}, test problems {cfg.eval.num_problems} "
+               f"(seed {cfg.eval.seed}) -> {cfg.output_dir}", err=True)
+    card = run_workflow(cfg, overwrite=overwrite, resume=resume)
+    for label in ("base", "tuned"):
+        _print_scores({"label": label, **card[label]})
+    typer.echo(f"comparison written to {Path(cfg.output_dir) / 'comparison.md'}")
+
+
+def _print_scores(metrics: dict[str, Any]) -> None:
+    parts = [f"{name} {100 * s['exact_match']:.1f}±{100 * s['stderr']:.1f}%" for name, s in metrics["scores"].items()]
+    typer.echo(f"{metrics.get('label', '')}: n={metrics['n']} " + ", ".join(parts))
+
+
+def main() -> None:
+    logging.basicConfig(level=os.environ.get("MATHTUNE_LOG", "WARNING"), format="%(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        app(standalone_mode=False)
+    except MathtuneError as exc:
+        print(f"mathtune: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("mathtune: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:  # click's usage errors and anything unforeseen: still one line
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            print(f"mathtune: error: {exc.format_message()}", file=sys.stderr)
+            sys.exit(2)
+        if isinstance(exc, click.exceptions.Exit | click.exceptions.Abort):
+            sys.exit(getattr(exc, "exit_code", 1))
+        print(f"mathtune: internal error: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

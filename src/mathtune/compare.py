@@ -1,0 +1,123 @@
+"""Side-by-side comparison of evaluated models on the same problems: table, McNemar, samples, chart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mathtune.errors import MathtuneError
+from mathtune.evaluate.metrics import mcnemar_exact
+from mathtune.io import atomic_write_json, atomic_write_text, read_jsonl_tolerant
+
+SAMPLES_SHOWN = 5
+
+
+def find_eval_dirs(paths: list[Path]) -> list[tuple[str, Path]]:
+    """Each path is an eval dir (metrics.json) or a run dir holding eval/base and eval/tuned."""
+    found = []
+    for path in paths:
+        if (path / "metrics.json").is_file():
+            found.append((path.name if path.parent.name != "eval" else f"{path.parents[1].name}/{path.name}", path))
+            continue
+        subdirs = [d for d in sorted((path / "eval").glob("*")) if (d / "metrics.json").is_file()]
+        if not subdirs:
+            raise MathtuneError(f"{path} holds no evaluation (no metrics.json, no eval/*/metrics.json)")
+        found += [(f"{path.name}/{d.name}", d) for d in subdirs]
+    return found
+
+
+def _load_entry(label: str, eval_dir: Path) -> dict[str, Any]:
+    try:
+        metrics = json.loads((eval_dir / "metrics.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise MathtuneError(f"unreadable metrics in {eval_dir}: {exc}") from None
+    run_dir = eval_dir.parents[1] if eval_dir.parent.name == "eval" else eval_dir
+    train_card = {}
+    if eval_dir.name != "base" and (run_dir / "train_card.json").is_file():
+        train_card = json.loads((run_dir / "train_card.json").read_text())
+    predictions = {row["id"]: row for row in read_jsonl_tolerant(eval_dir / "predictions.jsonl")}
+    return {"label": label, "dir": str(eval_dir), "metrics": metrics, "train": train_card,
+            "predictions": predictions}
+
+
+def _pair(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    common = [i for i in first["predictions"] if i in second["predictions"]]
+    a = [bool(first["predictions"][i]["correct"]["strict-match"]) for i in common]
+    b = [bool(second["predictions"][i]["correct"]["strict-match"]) for i in common]
+    differing = [i for i, x, y in zip(common, a, b, strict=True) if x != y][:SAMPLES_SHOWN]
+    samples = [{"id": i, "question": first["predictions"][i]["question"],
+                "reference_answer": first["predictions"][i]["reference_answer"],
+                first["label"]: first["predictions"][i]["output"], second["label"]: second["predictions"][i]["output"]}
+               for i in differing]
+    return {"first": first["label"], "second": second["label"], "n_common": len(common),
+            "mcnemar": mcnemar_exact(a, b) if common else None, "samples": samples}
+
+
+def compare_runs(eval_dirs: list[Path], labels: list[str] | None = None) -> dict[str, Any]:
+    named = list(zip(labels, eval_dirs, strict=True)) if labels else find_eval_dirs(eval_dirs)
+    entries = [_load_entry(label, path) for label, path in named]
+    rows = [_table_row(e) for e in entries]
+    pairs = [_pair(entries[0], other) for other in entries[1:]]
+    return {"rows": rows, "pairs": pairs}
+
+
+def _table_row(entry: dict[str, Any]) -> dict[str, Any]:
+    metrics, card = entry["metrics"], entry["train"]
+    return {
+        "label": entry["label"], "n": metrics["n"], "scores": metrics["scores"],
+        "perplexity": metrics.get("perplexity"), "rouge1": metrics.get("rouge1"),
+        "semantic_similarity": metrics.get("semantic_similarity"),
+        "trainable_params": card.get("trainable_params"), "peak_train_rss_mb": card.get("peak_rss_mb"),
+        "train_seconds": card.get("wall_seconds"), "train_tokens_per_second": card.get("tokens_per_second"),
+        "eval_seconds": metrics.get("wall_seconds"), "failures": metrics.get("failures", {}),
+    }
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _score(row: dict[str, Any], name: str) -> str:
+    score = row["scores"][name]
+    return f"{100 * score['exact_match']:.1f} ± {100 * score['stderr']:.1f}"
+
+
+def render_markdown(comparison: dict[str, Any]) -> str:
+    lines = ["| model | n | EM strict % | EM flexible % | numeric-match % | perplexity | ROUGE-1 | sem. sim. "
+             "| trainable params | train peak RSS MB | train s | train tok/s | eval s |",
+             "|" + "---|" * 13]
+    for row in comparison["rows"]:
+        lines.append(
+            f"| {row['label']} | {row['n']} | {_score(row, 'strict-match')} | {_score(row, 'flexible-extract')} "
+            f"| {_score(row, 'numeric-match')} | {_fmt(row['perplexity'])} | {_fmt(row['rouge1'], 3)} "
+            f"| {_fmt(row['semantic_similarity'], 3)} | {_fmt(row['trainable_params'])} "
+            f"| {_fmt(row['peak_train_rss_mb'], 0)} | {_fmt(row['train_seconds'], 0)} "
+            f"| {_fmt(row['train_tokens_per_second'], 0)} | {_fmt(row['eval_seconds'], 0)} |")
+    lines.append("\nEM: exact match (lm-eval-harness filters), ± one standard error.")
+    for pair in comparison["pairs"]:
+        lines += _pair_markdown(pair)
+    return "\n".join(lines) + "\n"
+
+
+def _pair_markdown(pair: dict[str, Any]) -> list[str]:
+    test = pair["mcnemar"]
+    lines = [f"\n## {pair['first']} vs {pair['second']} ({pair['n_common']} shared problems)\n"]
+    if test:
+        lines.append(f"Exact McNemar test on strict-match outcomes: only {pair['first']} right: {test['b']}, "
+                     f"only {pair['second']} right: {test['c']}, two-sided p = {test['p_value']:.4g}.")
+    for sample in pair["samples"]:
+        lines.append(f"\n### Problem {sample['id']} (reference answer {sample['reference_answer']})\n")
+        lines.append(f"> {sample['question']}\n")
+        for label in (pair["first"], pair["second"]):
+            lines.append(f"**{label}:**\n\n```\n{sample[label].strip()}\n```\n")
+    return lines
+
+
+def write_comparison(comparison: dict[str, Any], stem: Path) -> None:
+    atomic_write_text(stem.with_suffix(".md"), render_markdown(comparison))
+    atomic_write_json(stem.with_suffix(".json"), comparison)

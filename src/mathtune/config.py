@@ -1,0 +1,198 @@
+"""One typed, validated run configuration: YAML file + dotted CLI overrides -> RunConfig.
+
+Every field is documented where it is declared. Unknown keys and wrong types are errors that name
+the key (pydantic, `extra="forbid"`, strict scalars). The resolved config is saved in every run dir.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mathtune.errors import MathtuneError
+from mathtune.methods.configs import MethodConfig
+
+DEFAULT_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+class Section(BaseModel):
+    # strict: "8" is not silently an int; forbid: a typo'd key is an error, not a no-op.
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+
+
+class ModelConfig(Section):
+    name: str = Field("smollm2-135m", description="Embedded name, hub id, local directory or .gguf file")
+    architecture: Literal["auto", "causal", "seq2seq"] = Field(
+        "auto", description="Model family; 'auto' reads the model's config"
+    )
+    gguf_file: str | None = Field(None, description="GGUF file name inside `name` (a hub repo or dir)")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit)")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto': CUDA when present, else CPU")
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub (off: safer)")
+
+
+class DataConfig(Section):
+    dataset: Literal["gsm8k", "svamp", "jsonl"] = Field("gsm8k", description="Benchmark to train and test on")
+    subset: Literal["main", "socratic"] = Field("main", description="GSM8K config: main or socratic")
+    data_dir: str | None = Field(
+        None, description="Folder holding gsm8k/ and svamp/ (env MATHTUNE_DATA_DIR); else the hub"
+    )
+    train_file: str | None = Field(None, description="JSONL/CSV train file (dataset: jsonl)")
+    test_file: str | None = Field(None, description="JSONL/CSV test file (dataset: jsonl)")
+    question_field: str = Field("question", description="Field holding the question (jsonl)")
+    answer_field: str = Field("answer", description="Field holding the solution ending in '#### N' (jsonl)")
+    train_size: int | None = Field(None, ge=1, description="Train rows used (first N after shuffle); all if null")
+    max_length: int = Field(512, ge=16, description="Max tokens of prompt + target in training")
+
+
+class PromptConfig(Section):
+    strategy: Literal["qa", "breakdown", "no-breakdown", "program"] = Field(
+        "qa", description="qa: 'Q: ..\\nA: ..' (Phi-2 study); breakdown/no-breakdown/program (T5 study)"
+    )
+    few_shot: int = Field(0, ge=0, le=16, description="Worked examples from the train split before each question")
+    chat_template: bool = Field(False, description="Wrap the prompt in the tokenizer's chat template")
+
+
+class TrainConfig(Section):
+    epochs: float = Field(1.0, gt=0, description="Passes over the train subset")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs)")
+    batch_size: int = Field(4, ge=1, description="Examples per optimizer step (per process)")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step")
+    lr: float = Field(2e-4, gt=0, description="AdamW peak learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps, then linear decay to 0")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm")
+    loss_on: Literal["completion", "all"] = Field("completion", description="Loss on the answer only, or everything")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="'auto': fp16 on CUDA, bf16 autocast on CPUs that support it, else fp32"
+    )
+    packing: bool = Field(True, description="Padding-free packing with per-example attention and positions")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory")
+    save_every: int = Field(50, ge=1, description="Checkpoint every N optimizer steps (for --resume)")
+    log_every: int = Field(5, ge=1, description="Log loss/throughput to TensorBoard every N steps")
+    dev_eval_every: int = Field(0, ge=0, description="Dev-slice accuracy every N steps (0: off)")
+    dev_size: int = Field(20, ge=1, description="Dev problems carved from the train split (never test)")
+    seed: int = Field(42, description="Seed for shuffling, dropout and init")
+
+
+class EvalConfig(Section):
+    num_problems: int | None = Field(200, ge=1, description="Test problems drawn with `seed` (null: all)")
+    seed: int = Field(1234, description="Seed for drawing the test problems")
+    split: Literal["test", "train"] = Field("test", description="Split to evaluate on")
+    batch_size: int = Field(16, ge=1, description="Prompts generated together")
+    max_new_tokens: int = Field(256, ge=1, le=4096, description="Generation cap; hitting it counts as truncated")
+    stop: list[str] | None = Field(None, description="Stop strings; null: the prompt strategy's own")
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="Inference dtype ('auto' as train)")
+    calculator: bool = Field(False, description="Calculator-augmented decoding of '<<expr=' annotations")
+    samples: int = Field(1, ge=1, le=64, description="k > 1: also sample k solutions and report maj@k")
+    temperature: float = Field(0.7, gt=0, description="Sampling temperature for maj@k")
+    perplexity: bool = Field(True, description="Perplexity of the reference solution under the model")
+    text_metrics: bool = Field(False, description="ROUGE-1 and semantic similarity vs reference solutions")
+
+
+class RunConfig(Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    prompt: PromptConfig = Field(default_factory=PromptConfig)
+    method: Annotated[MethodConfig, Field(discriminator="name")] = Field(
+        default_factory=lambda: MethodConfig.__args__[0]()  # type: ignore[attr-defined]
+    )
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    output_dir: str = Field("runs/quickstart", description="Run directory (adapter, predictions, run card)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_method_name(cls, tree: Any) -> Any:
+        if isinstance(tree, dict) and isinstance(tree.get("method"), dict):
+            tree["method"].setdefault("name", "lora")
+        return tree
+
+    @model_validator(mode="after")
+    def _cross_field_checks(self) -> RunConfig:
+        if self.data.dataset == "jsonl" and not (self.data.train_file or self.data.test_file):
+            raise ValueError("data.dataset=jsonl needs data.train_file and/or data.test_file")
+        if self.prompt.strategy == "breakdown" and self.data.dataset == "gsm8k" and self.data.subset != "socratic":
+            raise ValueError("prompt.strategy=breakdown needs data.subset=socratic (its sub-questions)")
+        return self
+
+    def resolved_data_dir(self) -> Path | None:
+        raw = self.data.data_dir or os.environ.get("MATHTUNE_DATA_DIR")
+        return Path(raw).expanduser() if raw else None
+
+
+def _format_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    loc = list(first["loc"])
+    if loc[:1] == ["method"] and len(loc) > 2:
+        del loc[1]  # pydantic puts the union tag ('lora') in the path; users never wrote it
+    key = ".".join(str(part) for part in loc)
+    if first["type"] == "union_tag_invalid":
+        ctx = first.get("ctx", {})
+        return f"unknown {key} '{ctx.get('tag')}' (choose from {ctx.get('expected_tags')})"
+    if first["type"] == "extra_forbidden":
+        return f"unknown config key '{key}'"
+    got = first.get("input")
+    shown = repr(got) if not isinstance(got, dict) else "a mapping"
+    return f"config key '{key or '<root>'}': {first['msg']} (got {shown})"
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise MathtuneError(f"config key '{dotted}': '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`train.lr=1e-4` -> ("train.lr", 0.0001): the value is read as YAML, so types are real."""
+    if "=" not in text:
+        raise MathtuneError(f"override '{text}' must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    try:
+        return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        return key.strip(), raw
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise MathtuneError(f"config file not found: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise MathtuneError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise MathtuneError(f"config file {path} must hold a mapping at the top level")
+    return tree
+
+
+def build_config(tree: dict[str, Any], overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Validate a config tree with dotted overrides applied on top."""
+    tree = yaml.safe_load(yaml.safe_dump(tree))  # deep copy with plain types
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(tree, key, value)
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise MathtuneError(_format_error(exc)) from None
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    return build_config(read_yaml(path) if path else {}, overrides)
+
+
+def config_to_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,75 @@
+"""Token-level training examples and the three batch layouts: packed, padded, seq2seq.
+
+Packing is padding-free: a micro-batch becomes one row whose position ids restart at every
+example, so transformers builds a block-diagonal causal mask and no token sees another example.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+IGNORE = -100  # cross_entropy's ignore_index
+
+
+@dataclass(frozen=True)
+class Example:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE where no loss is taken (prompt tokens when loss_on=completion)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.input_ids)
+
+
+def causal_example(tokenizer, prompt: str, target: str, max_length: int, loss_on: str) -> Example:
+    """Prompt and target tokenized apart, so the boundary is exact and matches evaluation."""
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    target_ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    input_ids = (prompt_ids + target_ids)[:max_length]
+    prompt_labels = list(prompt_ids) if loss_on == "all" else [IGNORE] * len(prompt_ids)
+    labels = (prompt_labels + target_ids)[:max_length]
+    return Example(input_ids, labels)
+
+
+def seq2seq_example(tokenizer, prompt: str, target: str, max_length: int) -> Example:
+    input_ids = tokenizer(prompt, truncation=True, max_length=max_length)["input_ids"]
+    labels = tokenizer(text_target=target.strip(), truncation=True, max_length=max_length)["input_ids"]
+    return Example(input_ids, labels)
+
+
+def packed_batch(examples: list[Example]) -> dict[str, torch.Tensor]:
+    """One row, positions restarting per example; each example's first label is dropped so the
+    last token of one example is never trained to predict the first token of the next."""
+    input_ids, labels, positions = [], [], []
+    for ex in examples:
+        input_ids += ex.input_ids
+        labels += [IGNORE] + ex.labels[1:]
+        positions += list(range(ex.num_tokens))
+    return {
+        "input_ids": torch.tensor([input_ids]),
+        "labels": torch.tensor([labels]),
+        "position_ids": torch.tensor([positions]),
+    }
+
+
+def padded_batch(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(ex.num_tokens for ex in examples)
+    ids = [ex.input_ids + [pad_id] * (width - ex.num_tokens) for ex in examples]
+    labels = [ex.labels + [IGNORE] * (width - ex.num_tokens) for ex in examples]
+    mask = [[1] * ex.num_tokens + [0] * (width - ex.num_tokens) for ex in examples]
+    return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask)}
+
+
+def seq2seq_batch(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(ex.num_tokens for ex in examples)
+    label_width = max(len(ex.labels) for ex in examples)
+    ids = [ex.input_ids + [pad_id] * (width - ex.num_tokens) for ex in examples]
+    mask = [[1] * ex.num_tokens + [0] * (width - ex.num_tokens) for ex in examples]
+    labels = [ex.labels + [IGNORE] * (label_width - len(ex.labels)) for ex in examples]
+    return {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask), "labels": torch.tensor(labels)}
+
+
+def count_loss_tokens(examples: list[Example]) -> int:
+    return sum(sum(1 for label in ex.labels if label != IGNORE) for ex in examples)

@@ -1,0 +1,147 @@
+"""Math word problems from GSM8K, SVAMP or any JSONL/CSV file, as `Problem` rows.
+
+Local copies come first (`data.data_dir` or `MATHTUNE_DATA_DIR`); without one, GSM8K comes from
+the hub (`openai/gsm8k`) and SVAMP from `ChilleD/SVAMP`.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from mathtune.data.records import read_json_list, read_records
+from mathtune.errors import MathtuneError
+
+ANSWER_MARK = "####"
+
+
+@dataclass(frozen=True)
+class Problem:
+    id: str
+    question: str
+    solution: str  # full reference solution, ending in "#### N"
+    answer: str  # the number after ####, commas removed
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_reference_answer(solution: str) -> str | None:
+    """The number after the last '####': '#### 1,000' -> '1000', '#### -3.5' -> '-3.5'."""
+    if ANSWER_MARK not in solution:
+        return None
+    tail = solution.rsplit(ANSWER_MARK, 1)[1].strip()
+    match = re.match(r"^\$?\s*(-?[\d,]*\.?\d+)", tail)
+    return match.group(1).replace(",", "") if match else None
+
+
+def problems_from_rows(
+    rows: list[dict[str, Any]], source: str, question_field: str = "question", answer_field: str = "answer"
+) -> list[Problem]:
+    problems = []
+    for index, row in enumerate(rows):
+        where = f"{source} row {index + 1}"
+        missing = [f for f in (question_field, answer_field) if f not in row]
+        if missing:
+            raise MathtuneError(f"{where}: missing field(s) {', '.join(missing)}")
+        question, solution = row[question_field], row[answer_field]
+        if not isinstance(question, str) or not question.strip():
+            raise MathtuneError(f"{where}: field '{question_field}' must be non-empty text")
+        solution = str(solution) if isinstance(solution, int | float) else solution
+        if not isinstance(solution, str):
+            raise MathtuneError(f"{where}: field '{answer_field}' must be text")
+        if ANSWER_MARK not in solution and parse_number_text(solution) is not None:
+            solution = f"{ANSWER_MARK} {solution.strip()}"  # bare-number answers (SVAMP-style files)
+        answer = parse_reference_answer(solution)
+        if answer is None:
+            raise MathtuneError(f"{where}: no numeric answer after '####' in field '{answer_field}'")
+        problems.append(Problem(id=str(row.get("id", index)), question=question, solution=solution, answer=answer))
+    return problems
+
+
+def parse_number_text(text: str) -> str | None:
+    match = re.fullmatch(r"\s*\$?(-?[\d,]*\.?\d+)\s*", text)
+    return match.group(1).replace(",", "") if match else None
+
+
+def _format_number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _svamp_problems(rows: list[dict[str, Any]], source: str) -> list[Problem]:
+    problems = []
+    for index, row in enumerate(rows):
+        try:
+            question = f"{row['Body'].strip()} {row['Question'].strip()}".strip()
+            answer = _format_number(float(row["Answer"]))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise MathtuneError(f"{source} row {index + 1}: bad or missing SVAMP field ({exc})") from None
+        equation = str(row.get("Equation", "")).strip()
+        solution = f"{equation} = {answer}\n{ANSWER_MARK} {answer}" if equation else f"{ANSWER_MARK} {answer}"
+        problems.append(Problem(id=str(row.get("ID", index)), question=question, solution=solution, answer=answer))
+    return problems
+
+
+def _hub_rows(path: str, name: str | None, split: str) -> list[dict[str, Any]]:
+    try:
+        from datasets import load_dataset
+
+        return list(load_dataset(path, name, split=split))
+    except Exception as exc:  # the hub fails in many ways offline; all mean "no data here"
+        raise MathtuneError(
+            f"could not load {path} from the hub ({type(exc).__name__}); set MATHTUNE_DATA_DIR or "
+            f"--data-dir to a folder holding gsm8k/train.jsonl and gsm8k/test.jsonl"
+        ) from None
+
+
+def _gsm8k_file(data_dir: Path, subset: str, split: str) -> Path:
+    name = f"{split}_socratic.jsonl" if subset == "socratic" else f"{split}.jsonl"
+    return data_dir / "gsm8k" / name
+
+
+def load_split(data_cfg: Any, data_dir: Path | None, split: str) -> list[Problem]:
+    """All problems of one split ('train' or 'test') for the configured dataset."""
+    if data_cfg.dataset == "jsonl":
+        path = data_cfg.train_file if split == "train" else data_cfg.test_file
+        if not path:
+            raise MathtuneError(f"data.dataset=jsonl needs data.{split}_file")
+        rows = read_records(path)
+        return problems_from_rows(rows, str(path), data_cfg.question_field, data_cfg.answer_field)
+    if data_cfg.dataset == "svamp":
+        return _load_svamp(data_dir, split)
+    local = _gsm8k_file(data_dir, data_cfg.subset, split) if data_dir else None
+    if local is not None and local.is_file():
+        return problems_from_rows(read_records(local), str(local))
+    if local is not None and data_dir.exists() and not local.parent.exists():
+        raise MathtuneError(f"no gsm8k/ folder in data dir {data_dir}; expected {local}")
+    if local is not None and not data_dir.exists():
+        raise MathtuneError(f"data dir {data_dir} does not exist")
+    if local is not None:
+        raise MathtuneError(f"GSM8K file missing: {local}")
+    return problems_from_rows(_hub_rows("openai/gsm8k", data_cfg.subset, split), f"openai/gsm8k {split}")
+
+
+def _load_svamp(data_dir: Path | None, split: str) -> list[Problem]:
+    """SVAMP ships one file of 1,000 problems; we use it whole as a test set (train = the same file)."""
+    local = data_dir / "svamp" / "SVAMP.json" if data_dir else None
+    if local is not None and local.is_file():
+        return _svamp_problems(read_json_list(local), str(local))
+    if local is not None:
+        raise MathtuneError(f"SVAMP file missing: {local}")
+    return _svamp_problems(_hub_rows("ChilleD/SVAMP", None, split), "ChilleD/SVAMP")
+
+
+def sample_problems(problems: list[Problem], count: int | None, seed: int) -> list[Problem]:
+    """`count` problems drawn without replacement with a fixed seed; order is the draw order."""
+    if count is None or count >= len(problems):
+        return list(problems)
+    return random.Random(seed).sample(problems, count)
+
+
+def split_train_dev(problems: list[Problem], dev_size: int, seed: int) -> tuple[list[Problem], list[Problem]]:
+    """Carve a dev slice from the train split (never the test split) for accuracy during training."""
+    shuffled = random.Random(seed).sample(problems, len(problems))
+    return shuffled[dev_size:], shuffled[:dev_size]

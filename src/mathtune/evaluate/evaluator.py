@@ -1,0 +1,181 @@
+"""The evaluation recipe: draw problems -> prompt -> generate -> extract -> score -> write.
+
+Predictions are appended to `predictions.jsonl` batch by batch, so a killed evaluation loses at
+most the batch in flight and a rerun skips what is done. Every score carries a reproducibility
+record (prompt, shots, extraction regexes, generation settings, dtype, seed, versions).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from mathtune.config import RunConfig
+from mathtune.data.problems import Problem, load_split, sample_problems
+from mathtune.evaluate.extraction import FILTERS, extract_all, score_all
+from mathtune.evaluate.failures import classify_failure, failure_counts
+from mathtune.evaluate.generation import Backend, Generation, GenerationRequest
+from mathtune.evaluate.metrics import mean_and_stderr, perplexity_from_nll
+from mathtune.io import append_jsonl, atomic_write_json, read_jsonl_tolerant
+from mathtune.prompts import PromptStrategy, extract_program, few_shot_prefix, get_strategy
+from mathtune.runcard import peak_cuda_mb, peak_rss_mb, provenance
+
+SCORES = ("strict-match", "flexible-extract", "numeric-match")
+
+
+def eval_problems(cfg: RunConfig) -> list[Problem]:
+    problems = load_split(cfg.data, cfg.resolved_data_dir(), cfg.eval.split)
+    return sample_problems(problems, cfg.eval.num_problems, cfg.eval.seed)
+
+
+def build_prompts(cfg: RunConfig, problems: list[Problem]) -> tuple[list[str], dict[str, Any]]:
+    """Prompts with the seeded few-shot prefix; returns the record of what was used."""
+    strategy = get_strategy(cfg.prompt.strategy)
+    prefix, shot_ids = "", []
+    if cfg.prompt.few_shot:
+        pool = load_split(cfg.data, cfg.resolved_data_dir(), "train")
+        programs = _programs_for(pool) if strategy.name == "program" else None
+        prefix, shot_ids = few_shot_prefix(strategy, pool, cfg.prompt.few_shot, cfg.eval.seed, programs)
+    prompts = [prefix + strategy.format_prompt(p.question) for p in problems]
+    record = {"strategy": strategy.name, "template": strategy.prompt, "few_shot": cfg.prompt.few_shot,
+              "shot_ids": shot_ids, "chat_template": cfg.prompt.chat_template}
+    return prompts, record
+
+
+def _programs_for(pool: list[Problem]) -> dict[str, str]:
+    from mathtune.data.programs import convert_solutions
+
+    converted, _ = convert_solutions([(p.solution, p.answer) for p in pool])
+    return {p.id: prog for p, prog in zip(pool, converted, strict=True) if prog is not None}
+
+
+def apply_chat_template(tokenizer: Any, prompts: list[str]) -> list[str]:
+    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                          add_generation_prompt=True) for p in prompts]
+
+
+def stop_strings(cfg: RunConfig, strategy: PromptStrategy) -> tuple[str, ...]:
+    return tuple(cfg.eval.stop) if cfg.eval.stop is not None else strategy.stop
+
+
+def answer_text(strategy: PromptStrategy, output: str, sandbox_results: dict[int, Any], index: int) -> str:
+    """What extraction reads: the output itself, or for programs '#### <sandbox result>'."""
+    if strategy.name != "program":
+        return output
+    result = sandbox_results[index]
+    return f"#### {result.answer}" if result.ok and result.answer is not None else ""
+
+
+def score_rows(problems: list[Problem], generations: list[Generation], strategy: PromptStrategy,
+               prompts: list[str]) -> list[dict[str, Any]]:
+    sandbox_results: dict[int, Any] = {}
+    if strategy.name == "program":
+        from mathtune.evaluate.sandbox import run_programs
+
+        results = run_programs([extract_program(g.text) for g in generations])
+        sandbox_results = dict(enumerate(results))
+    rows = []
+    for index, (problem, generation) in enumerate(zip(problems, generations, strict=True)):
+        text = answer_text(strategy, generation.text, sandbox_results, index)
+        correct = score_all(text, problem.solution)
+        row = {"id": problem.id, "question": problem.question, "reference": problem.solution,
+               "reference_answer": problem.answer, "prompt": prompts[index], "output": generation.text,
+               "extracted": extract_all(text),
+               "correct": correct, "truncated": generation.truncated, "new_tokens": generation.new_tokens}
+        if index in sandbox_results:
+            result = sandbox_results[index]
+            row["sandbox"] = {"ok": result.ok, "answer": result.answer, "reason": result.reason}
+        if not correct["numeric-match"]:
+            row["failure"] = classify_failure(problem.question, text or generation.text, problem.answer,
+                                              generation.truncated)
+        rows.append(row)
+    return rows
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    scores = {}
+    for name in SCORES:
+        value, stderr = mean_and_stderr([bool(r["correct"][name]) for r in rows])
+        scores[name] = {"exact_match": value, "stderr": stderr}
+    nll = [r["reference_nll"] for r in rows if r.get("reference_nll") is not None]
+    tokens = [r["reference_tokens"] for r in rows if r.get("reference_tokens")]
+    perplexity = perplexity_from_nll(sum(nll), sum(tokens)) if tokens else None
+    return {"n": len(rows), "scores": scores, "perplexity": perplexity,
+            "truncated": sum(bool(r["truncated"]) for r in rows),
+            "failures": failure_counts([r for r in rows if "failure" in r])}
+
+
+def evaluate(cfg: RunConfig, backend: Backend, out_dir: Path, label: str, tokenizer: Any = None,
+             meta: dict[str, Any] | None = None, show_progress: bool = True) -> dict[str, Any]:
+    """Evaluate one model (already behind `backend`) and write predictions + metrics into out_dir."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    strategy = get_strategy(cfg.prompt.strategy)
+    problems = eval_problems(cfg)
+    prompts, prompt_record = build_prompts(cfg, problems)
+    if cfg.prompt.chat_template and tokenizer is not None:
+        prompts = apply_chat_template(tokenizer, prompts)
+    predictions_path = out_dir / "predictions.jsonl"
+    done = {row["id"]: row for row in read_jsonl_tolerant(predictions_path)}
+    todo = [i for i, p in enumerate(problems) if p.id not in done]
+    stop = stop_strings(cfg, strategy)
+    started = time.perf_counter()
+    chunk = cfg.eval.batch_size * 4  # several batches per write: length-sorting has room to work
+    bar = tqdm(total=len(problems), initial=len(problems) - len(todo), desc=f"eval {label}",
+               disable=not show_progress, dynamic_ncols=True)
+    new_tokens = 0
+    for start in range(0, len(todo), chunk):
+        indices = todo[start : start + chunk]
+        requests = [GenerationRequest(prompts[i], stop, cfg.eval.max_new_tokens) for i in indices]
+        generations = backend.generate(requests)
+        new_tokens += sum(g.new_tokens for g in generations)
+        batch_problems = [problems[i] for i in indices]
+        rows = score_rows(batch_problems, generations, strategy, [prompts[i] for i in indices])
+        if cfg.eval.perplexity:
+            pairs = [(prompts[i], strategy.format_target(problems[i], _target_program(strategy, problems[i])))
+                     for i in indices]
+            for row, (nll, count) in zip(rows, backend.target_nll(pairs), strict=True):
+                row["reference_nll"], row["reference_tokens"] = nll, count
+        append_jsonl(predictions_path, rows)
+        done.update({row["id"]: row for row in rows})
+        bar.update(len(indices))
+    bar.close()
+    wall = time.perf_counter() - started
+    rows = [done[p.id] for p in problems]
+    metrics = summarize(rows)
+    if cfg.eval.text_metrics:
+        metrics.update(text_metrics(rows))
+    metrics.update({
+        "label": label, "wall_seconds": round(wall, 2), "generated_tokens": new_tokens,
+        "generated_tokens_per_second": round(new_tokens / max(wall, 1e-9), 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1), "peak_cuda_mb": peak_cuda_mb(),
+        "reproducibility": {
+            "prompt": prompt_record, "problems": {"split": cfg.eval.split, "n": len(problems),
+                                                  "seed": cfg.eval.seed, "ids": [p.id for p in problems]},
+            "extraction": {name: {"regex": f.pattern, "group_select": f.group_select}
+                           for name, f in FILTERS.items()},
+            "generation": {"greedy": True, "max_new_tokens": cfg.eval.max_new_tokens, "stop": list(stop),
+                           "batch_size": cfg.eval.batch_size, "dtype": cfg.eval.dtype},
+            "dataset": cfg.data.model_dump(mode="json"), **(meta or {}), **provenance(),
+        },
+    })
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def _target_program(strategy: PromptStrategy, problem: Problem) -> str | None:
+    if strategy.name != "program":
+        return None
+    from mathtune.data.programs import solution_to_program
+
+    return solution_to_program(problem.solution) or f"answer = {problem.answer}"
+
+
+def text_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
+    from mathtune.evaluate.metrics import rouge1, semantic_similarity
+
+    outputs = [r["output"] for r in rows]
+    references = [r["reference"] for r in rows]
+    return {"rouge1": rouge1(outputs, references), "semantic_similarity": semantic_similarity(outputs, references)}

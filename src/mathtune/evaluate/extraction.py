@@ -1,0 +1,183 @@
+"""Answer extraction for GSM8K, scored exactly as lm-evaluation-harness scores it.
+
+Two of the three scores are lm-eval's own gsm8k filters (`lm_eval/tasks/gsm8k/gsm8k.yaml`), copied
+as data so our numbers are bit-identical to an `lm_eval --tasks gsm8k` run on the same outputs:
+
+- ``strict-match``: regex ``#### (\\-?[0-9\\.\\,]+)``, first match, then ``take_first``.
+- ``flexible-extract``: regex ``(-?[$0-9.,]{2,})|(-?[0-9]+)``, last match (``group_select: -1``).
+
+Both are then compared with lm-eval's ``exact_match`` (ignore_case, regexes_to_ignore ``,`` ``\\$``
+``(?s).*#### `` ``\\.$``) against the full reference solution. The third score, ``numeric-match``,
+is ours: it compares numbers, so ``$29.00`` matches ``29`` where lm-eval says it does not.
+
+Pure functions: nothing here imports torch or transformers.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+from mathtune.errors import MathtuneError
+
+INVALID = "[invalid]"
+
+# gsm8k.yaml metric_list[exact_match].regexes_to_ignore, in the order lm-eval applies them.
+GSM8K_REGEXES_TO_IGNORE: tuple[str, ...] = (",", r"\$", r"(?s).*#### ", r"\.$")
+
+# A number as people write it: optional sign and $, thousands groups or plain digits, decimals,
+# an optional "/denominator". The sign must not follow a digit, or "5-3" would read as 5 and -3.
+_NUMBER = re.compile(
+    r"(?:(?<![\w)])(?P<sign>-))?(?:\$\s?)?(?P<int>\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?P<frac>\.\d+)?"
+    r"(?:\s?/\s?(?P<den>\d+)(?![\d.]))?"
+)
+_ANSWER_MARK = "####"
+
+
+class MissingAnswerError(MathtuneError, ValueError):
+    """A GSM8K solution without its ``#### answer`` line: bad data the user has to fix."""
+
+
+@dataclass(frozen=True)
+class AnswerFilter:
+    """One lm-eval ``regex`` filter followed by ``take_first`` (we score one sample per question)."""
+
+    name: str
+    pattern: str
+    group_select: int = 0
+    fallback: str = INVALID
+    _regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_regex", re.compile(self.pattern))
+
+    def apply(self, text: str) -> str:
+        """Mirror of ``lm_eval.filters.extraction.RegexFilter.apply`` for one response."""
+        matches = self._regex.findall(text)
+        if not matches:
+            return self.fallback
+        match = matches[self.group_select]
+        if isinstance(match, tuple):
+            # An alternation yields one slot per group; lm-eval keeps the first non-empty one.
+            non_empty = [group for group in match if group]
+            match = non_empty[0] if non_empty else self.fallback
+        return match.strip()
+
+
+FILTERS: dict[str, AnswerFilter] = {
+    "strict-match": AnswerFilter("strict-match", r"#### (\-?[0-9\.\,]+)", group_select=0),
+    "flexible-extract": AnswerFilter("flexible-extract", r"(-?[$0-9.,]{2,})|(-?[0-9]+)", group_select=-1),
+}
+SCORE_NAMES: tuple[str, ...] = (*FILTERS, "numeric-match")
+
+
+def _numpy_str(text: str) -> str:
+    """What reading a string back from a numpy ``<U`` array gives: trailing NULs are padding."""
+    return text.rstrip("\x00")
+
+
+def _exact_match_normalize(text: str) -> str:
+    """lm-eval's ``exact_match_hf_evaluate`` normalisation of one string, numpy quirks included.
+
+    lm-eval keeps the strings in numpy arrays between steps, so trailing NULs vanish after every
+    regex, and ``np.char.lower`` cuts a lowercase form that grew (``İ`` -> ``i̇``) to the old length.
+    """
+    for pattern in GSM8K_REGEXES_TO_IGNORE:
+        stored = re.sub(pattern, "", text)
+        text = _numpy_str(stored)
+    return _numpy_str(text.lower()[: len(stored)])
+
+
+def lm_eval_exact_match(prediction: str, reference: str) -> bool:
+    """gsm8k's ``exact_match`` for one pair: ignore_case, no punctuation stripping, its regexes."""
+    return _exact_match_normalize(prediction) == _exact_match_normalize(reference)
+
+
+def _to_float(match: re.Match[str]) -> float | None:
+    value = float(match["int"].replace(",", "") + (match["frac"] or ""))
+    if match["den"] is not None:
+        denominator = int(match["den"])
+        if denominator == 0:
+            return None
+        value /= denominator
+    return -value if match["sign"] else value
+
+
+def find_numbers(text: str) -> list[float]:
+    """Every number written in `text`, in order, by the same reading as `parse_number`."""
+    values = (_to_float(match) for match in _NUMBER.finditer(text))
+    return [value for value in values if value is not None]
+
+
+def parse_number(text: str) -> float | None:
+    """The first number written in `text` ("$1,000.50 each" -> 1000.5, "1/2" -> 0.5), else None."""
+    numbers = find_numbers(text)
+    return numbers[0] if numbers else None
+
+
+def extract_numeric(output: str) -> float | None:
+    """The model's numeric answer: the first number after the first ``####``, else the last number.
+
+    First-after-first mirrors strict-match's choice when a model repeats ``####`` or rambles on
+    after it ("#### 18 eggs, 2 per box" answers 18, not 2).
+    """
+    _, mark, after = output.partition(_ANSWER_MARK)
+    if mark:
+        answer = parse_number(after)
+        if answer is not None:
+            return answer
+    numbers = find_numbers(output)
+    return numbers[-1] if numbers else None
+
+
+def numbers_equal(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-6)
+
+
+def reference_answer(solution: str) -> str:
+    """The answer of a GSM8K solution: the text after ``#### ``, commas removed, stripped."""
+    _, mark, answer = solution.rpartition("#### ")
+    answer = answer.replace(",", "").strip()
+    if not mark or not answer:
+        raise MissingAnswerError(f"GSM8K solution has no '#### <answer>' line: {solution[-80:]!r}")
+    return answer
+
+
+def _reference_number(reference_solution_or_answer: str) -> float | None:
+    text = reference_solution_or_answer
+    if _ANSWER_MARK in text:
+        text = reference_answer(text)
+    return parse_number(text)
+
+
+def numeric_match(output: str, reference_answer: str) -> bool:
+    """Whether the model's numeric answer equals the reference (a solution or a bare answer)."""
+    predicted = extract_numeric(output)
+    expected = _reference_number(reference_answer)
+    if predicted is None or expected is None:
+        return False
+    return numbers_equal(predicted, expected)
+
+
+def _format_number(value: float) -> str:
+    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+
+
+def extract_all(output: str) -> dict[str, str]:
+    """Every score's extracted answer, ``[invalid]`` where none was found."""
+    extracted = {name: answer_filter.apply(output) for name, answer_filter in FILTERS.items()}
+    numeric = extract_numeric(output)
+    extracted["numeric-match"] = INVALID if numeric is None else _format_number(numeric)
+    return extracted
+
+
+def score_all(output: str, reference_solution_or_answer: str) -> dict[str, bool]:
+    """Every score for one output. lm-eval compares against the full solution; a bare answer
+    normalises to the same string, so either may be passed."""
+    scores = {
+        name: lm_eval_exact_match(answer_filter.apply(output), reference_solution_or_answer)
+        for name, answer_filter in FILTERS.items()
+    }
+    scores["numeric-match"] = numeric_match(output, reference_solution_or_answer)
+    return scores

@@ -1,0 +1,149 @@
+"""Generation backends behind one interface over lists of requests (batching is the backend's job).
+
+`HFBackend` wraps a transformers model (optionally with a PEFT adapter). Greedy decoding with
+per-sequence stop strings; prompts are length-sorted so a batch pads little, and the output is cut
+at the first stop string exactly as lm-eval-harness cuts at `until`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    stop: tuple[str, ...]
+    max_new_tokens: int
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str  # cut at the first stop string
+    truncated: bool  # hit max_new_tokens without a stop string or EOS
+    new_tokens: int
+
+
+class Backend(Protocol):
+    def generate(
+        self,
+        requests: list[GenerationRequest],
+        *,
+        sample: bool = False,
+        temperature: float = 1.0,
+        seed: int = 0,
+    ) -> list[Generation]: ...
+
+    def target_nll(self, pairs: list[tuple[str, str]]) -> list[tuple[float, int]]: ...
+
+
+def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
+    """Text before the earliest stop string, and whether one was found."""
+    cuts = [text.find(s) for s in stop if s and s in text]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+
+
+class HFBackend:
+    def __init__(
+        self, model: Any, tokenizer: Any, device: torch.device, seq2seq: bool, batch_size: int
+    ) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.device = device
+        self.seq2seq = seq2seq
+        self.batch_size = batch_size
+        if not seq2seq:
+            tokenizer.padding_side = "left"  # generation continues from the right edge of each row
+
+    def generate(
+        self,
+        requests: list[GenerationRequest],
+        *,
+        sample: bool = False,
+        temperature: float = 1.0,
+        seed: int = 0,
+    ) -> list[Generation]:
+        order = sorted(range(len(requests)), key=lambda i: -len(requests[i].prompt))
+        results: dict[int, Generation] = {}
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            batch = [requests[i] for i in chunk]
+            for index, generation in zip(
+                chunk, self._generate_batch(batch, sample, temperature, seed + start), strict=True
+            ):
+                results[index] = generation
+        return [results[i] for i in range(len(requests))]
+
+    @torch.inference_mode()
+    def _generate_batch(
+        self, batch: list[GenerationRequest], sample: bool, temperature: float, seed: int
+    ) -> list[Generation]:
+        encoded = self.tokenizer([r.prompt for r in batch], return_tensors="pt", padding=True).to(self.device)
+        stops = sorted({s for r in batch for s in r.stop})
+        max_new = max(r.max_new_tokens for r in batch)
+        kwargs: dict[str, Any] = {
+            "do_sample": sample,
+            "max_new_tokens": max_new,
+            "pad_token_id": self.tokenizer.pad_token_id,
+        }
+        if sample:
+            torch.manual_seed(seed)
+            kwargs.update(temperature=temperature, top_p=1.0, top_k=0)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        if stops:
+            kwargs.update(stop_strings=stops, tokenizer=self.tokenizer)
+        output = self.model.generate(**encoded, **kwargs)
+        new_ids = output if self.seq2seq else output[:, encoded["input_ids"].shape[1] :]
+        return [self._finish(row, request) for row, request in zip(new_ids, batch, strict=True)]
+
+    def _finish(self, ids: torch.Tensor, request: GenerationRequest) -> Generation:
+        special = {self.tokenizer.pad_token_id, self.tokenizer.eos_token_id}
+        tokens = [t for t in ids.tolist() if t not in special]
+        hit_eos = self.tokenizer.eos_token_id in ids.tolist()
+        text, stopped = cut_at_stop(self.tokenizer.decode(tokens, skip_special_tokens=True), request.stop)
+        truncated = not stopped and not hit_eos and len(tokens) >= request.max_new_tokens
+        return Generation(text=text, truncated=truncated, new_tokens=len(tokens))
+
+    @torch.inference_mode()
+    def target_nll(self, pairs: list[tuple[str, str]]) -> list[tuple[float, int]]:
+        """Summed negative log-likelihood of each target given its prompt, and its token count."""
+        results = []
+        for start in range(0, len(pairs), self.batch_size):
+            results += self._nll_batch(pairs[start : start + self.batch_size])
+        return results
+
+    def _nll_batch(self, pairs: list[tuple[str, str]]) -> list[tuple[float, int]]:
+        from mathtune.data.batching import (
+            IGNORE,
+            causal_example,
+            padded_batch,
+            seq2seq_batch,
+            seq2seq_example,
+        )
+
+        if self.seq2seq:
+            examples = [seq2seq_example(self.tokenizer, p, t, 1024) for p, t in pairs]
+            batch = seq2seq_batch(examples, self.tokenizer.pad_token_id)
+        else:
+            examples = [causal_example(self.tokenizer, p, t, 2048, "completion") for p, t in pairs]
+            batch = padded_batch(examples, self.tokenizer.pad_token_id)  # right padding: positions from 0
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        labels = batch.pop("labels")
+        if self.seq2seq:
+            logits = self.model(**batch, labels=labels).logits.float()
+            targets = labels
+        else:
+            logits = self.model(**batch).logits[:, :-1].float()
+            targets = labels[:, 1:]
+        mask = targets != IGNORE
+        nll = (
+            torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets.clamp(min=0), reduction="none")
+            * mask
+        )
+        return [
+            (float(row_nll.sum()), int(row_mask.sum())) for row_nll, row_mask in zip(nll, mask, strict=True)
+        ]

@@ -1,0 +1,98 @@
+"""Atomic file output and run-directory locking: nothing is ever half-written."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from mathtune.errors import MathtuneError
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write `text` to `path` via a temp file in the same directory and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def append_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    """Append whole lines and fsync, so a kill loses at most the rows not yet passed in."""
+    with open(path, "a", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_jsonl_tolerant(path: str | Path) -> list[dict[str, Any]]:
+    """Read rows we wrote ourselves; a torn last line (killed mid-write) is dropped, not fatal."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def prepare_output_dir(path: str | Path, overwrite: bool, resume: bool = False) -> Path:
+    """Check an output directory can be used: absent, empty, resumed, or explicitly overwritten."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise MathtuneError(f"output path {path} exists and is not a directory")
+    if path.exists() and any(path.iterdir()) and not resume:
+        if not overwrite:
+            raise MathtuneError(f"output directory {path} is not empty; pass --overwrite or --resume")
+        with run_lock(path):
+            pass  # refuse to delete a directory another run is writing
+        shutil.rmtree(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MathtuneError(f"cannot create output directory {path}: {exc.strerror}") from None
+    if not os.access(path, os.W_OK):
+        raise MathtuneError(f"output directory {path} is not writable")
+    return path
+
+
+@contextmanager
+def run_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock file so two runs never write one directory at once."""
+    import fcntl
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    handle = open(path / ".lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise MathtuneError(f"another mathtune process is writing {path}") from None
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+        (path / ".lock").unlink(missing_ok=True)

@@ -1,0 +1,48 @@
+"""The protocol every tuning method implements (one folder per method, PEFT-style)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+
+class TuningMethod(Protocol):
+    """apply -> train -> save; load rebuilds the tuned model for evaluation."""
+
+    name: str
+
+    def base_load_kwargs(self, placement: Any) -> dict[str, Any]:
+        """Extra `from_pretrained` kwargs for the base (dtype, quantization_config)."""
+        ...
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        """Return the model ready to train: adapters injected, the right parameters trainable."""
+        ...
+
+    def save(self, model: nn.Module, out_dir: Path) -> None: ...
+
+    def load(self, base_model: nn.Module, saved_dir: Path) -> nn.Module: ...
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    missing = [name for name in state if name not in params]
+    if missing:
+        raise ValueError(f"checkpoint holds parameters the model lacks: {missing[:3]}")
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value)

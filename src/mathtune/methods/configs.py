@@ -1,0 +1,9 @@
+"""The union of every method's config; `method.name` in YAML picks one (pydantic discriminator)."""
+
+from __future__ import annotations
+
+from mathtune.methods.full.config import FullMethodConfig
+from mathtune.methods.lora.config import LoraMethodConfig
+
+# Order matters only for the default: the first entry is what an empty config gets.
+MethodConfig = LoraMethodConfig | FullMethodConfig

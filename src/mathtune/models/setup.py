@@ -1,0 +1,30 @@
+"""Turn a RunConfig into a loaded tokenizer + model placed on the chosen device."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mathtune.models.device import Placement, choose_placement
+from mathtune.models.loading import ModelSource, is_seq2seq, load_model, load_tokenizer, resolve_source
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    source: ModelSource
+    placement: Placement
+    seq2seq: bool
+
+
+def load_for_run(model_cfg: Any, precision: str, load_kwargs: dict[str, Any] | None = None) -> LoadedModel:
+    placement = choose_placement(model_cfg.device, precision)
+    source = resolve_source(model_cfg.name, model_cfg.gguf_file)
+    tokenizer = load_tokenizer(source)
+    kwargs = {"dtype": placement.compute_dtype, **(load_kwargs or {})}
+    dtype = kwargs.pop("dtype")
+    model = load_model(source, model_cfg.architecture, dtype=dtype, **kwargs)
+    if not getattr(model, "is_loaded_in_8bit", False) and not getattr(model, "is_loaded_in_4bit", False):
+        model.to(placement.device)
+    return LoadedModel(model, tokenizer, source, placement, is_seq2seq(model.config))

@@ -1,0 +1,73 @@
+"""Prompt strategies (qa, breakdown, no-breakdown, program) read from prompts.yaml, plus few-shot."""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mathtune.data.problems import Problem
+from mathtune.errors import MathtuneError
+
+PROMPTS_FILE = Path(__file__).with_name("prompts.yaml")
+CODE_BLOCK = re.compile(r"```(?:python)?\n(.*?)(?:```|$)", re.S)
+
+
+@dataclass(frozen=True)
+class PromptStrategy:
+    name: str
+    description: str
+    prompt: str
+    target: str
+    shot_separator: str
+    stop: tuple[str, ...]
+
+    def format_prompt(self, question: str) -> str:
+        return self.prompt.format(question=question.strip())
+
+    def format_target(self, problem: Problem, program: str | None = None) -> str:
+        if self.name == "program":
+            if program is None:
+                raise ValueError(f"problem {problem.id} has no program target")
+            return self.target.format(program=program)
+        return self.target.format(solution=problem.solution.strip())
+
+
+@cache
+def load_strategies() -> dict[str, PromptStrategy]:
+    tree: dict[str, dict[str, Any]] = yaml.safe_load(PROMPTS_FILE.read_text(encoding="utf-8"))
+    return {
+        name: PromptStrategy(name=name, stop=tuple(entry.pop("stop")), **entry) for name, entry in tree.items()
+    }
+
+
+def get_strategy(name: str) -> PromptStrategy:
+    strategies = load_strategies()
+    if name not in strategies:
+        raise MathtuneError(f"unknown prompt strategy '{name}' (choose from {', '.join(strategies)})")
+    return strategies[name]
+
+
+def few_shot_prefix(
+    strategy: PromptStrategy, pool: list[Problem], count: int, seed: int, programs: dict[str, str] | None = None
+) -> tuple[str, list[str]]:
+    """Seeded worked examples from the train split; returns the prefix and the example ids used."""
+    if count == 0:
+        return "", []
+    usable = [p for p in pool if strategy.name != "program" or (programs and p.id in programs)]
+    shots = random.Random(seed).sample(usable, min(count, len(usable)))
+    blocks = [
+        strategy.format_prompt(p.question) + strategy.format_target(p, (programs or {}).get(p.id)) for p in shots
+    ]
+    return "".join(block + strategy.shot_separator for block in blocks), [p.id for p in shots]
+
+
+def extract_program(output: str) -> str:
+    """The code a model wrote: inside a ```python block if there is one, else the whole output."""
+    match = CODE_BLOCK.search(output)
+    return (match.group(1) if match else output).strip()

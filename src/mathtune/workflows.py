@@ -1,0 +1,88 @@
+"""The four workflows the CLI and the app call: train, evaluate, compare, run (all three).
+
+Run directory layout:
+    config.yaml  train_card.json  train_log.jsonl  tensorboard/  adapter/
+    eval/base/{predictions.jsonl,metrics.json}  eval/tuned/{...}  comparison.md  run_card.json
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from mathtune.compare import compare_runs, write_comparison
+from mathtune.config import RunConfig, config_to_yaml, load_config
+from mathtune.errors import MathtuneError
+from mathtune.evaluate.evaluator import evaluate
+from mathtune.evaluate.generation import HFBackend
+from mathtune.io import atomic_write_json, atomic_write_text, prepare_output_dir, run_lock
+from mathtune.methods.registry import build_method
+from mathtune.models.device import choose_placement
+from mathtune.models.loading import load_model, load_tokenizer, resolve_source
+from mathtune.train import train
+
+log = logging.getLogger("mathtune")
+
+
+def build_backend(cfg: RunConfig, adapter_dir: Path | None = None) -> tuple[HFBackend, dict[str, Any]]:
+    """Load the base model (and the tuned weights from `adapter_dir`) behind a generation backend."""
+    precision = cfg.eval.dtype if cfg.eval.dtype != "auto" else cfg.train.precision
+    placement = choose_placement(cfg.model.device, precision)
+    source = resolve_source(cfg.model.name, cfg.model.gguf_file)
+    tokenizer = load_tokenizer(source)
+    model = load_model(source, cfg.model.architecture, dtype=placement.compute_dtype).to(placement.device)
+    if adapter_dir is not None:
+        if not adapter_dir.is_dir():
+            raise MathtuneError(f"no trained weights at {adapter_dir}; train first or check the run dir")
+        model = build_method(cfg.method).load(model, adapter_dir).to(placement.device)
+    seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
+    meta = {"backend": "hf", "model": source.label, "adapter": str(adapter_dir) if adapter_dir else None,
+            "device": str(placement.device), "compute_dtype": str(placement.compute_dtype).replace("torch.", "")}
+    return HFBackend(model, tokenizer, placement.device, seq2seq, cfg.eval.batch_size), meta
+
+
+def evaluate_model(cfg: RunConfig, out_dir: Path, label: str, adapter_dir: Path | None = None,
+                   show_progress: bool = True) -> dict[str, Any]:
+    backend, meta = build_backend(cfg, adapter_dir)
+    return evaluate(cfg, backend, out_dir, label, backend.tokenizer, meta, show_progress)
+
+
+def train_workflow(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> Path:
+    run_dir = prepare_output_dir(cfg.output_dir, overwrite, resume)
+    with run_lock(run_dir):
+        atomic_write_text(run_dir / "config.yaml", config_to_yaml(cfg))
+        train(cfg, run_dir, resume=resume)
+    return run_dir
+
+
+def eval_workflow(cfg: RunConfig, run_dir: Path | None, base: bool, out_dir: Path) -> dict[str, Any]:
+    """Evaluate the base model, or the tuned model of a finished run dir (its config wins)."""
+    if base:
+        return evaluate_model(cfg, out_dir, "base")
+    if run_dir is None:
+        raise MathtuneError("pass a run directory to evaluate its tuned model, or --base")
+    run_cfg = load_config(run_dir / "config.yaml", None).model_copy(update={"eval": cfg.eval})
+    return evaluate_model(run_cfg, out_dir, "tuned", adapter_dir=run_dir / "adapter")
+
+
+def run_workflow(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
+    """Train, evaluate base and tuned on the same problems, compare: the whole study in one call."""
+    run_dir = prepare_output_dir(cfg.output_dir, overwrite, resume)
+    with run_lock(run_dir):
+        atomic_write_text(run_dir / "config.yaml", config_to_yaml(cfg))
+        base = evaluate_model(cfg, run_dir / "eval" / "base", "base")
+        if not (resume and (run_dir / "train_card.json").is_file()):
+            train(cfg, run_dir, resume=resume)
+        tuned = evaluate_model(cfg, run_dir / "eval" / "tuned", "tuned", adapter_dir=run_dir / "adapter")
+        comparison = compare_runs([run_dir / "eval" / "base", run_dir / "eval" / "tuned"], ["base", "tuned"])
+        write_comparison(comparison, run_dir / "comparison")
+        card = {"kind": "run", "config": cfg.model_dump(mode="json"), "base": _headline(base),
+                "tuned": _headline(tuned), "mcnemar": comparison["pairs"][0]["mcnemar"] if comparison["pairs"] else None}
+        atomic_write_json(run_dir / "run_card.json", card)
+    return card
+
+
+def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {"n": metrics["n"], "scores": metrics["scores"], "perplexity": metrics["perplexity"],
+            "wall_seconds": metrics["wall_seconds"]}

@@ -1,0 +1,36 @@
+"""Shared fixtures: a synthetic GSM8K-shaped data dir and tiny models, built once per session."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # hub calls fail fast instead of hanging offline
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from helpers import make_tiny_model, write_gsm8k_dir  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    return write_gsm8k_dir(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="session")
+def corpus(data_dir) -> list[str]:
+    return [line for f in sorted((data_dir / "gsm8k").glob("*.jsonl")) for line in f.read_text().splitlines()]
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory, corpus) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return {arch: make_tiny_model(arch, root / arch, corpus) for arch in ("llama", "phi", "t5")}
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MATHTUNE_CACHE_DIR", str(tmp_path / "cache"))

@@ -1,0 +1,90 @@
+"""Tiny real-architecture models, a tokenizer trained in a second, and GSM8K-shaped data."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+NAMES = ["Tom", "Ann", "Raj", "Mia", "Lee", "Zoe"]
+THINGS = ["apples", "pens", "books", "coins", "cards"]
+
+
+def synthetic_problem(rng: random.Random) -> dict[str, str]:
+    """A two-step word problem in GSM8K's format, calculator annotations included."""
+    name, thing = rng.choice(NAMES), rng.choice(THINGS)
+    a, b, c = rng.randint(2, 20), rng.randint(2, 20), rng.randint(2, 5)
+    total = a + b
+    final = total * c
+    question = f"{name} has {a} {thing} and buys {b} more. Then {name} gets {c} times as many. How many {thing}?"
+    answer = (
+        f"{name} has {a} + {b} = <<{a}+{b}={total}>>{total} {thing}.\n"
+        f"Then {total} * {c} = <<{total}*{c}={final}>>{final} {thing}.\n#### {final}"
+    )
+    socratic = (
+        f"How many {thing} after buying? ** {name} has {a} + {b} = <<{a}+{b}={total}>>{total} {thing}.\n"
+        f"How many in the end? ** Then {total} * {c} = <<{total}*{c}={final}>>{final} {thing}.\n#### {final}"
+    )
+    return {"question": question, "answer": answer, "socratic": socratic}
+
+
+def write_gsm8k_dir(root: Path, train: int = 48, test: int = 16, seed: int = 0) -> Path:
+    """A data dir laid out like ../shared/datasets (gsm8k/{train,test}[_socratic].jsonl)."""
+    rng = random.Random(seed)
+    folder = root / "gsm8k"
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, count in (("train", train), ("test", test)):
+        rows = [synthetic_problem(rng) for _ in range(count)]
+        with open(folder / f"{split}.jsonl", "w") as main, open(folder / f"{split}_socratic.jsonl", "w") as soc:
+            for row in rows:
+                main.write(json.dumps({"question": row["question"], "answer": row["answer"]}) + "\n")
+                soc.write(json.dumps({"question": row["question"], "answer": row["socratic"]}) + "\n")
+    return root
+
+
+def train_tokenizer(texts: list[str]):
+    """A byte-level BPE of ~400 tokens: enough for the real tokenization code paths."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<pad>",
+                                   bos_token="<|endoftext|>", unk_token="<|endoftext|>")
+
+
+def tiny_config(arch: str, vocab_size: int, pad_id: int, eos_id: int):
+    from transformers import LlamaConfig, PhiConfig, T5Config
+
+    if arch == "llama":
+        return LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                           pad_token_id=pad_id, eos_token_id=eos_id, bos_token_id=eos_id, tie_word_embeddings=True)
+    if arch == "phi":
+        return PhiConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=512, pad_token_id=pad_id,
+                         eos_token_id=eos_id, bos_token_id=eos_id)
+    if arch == "t5":
+        return T5Config(vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
+                        num_heads=4, pad_token_id=pad_id, eos_token_id=eos_id, decoder_start_token_id=pad_id)
+    raise ValueError(arch)
+
+
+def make_tiny_model(arch: str, out_dir: Path, texts: list[str], seed: int = 0) -> Path:
+    """Save a randomly initialised model of a real architecture with its tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    tokenizer = train_tokenizer(texts)
+    config = tiny_config(arch, len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
+    torch.manual_seed(seed)
+    auto = AutoModelForSeq2SeqLM if arch == "t5" else AutoModelForCausalLM
+    model = auto.from_config(config)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir

@@ -64,11 +64,12 @@ def tiny_config(arch: str, vocab_size: int, pad_id: int, eos_id: int):
     if arch == "llama":
         return LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                           pad_token_id=pad_id, eos_token_id=eos_id, bos_token_id=eos_id, tie_word_embeddings=True)
+                           pad_token_id=pad_id, eos_token_id=eos_id, bos_token_id=eos_id, tie_word_embeddings=True,
+                           initializer_range=0.2)  # wide enough that logits can move under LoRA
     if arch == "phi":
         return PhiConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, max_position_embeddings=512, pad_token_id=pad_id,
-                         eos_token_id=eos_id, bos_token_id=eos_id)
+                         eos_token_id=eos_id, bos_token_id=eos_id, initializer_range=0.2)
     if arch == "t5":
         return T5Config(vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
                         num_heads=4, pad_token_id=pad_id, eos_token_id=eos_id, decoder_start_token_id=pad_id)

@@ -158,9 +158,15 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise MathtuneError(f"override '{text}' must look like key.sub=value")
     key, raw = text.split("=", 1)
     try:
-        return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         return key.strip(), raw
+    if isinstance(value, str):  # YAML 1.1 reads "1e-4" as text; users mean a number
+        try:
+            value = float(value) if any(c in value for c in ".eE") and value.strip() else value
+        except ValueError:
+            pass
+    return key.strip(), value
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

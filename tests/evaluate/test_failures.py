@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from mathtune.errors import MathtuneError
@@ -12,6 +15,16 @@ from mathtune.evaluate.failures import (
     safe_arithmetic,
     written_steps,
 )
+
+GSM8K_TEST = Path("/work/shared/datasets/gsm8k/test.jsonl")
+
+
+def _gsm8k_rows() -> list[dict[str, str]]:
+    if not GSM8K_TEST.exists():
+        pytest.skip(f"{GSM8K_TEST} not present")
+    with GSM8K_TEST.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle]
+
 
 QUESTION = (
     "Janet’s ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes muffins "
@@ -60,6 +73,36 @@ def test_an_unwritten_product_of_question_numbers_is_not_hallucinated() -> None:
     question = "Tom buys 3 packs of 24 pens and gives 15 away. He then buys 40 more. How many pens?"
     output = "Tom has 72 - 15 = 57 pens.\n57 + 40 = 97\n#### 97"
     assert classify_failure(question, output, "98", False) == "wrong-reasoning"
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        "If I can only eat 4/5 of a serving, I eat 60g * 4/5 = 240g/5 = 48 grams",  # a unit cuts in
+        "The chance is 3 / 6 = 50%, and then 50% * 50% = 25%.",  # percentages both ways
+        "The charge before was 45 + 21 + 28 = 94%.",
+        "So he used 25 / 1/3 = 75 decorations.",  # division by a loosely written fraction
+        "The sun sets at 6:00+48=6:48 PM",
+        "Let x be the silver coins. x+x+30=110\n2*x=80\nx=<<40=40>>40\nGold: 40+30=<<40+30=70>>70",
+        "the seagull ate 14 * 1/2 = 14 / 2 = <<14*1/2=7>>7 fries.",
+        "We have 100 = 5A, so 100/5 = 5A/5 or 20 = A.",
+    ],
+)
+def test_notation_that_cannot_be_read_for_sure_is_not_judged(output: str) -> None:
+    steps = written_steps(output)
+    assert not any(step.is_wrong for step in steps), steps
+
+
+def test_few_false_alarms_on_real_gsm8k_solutions() -> None:
+    rows = _gsm8k_rows()
+    flagged = [
+        category
+        for row in rows
+        if (category := classify_failure(row["question"], row["answer"], "-123456", False))
+        in ("arithmetic-error", "hallucinated-number")
+    ]
+    # The references are correct (a handful of real slips aside): they must hardly ever be flagged.
+    assert len(flagged) <= 0.01 * len(rows)
 
 
 def test_written_steps_reads_prose_and_calculator_notes() -> None:

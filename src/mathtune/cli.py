@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from mathtune.config import DEFAULT_CONFIG_DIR, RunConfig, load_config, parse_override
+from mathtune.config import DEFAULT_CONFIG_DIR, RunConfig, build_config, parse_override, read_yaml
 from mathtune.errors import MathtuneError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -44,7 +44,11 @@ def build_run_config(config: Path | None, sets: list[str] | None, **flags: Any) 
              "eval.num_problems": flags.get("eval_size"), "train.max_steps": flags.get("max_steps")}
     overrides.update({key: value for key, value in named.items() if value is not None})
     path = config if config is not None else (QUICKSTART if QUICKSTART.is_file() else None)
-    return load_config(path, overrides)
+    tree = read_yaml(path) if path else {}
+    chosen, section = overrides.get("method.name"), tree.get("method")
+    if chosen and isinstance(section, dict) and section.get("name", "lora") != chosen:
+        tree["method"] = {}  # the file's settings are another method's (lora's `bias` means nothing to full)
+    return build_config(tree, overrides)
 
 
 @app.command("train")
@@ -68,13 +72,14 @@ def eval_cmd(run_dir: Annotated[Path | None, typer.Argument(help="Finished run d
              data_dir: DataDirOpt = None, eval_size: EvalSizeOpt = None,
              output_dir: OutOpt = None, overwrite: OverwriteOpt = False) -> None:
     """Evaluate a base model or a run's tuned model; writes predictions.jsonl and metrics.json."""
-    from mathtune.io import prepare_output_dir, run_lock
-    from mathtune.workflows import eval_workflow
+    from mathtune.io import output_dir_guard
+    from mathtune.workflows import eval_workflow, preflight, tuned_config
 
     cfg = build_run_config(config, set_, model=model, prompt=prompt, data_dir=data_dir, eval_size=eval_size)
     default = (run_dir / "eval" / "tuned") if run_dir and not base else Path(cfg.output_dir) / "eval" / "base"
-    out = prepare_output_dir(Path(output_dir) if output_dir else default, overwrite, resume=not overwrite)
-    with run_lock(out):
+    preflight(tuned_config(cfg, run_dir) if run_dir and not base else cfg, (cfg.eval.split,), training=False)
+    # An existing eval dir is resumed: finished predictions are kept and skipped.
+    with output_dir_guard(Path(output_dir) if output_dir else default, overwrite, resume=not overwrite) as out:
         metrics = eval_workflow(cfg, run_dir, base, out)
     _print_scores(metrics)
     typer.echo(f"predictions and metrics written to {out}")
@@ -121,8 +126,57 @@ def _print_scores(metrics: dict[str, Any]) -> None:
     typer.echo(f"{metrics.get('label', '')}: n={metrics['n']} " + ", ".join(parts))
 
 
+@app.command("report")
+def report_cmd(paths: Annotated[list[Path], typer.Argument(help="Run dirs (or eval dirs) to report on")],
+               output: Annotated[Path | None, typer.Option("--output", "-o", help="Folder for report.html/.md "
+                                                           "and PNGs (default: RUN_DIR/report)")] = None) -> None:
+    """One self-contained HTML page and a Markdown report: accuracy with 95% CIs, loss, cost, failures."""
+    from mathtune.report.build import write_report
+
+    written = write_report(paths, output or (paths[0] / "report" if len(paths) == 1 else Path("report")))
+    typer.echo(f"report written to {written['html']} and {written['markdown']}")
+
+
+@app.command("app")
+def app_cmd(paths: Annotated[list[Path] | None, typer.Argument(help="Run dirs whose tuned models to offer")]
+            = None, model: ModelOpt = None, data_dir: DataDirOpt = None,
+            db: Annotated[Path, typer.Option(help="SQLite file for human ratings")] = Path("ratings.sqlite"),
+            host: Annotated[str, typer.Option(help="Address to serve on")] = "127.0.0.1",
+            port: Annotated[int | None, typer.Option(help="Port (default: 7860 or the next free one)")] = None
+            ) -> None:
+    """Demo app: base vs tuned answers streamed side by side, and blind human evaluation."""
+    from mathtune.app.ui import launch
+
+    launch(paths or [], model, data_dir, db, host, port)
+
+
+@app.command("lm-eval")
+def lm_eval_cmd(run_dir: Annotated[Path | None, typer.Argument(help="Finished run dir whose tuned model to test")]
+                = None, base: Annotated[bool, typer.Option(help="Evaluate the base model instead")] = False,
+                tasks: Annotated[str, typer.Option(help="Comma-separated: gsm8k, gsm8k_cot")] = "gsm8k",
+                limit: Annotated[int | None, typer.Option(help="lm-eval's first N test problems "
+                                                          "(default: the problems `mathtune eval` draws)")] = None,
+                batch_size: Annotated[int, typer.Option(help="lm-eval batch size")] = 1,
+                config: ConfigOpt = None, set_: SetOpt = None, model: ModelOpt = None, data_dir: DataDirOpt = None,
+                eval_size: EvalSizeOpt = None, output_dir: OutOpt = None) -> None:
+    """Run lm-evaluation-harness itself (offline on local data); writes lm_eval.json beside metrics.json."""
+    from mathtune.evaluate.lm_eval_bridge import headline, lm_eval_workflow
+
+    cfg = build_run_config(config, set_, model=model, data_dir=data_dir, eval_size=eval_size)
+    default = (run_dir / "eval" / "tuned") if run_dir and not base else Path(cfg.output_dir) / "eval" / "base"
+    out = Path(output_dir) if output_dir else default
+    record = lm_eval_workflow(cfg, run_dir, base, out, [t.strip() for t in tasks.split(",") if t.strip()],
+                              limit=limit, batch_size=batch_size)
+    for task, entry in headline(record).items():
+        _print_scores({"label": f"lm-eval {task}", **entry})
+    typer.echo(f"lm-eval results written to {out / 'lm_eval.json'}")
+
 def main() -> None:
-    logging.basicConfig(level=os.environ.get("MATHTUNE_LOG", "WARNING"), format="%(message)s")
+    # Our own log at MATHTUNE_LOG; other libraries' import-time chatter (torchao/bitsandbytes kernels
+    # missing on CPU, torch pytree deprecations) only at ERROR, so a failure stays one line on stderr.
+    logging.basicConfig(level=logging.ERROR, format="%(message)s")
+    logging.getLogger("mathtune").setLevel(os.environ.get("MATHTUNE_LOG", "WARNING").upper())
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         app(standalone_mode=False)
@@ -133,12 +187,13 @@ def main() -> None:
         print("mathtune: interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as exc:  # click's usage errors and anything unforeseen: still one line
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            print(f"mathtune: error: {exc.format_message()}", file=sys.stderr)
+        # By class name: typer >= 0.20 raises its vendored copy of click's exceptions (typer._click).
+        names = {cls.__name__ for cls in type(exc).__mro__}
+        if "ClickException" in names:
+            # no_args_is_help raises with an empty message after printing the help
+            print(f"mathtune: error: {exc.format_message() or 'missing command (see above)'}", file=sys.stderr)
             sys.exit(2)
-        if isinstance(exc, click.exceptions.Exit | click.exceptions.Abort):
+        if names & {"Exit", "Abort"}:
             sys.exit(getattr(exc, "exit_code", 1))
         print(f"mathtune: internal error: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
         sys.exit(1)

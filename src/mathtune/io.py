@@ -36,11 +36,26 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
 
 def append_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
     """Append whole lines and fsync, so a kill loses at most the rows not yet passed in."""
+    drop_torn_tail(path)
     with open(path, "a", encoding="utf-8") as handle:
         for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def drop_torn_tail(path: str | Path) -> None:
+    """Cut a last line left without its newline by a kill mid-write; appending after it would
+    glue the next row onto the fragment and lose that row too."""
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as handle:
+        handle.seek(-1, os.SEEK_END)
+        if handle.read(1) == b"\n":
+            return
+        handle.seek(0)
+        handle.truncate(handle.read().rfind(b"\n") + 1)
 
 
 def read_jsonl_tolerant(path: str | Path) -> list[dict[str, Any]]:
@@ -78,16 +93,39 @@ def prepare_output_dir(path: str | Path, overwrite: bool, resume: bool = False) 
 
 
 @contextmanager
+def output_dir_guard(path: str | Path, overwrite: bool, resume: bool = False) -> Iterator[Path]:
+    """Prepare the run dir and hold its lock. If the run fails before producing anything worth
+    resuming (only the config written), the dir it created is removed: no half-written run dirs.
+    Once checkpoints or predictions exist they are kept, so `--resume` can continue."""
+    path = Path(path)
+    # The topmost folder this call creates (run/eval/ for run/eval/tuned): removed with the rest.
+    created = next((p for p in reversed([path, *path.parents]) if not p.exists()), None)
+    prepared = prepare_output_dir(path, overwrite, resume)
+    # Lock first, then guard: a run that loses the lock race must not delete the winner's dir.
+    with run_lock(prepared):
+        try:
+            yield prepared
+        except Exception:
+            leftovers = {p.name for p in prepared.iterdir()} - {"config.yaml", ".lock", "tensorboard"}
+            if created is not None and not leftovers:
+                shutil.rmtree(created, ignore_errors=True)
+            raise
+
+
+@contextmanager
 def run_lock(path: str | Path) -> Iterator[None]:
     """Hold an exclusive lock file so two runs never write one directory at once."""
     import fcntl
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    handle = open(path / ".lock", "w")
+    handle = open(path / ".lock", "a")  # "a": trying the lock leaves the holder's file untouched
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        # The holder unlinks .lock on release; a lock on that unlinked file would lock nothing.
+        if os.fstat(handle.fileno()).st_ino != os.stat(path / ".lock").st_ino:
+            raise BlockingIOError
+    except (BlockingIOError, FileNotFoundError):
         handle.close()
         raise MathtuneError(f"another mathtune process is writing {path}") from None
     try:

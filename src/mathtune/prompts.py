@@ -26,6 +26,7 @@ class PromptStrategy:
     target: str
     shot_separator: str
     stop: tuple[str, ...]
+    few_shot_draw: str = "shared"  # shared: one draw for all problems; per-problem: lm-eval's sampler
 
     def format_prompt(self, question: str) -> str:
         return self.prompt.format(question=question.strip())
@@ -65,6 +66,20 @@ def few_shot_prefix(
         strategy.format_prompt(p.question) + strategy.format_target(p, (programs or {}).get(p.id)) for p in shots
     ]
     return "".join(block + strategy.shot_separator for block in blocks), [p.id for p in shots]
+
+
+def per_problem_prefixes(
+    strategy: PromptStrategy, pool: list[Problem], ordered: list[Problem], count: int, seed: int
+) -> dict[str, tuple[str, list[str]]]:
+    """lm-eval's default few-shot sampler: one `Random(seed)` stream and a fresh `sample(pool, count)`
+    for each test problem, drawn in test-file order (`ordered`). Returns problem id -> (prefix, shot ids)."""
+    rnd = random.Random(seed)
+    prefixes = {}
+    for problem in ordered:
+        shots = rnd.sample(pool, count) if count else []
+        blocks = [strategy.format_prompt(p.question) + strategy.format_target(p) for p in shots]
+        prefixes[problem.id] = ("".join(b + strategy.shot_separator for b in blocks), [p.id for p in shots])
+    return prefixes
 
 
 def extract_program(output: str) -> str:

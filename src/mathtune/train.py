@@ -24,11 +24,17 @@ from tqdm.auto import tqdm
 
 from mathtune.config import RunConfig, config_to_yaml
 from mathtune.data.batching import (
-    Example, causal_example, count_loss_tokens, packed_batch, padded_batch, seq2seq_batch,
+    Example,
+    causal_example,
+    count_loss_tokens,
+    packed_batch,
+    padded_batch,
+    seq2seq_batch,
 )
 from mathtune.data.problems import Problem, load_split, sample_problems
 from mathtune.errors import MathtuneError
-from mathtune.io import atomic_write_json, atomic_write_text
+from mathtune.evaluate.contamination import train_card_entry
+from mathtune.io import atomic_write_json, atomic_write_text, read_jsonl_tolerant
 from mathtune.methods.base import count_parameters, load_trainable_state_dict, trainable_state_dict
 from mathtune.methods.registry import build_method
 from mathtune.models.setup import LoadedModel, load_for_run
@@ -203,6 +209,9 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, show_progress: bo
     log_path = run_dir / "train_log.jsonl"
     if not resume:
         log_path.unlink(missing_ok=True)
+    elif log_path.exists():  # steps logged after the checkpoint are run again: keep each step once
+        kept = [row for row in read_jsonl_tolerant(log_path) if row.get("step", 0) <= start_step]
+        atomic_write_text(log_path, "".join(json.dumps(row) + "\n" for row in kept))
     started, step_tokens, last_loss = time.perf_counter(), 0, float("nan")
     bar = tqdm(range(start_step, total_steps), initial=start_step, total=total_steps, desc="train",
                disable=not show_progress, dynamic_ncols=True)
@@ -226,7 +235,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, show_progress: bo
         elapsed = time.perf_counter() - started
         if (step + 1) % cfg.train.log_every == 0 or step + 1 == total_steps:
             rate = step_tokens / max(elapsed, 1e-9)
-            _log_step(writer, log_path, step + 1, last_loss, scheduler.get_last_lr()[0], rate)
+            _log_step(writer, log_path, step + 1, last_loss, scheduler.get_last_lr()[0], rate, step_tokens, elapsed)
             bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{rate:.0f}")
         if (step + 1) % cfg.train.save_every == 0 and step + 1 < total_steps:
             save_checkpoint(run_dir, step + 1, model, optimizer, scheduler, tokens_seen + step_tokens)
@@ -244,6 +253,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, show_progress: bo
         "tokens_trained": step_tokens, "tokens_per_second": round(step_tokens / max(wall, 1e-9), 1),
         "loss_tokens": count_loss_tokens(examples), "peak_rss_mb": round(peak_rss_mb(), 1),
         "peak_cuda_mb": peak_cuda_mb(), "data": data_stats, **provenance(),
+        "contamination": train_card_entry(cfg, problems),
     }
     atomic_write_json(run_dir / "train_card.json", card)
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
@@ -274,9 +284,12 @@ def _tensorboard(run_dir: Path) -> Any:
     return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
 
-def _log_step(writer: Any, log_path: Path, step: int, loss: float, lr: float, tokens_per_s: float) -> None:
+def _log_step(writer: Any, log_path: Path, step: int, loss: float, lr: float, tokens_per_s: float,
+              tokens: int, seconds: float) -> None:
     writer.add_scalar("train/loss", loss, step)
     writer.add_scalar("train/lr", lr, step)
     writer.add_scalar("train/tokens_per_second", tokens_per_s, step)
     with open(log_path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps({"step": step, "loss": loss, "lr": lr, "tokens_per_second": tokens_per_s}) + "\n")
+        row = {"step": step, "loss": loss, "lr": lr, "tokens_per_second": tokens_per_s, "tokens": tokens,
+               "seconds": round(seconds, 4)}  # cumulative since the loop started (benchmarks diff these)
+        handle.write(json.dumps(row) + "\n")

@@ -13,13 +13,15 @@ from typing import Any
 
 from mathtune.compare import compare_runs, write_comparison
 from mathtune.config import RunConfig, config_to_yaml, load_config
+from mathtune.data.problems import load_split
 from mathtune.errors import MathtuneError
 from mathtune.evaluate.evaluator import evaluate
 from mathtune.evaluate.generation import HFBackend
-from mathtune.io import atomic_write_json, atomic_write_text, prepare_output_dir, run_lock
+from mathtune.io import atomic_write_json, atomic_write_text, output_dir_guard
 from mathtune.methods.registry import build_method
 from mathtune.models.device import choose_placement
-from mathtune.models.loading import load_model, load_tokenizer, resolve_source
+from mathtune.models.loading import load_model, load_tokenizer, resolve_source, source_config
+from mathtune.runcard import provenance
 from mathtune.train import train
 
 log = logging.getLogger("mathtune")
@@ -27,15 +29,23 @@ log = logging.getLogger("mathtune")
 
 def build_backend(cfg: RunConfig, adapter_dir: Path | None = None) -> tuple[HFBackend, dict[str, Any]]:
     """Load the base model (and the tuned weights from `adapter_dir`) behind a generation backend."""
+    if adapter_dir is not None and not adapter_dir.is_dir():  # before minutes of loading the base
+        raise MathtuneError(f"no trained weights at {adapter_dir}; train first or check the run dir")
     precision = cfg.eval.dtype if cfg.eval.dtype != "auto" else cfg.train.precision
     placement = choose_placement(cfg.model.device, precision)
     source = resolve_source(cfg.model.name, cfg.model.gguf_file)
     tokenizer = load_tokenizer(source)
-    model = load_model(source, cfg.model.architecture, dtype=placement.compute_dtype).to(placement.device)
-    if adapter_dir is not None:
-        if not adapter_dir.is_dir():
-            raise MathtuneError(f"no trained weights at {adapter_dir}; train first or check the run dir")
-        model = build_method(cfg.method).load(model, adapter_dir).to(placement.device)
+    method = build_method(cfg.method) if adapter_dir is not None else None
+    # A quantized base (qlora) must be reloaded quantized exactly as it was trained.
+    quant = method.base_load_kwargs(placement).get("quantization_config") if method else None
+    extra = {"quantization_config": quant} if quant is not None else {}
+    model = load_model(source, cfg.model.architecture, dtype=placement.compute_dtype, **extra)
+    if quant is None:  # bitsandbytes places quantized weights itself and refuses .to()
+        model = model.to(placement.device)
+    if method is not None and adapter_dir is not None:
+        model = method.load(model, adapter_dir)
+        if quant is None:
+            model = model.to(placement.device)
     seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
     meta = {"backend": "hf", "model": source.label, "adapter": str(adapter_dir) if adapter_dir else None,
             "device": str(placement.device), "compute_dtype": str(placement.compute_dtype).replace("torch.", "")}
@@ -48,9 +58,19 @@ def evaluate_model(cfg: RunConfig, out_dir: Path, label: str, adapter_dir: Path 
     return evaluate(cfg, backend, out_dir, label, backend.tokenizer, meta, show_progress)
 
 
+def preflight(cfg: RunConfig, splits: tuple[str, ...] = ("train", "test"), training: bool = True) -> None:
+    """Fail on bad data or an unknown model before any output dir is touched."""
+    for split in splits:
+        load_split(cfg.data, cfg.resolved_data_dir(), split)
+    source_config(resolve_source(cfg.model.name, cfg.model.gguf_file))
+    method = build_method(cfg.method)
+    if training and hasattr(method, "check"):  # e.g. stacked-lora: its stage-1 adapter must exist
+        method.check()
+
+
 def train_workflow(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> Path:
-    run_dir = prepare_output_dir(cfg.output_dir, overwrite, resume)
-    with run_lock(run_dir):
+    preflight(cfg, ("train",))
+    with output_dir_guard(cfg.output_dir, overwrite, resume) as run_dir:
         atomic_write_text(run_dir / "config.yaml", config_to_yaml(cfg))
         train(cfg, run_dir, resume=resume)
     return run_dir
@@ -62,14 +82,18 @@ def eval_workflow(cfg: RunConfig, run_dir: Path | None, base: bool, out_dir: Pat
         return evaluate_model(cfg, out_dir, "base")
     if run_dir is None:
         raise MathtuneError("pass a run directory to evaluate its tuned model, or --base")
-    run_cfg = load_config(run_dir / "config.yaml", None).model_copy(update={"eval": cfg.eval})
-    return evaluate_model(run_cfg, out_dir, "tuned", adapter_dir=run_dir / "adapter")
+    return evaluate_model(tuned_config(cfg, run_dir), out_dir, "tuned", adapter_dir=run_dir / "adapter")
+
+
+def tuned_config(cfg: RunConfig, run_dir: Path) -> RunConfig:
+    """A finished run's own config (model, method, data, prompt) with this call's eval settings."""
+    return load_config(run_dir / "config.yaml", None).model_copy(update={"eval": cfg.eval})
 
 
 def run_workflow(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
     """Train, evaluate base and tuned on the same problems, compare: the whole study in one call."""
-    run_dir = prepare_output_dir(cfg.output_dir, overwrite, resume)
-    with run_lock(run_dir):
+    preflight(cfg, ("train", cfg.eval.split))
+    with output_dir_guard(cfg.output_dir, overwrite, resume) as run_dir:
         atomic_write_text(run_dir / "config.yaml", config_to_yaml(cfg))
         base = evaluate_model(cfg, run_dir / "eval" / "base", "base")
         if not (resume and (run_dir / "train_card.json").is_file()):
@@ -78,7 +102,7 @@ def run_workflow(cfg: RunConfig, overwrite: bool = False, resume: bool = False) 
         comparison = compare_runs([run_dir / "eval" / "base", run_dir / "eval" / "tuned"], ["base", "tuned"])
         write_comparison(comparison, run_dir / "comparison")
         card = {"kind": "run", "config": cfg.model_dump(mode="json"), "base": _headline(base),
-                "tuned": _headline(tuned), "mcnemar": comparison["pairs"][0]["mcnemar"] if comparison["pairs"] else None}
+                "tuned": _headline(tuned), "mcnemar": comparison["pairs"][0]["mcnemar"], **provenance()}
         atomic_write_json(run_dir / "run_card.json", card)
     return card
 

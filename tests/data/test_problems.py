@@ -2,8 +2,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from helpers import SHARED_DATA
+
 from mathtune.config import build_config
 from mathtune.data.problems import load_split, parse_reference_answer, problems_from_rows, sample_problems
 from mathtune.data.records import read_jsonl

@@ -16,6 +16,8 @@ from mathtune.data.records import read_json_list, read_records
 from mathtune.errors import MathtuneError
 
 ANSWER_MARK = "####"
+GET_DATA = ("point --data-dir (or MATHTUNE_DATA_DIR) at a folder holding gsm8k/train.jsonl and "
+            "gsm8k/test.jsonl, or unset both to download openai/gsm8k from the hub")
 
 
 @dataclass(frozen=True)
@@ -116,11 +118,11 @@ def load_split(data_cfg: Any, data_dir: Path | None, split: str) -> list[Problem
     if local is not None and local.is_file():
         return problems_from_rows(read_records(local), str(local))
     if local is not None and data_dir.exists() and not local.parent.exists():
-        raise MathtuneError(f"no gsm8k/ folder in data dir {data_dir}; expected {local}")
+        raise MathtuneError(f"no gsm8k/ folder in data dir {data_dir}; expected {local}; {GET_DATA}")
     if local is not None and not data_dir.exists():
-        raise MathtuneError(f"data dir {data_dir} does not exist")
+        raise MathtuneError(f"data dir {data_dir} does not exist (looked for {local}); {GET_DATA}")
     if local is not None:
-        raise MathtuneError(f"GSM8K file missing: {local}")
+        raise MathtuneError(f"GSM8K file missing: {local}; {GET_DATA}")
     return problems_from_rows(_hub_rows("openai/gsm8k", data_cfg.subset, split), f"openai/gsm8k {split}")
 
 

@@ -15,12 +15,20 @@ from tqdm.auto import tqdm
 
 from mathtune.config import RunConfig
 from mathtune.data.problems import Problem, load_split, sample_problems
+from mathtune.evaluate.contamination import check_run
+from mathtune.evaluate.decoding import add_majority_votes, majority_summary
 from mathtune.evaluate.extraction import FILTERS, extract_all, score_all
 from mathtune.evaluate.failures import classify_failure, failure_counts
 from mathtune.evaluate.generation import Backend, Generation, GenerationRequest
 from mathtune.evaluate.metrics import mean_and_stderr, perplexity_from_nll
 from mathtune.io import append_jsonl, atomic_write_json, read_jsonl_tolerant
-from mathtune.prompts import PromptStrategy, extract_program, few_shot_prefix, get_strategy
+from mathtune.prompts import (
+    PromptStrategy,
+    extract_program,
+    few_shot_prefix,
+    get_strategy,
+    per_problem_prefixes,
+)
 from mathtune.runcard import peak_cuda_mb, peak_rss_mb, provenance
 
 SCORES = ("strict-match", "flexible-extract", "numeric-match")
@@ -35,6 +43,8 @@ def build_prompts(cfg: RunConfig, problems: list[Problem]) -> tuple[list[str], d
     """Prompts with the seeded few-shot prefix; returns the record of what was used."""
     strategy = get_strategy(cfg.prompt.strategy)
     prefix, shot_ids = "", []
+    if cfg.prompt.few_shot and strategy.few_shot_draw == "per-problem":
+        return _per_problem_prompts(cfg, strategy, problems)
     if cfg.prompt.few_shot:
         pool = load_split(cfg.data, cfg.resolved_data_dir(), "train")
         programs = _programs_for(pool) if strategy.name == "program" else None
@@ -42,6 +52,20 @@ def build_prompts(cfg: RunConfig, problems: list[Problem]) -> tuple[list[str], d
     prompts = [prefix + strategy.format_prompt(p.question) for p in problems]
     record = {"strategy": strategy.name, "template": strategy.prompt, "few_shot": cfg.prompt.few_shot,
               "shot_ids": shot_ids, "chat_template": cfg.prompt.chat_template}
+    return prompts, record
+
+
+def _per_problem_prompts(cfg: RunConfig, strategy: PromptStrategy,
+                         problems: list[Problem]) -> tuple[list[str], dict[str, Any]]:
+    """lm-eval's draw: shots for each problem in test-file order, so `lm_eval --samples` matches."""
+    pool = load_split(cfg.data, cfg.resolved_data_dir(), "train")
+    position = {p.id: i for i, p in enumerate(load_split(cfg.data, cfg.resolved_data_dir(), cfg.eval.split))}
+    ordered = sorted(problems, key=lambda p: position[p.id])
+    prefixes = per_problem_prefixes(strategy, pool, ordered, cfg.prompt.few_shot, cfg.eval.seed)
+    prompts = [prefixes[p.id][0] + strategy.format_prompt(p.question) for p in problems]
+    record = {"strategy": strategy.name, "template": strategy.prompt, "few_shot": cfg.prompt.few_shot,
+              "few_shot_draw": "per-problem", "shot_ids": {p.id: prefixes[p.id][1] for p in problems},
+              "chat_template": cfg.prompt.chat_template}
     return prompts, record
 
 
@@ -128,7 +152,7 @@ def evaluate(cfg: RunConfig, backend: Backend, out_dir: Path, label: str, tokeni
     new_tokens = 0
     for start in range(0, len(todo), chunk):
         indices = todo[start : start + chunk]
-        requests = [GenerationRequest(prompts[i], stop, cfg.eval.max_new_tokens) for i in indices]
+        requests = [GenerationRequest(prompts[i], stop, cfg.eval.max_new_tokens, cfg.eval.calculator) for i in indices]
         generations = backend.generate(requests)
         new_tokens += sum(g.new_tokens for g in generations)
         batch_problems = [problems[i] for i in indices]
@@ -138,6 +162,9 @@ def evaluate(cfg: RunConfig, backend: Backend, out_dir: Path, label: str, tokeni
                      for i in indices]
             for row, (nll, count) in zip(rows, backend.target_nll(pairs), strict=True):
                 row["reference_nll"], row["reference_tokens"] = nll, count
+        if cfg.eval.samples > 1:  # self-consistency beside greedy: sample k, vote on the numbers
+            add_majority_votes(rows, backend, requests, [p.solution for p in batch_problems], cfg.eval.samples,
+                               cfg.eval.temperature, cfg.eval.seed + start)
         append_jsonl(predictions_path, rows)
         done.update({row["id"]: row for row in rows})
         bar.update(len(indices))
@@ -145,6 +172,9 @@ def evaluate(cfg: RunConfig, backend: Backend, out_dir: Path, label: str, tokeni
     wall = time.perf_counter() - started
     rows = [done[p.id] for p in problems]
     metrics = summarize(rows)
+    if cfg.eval.samples > 1:
+        metrics["self_consistency"] = majority_summary(rows)
+    metrics["contamination"] = check_run(cfg, problems)
     if cfg.eval.text_metrics:
         metrics.update(text_metrics(rows))
     metrics.update({
@@ -157,7 +187,9 @@ def evaluate(cfg: RunConfig, backend: Backend, out_dir: Path, label: str, tokeni
             "extraction": {name: {"regex": f.pattern, "group_select": f.group_select}
                            for name, f in FILTERS.items()},
             "generation": {"greedy": True, "max_new_tokens": cfg.eval.max_new_tokens, "stop": list(stop),
-                           "batch_size": cfg.eval.batch_size, "dtype": cfg.eval.dtype},
+                           "batch_size": cfg.eval.batch_size, "dtype": cfg.eval.dtype,
+                           "calculator": cfg.eval.calculator, "samples": cfg.eval.samples,
+                           "temperature": cfg.eval.temperature if cfg.eval.samples > 1 else None},
             "dataset": cfg.data.model_dump(mode="json"), **(meta or {}), **provenance(),
         },
     })

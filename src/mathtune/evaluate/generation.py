@@ -18,6 +18,7 @@ class GenerationRequest:
     prompt: str
     stop: tuple[str, ...]
     max_new_tokens: int
+    calculator: bool = False  # insert the calculator's result after each '<<expr=' (causal models)
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class Generation:
     text: str  # cut at the first stop string
     truncated: bool  # hit max_new_tokens without a stop string or EOS
     new_tokens: int
+    calculator_calls: int = 0
 
 
 class Backend(Protocol):
@@ -81,6 +83,8 @@ class HFBackend:
     def _generate_batch(
         self, batch: list[GenerationRequest], sample: bool, temperature: float, seed: int
     ) -> list[Generation]:
+        if not self.seq2seq:  # our KV-cache loop: finished rows leave the batch (evaluate/decoding.py)
+            return self._decode_causal(batch, sample, temperature, seed)
         encoded = self.tokenizer([r.prompt for r in batch], return_tensors="pt", padding=True).to(self.device)
         stops = sorted({s for r in batch for s in r.stop})
         max_new = max(r.max_new_tokens for r in batch)
@@ -99,6 +103,23 @@ class HFBackend:
         output = self.model.generate(**encoded, **kwargs)
         new_ids = output if self.seq2seq else output[:, encoded["input_ids"].shape[1] :]
         return [self._finish(row, request) for row, request in zip(new_ids, batch, strict=True)]
+
+    def _decode_causal(
+        self, batch: list[GenerationRequest], sample: bool, temperature: float, seed: int
+    ) -> list[Generation]:
+        from mathtune.evaluate.decoding import decode_batch
+
+        decoded = decode_batch(
+            self.model, self.tokenizer, [r.prompt for r in batch], [r.stop for r in batch],
+            [r.max_new_tokens for r in batch], sample=sample, temperature=temperature, seed=seed,
+            calculator=[r.calculator for r in batch],
+        )
+        generations = []
+        for result, request in zip(decoded, batch, strict=True):
+            text, stopped = cut_at_stop(self.tokenizer.decode(result.tokens, skip_special_tokens=True), request.stop)
+            truncated = not stopped and not result.hit_eos and len(result.tokens) >= request.max_new_tokens
+            generations.append(Generation(text, truncated, len(result.tokens), result.calculator_calls))
+        return generations
 
     def _finish(self, ids: torch.Tensor, request: GenerationRequest) -> Generation:
         special = {self.tokenizer.pad_token_id, self.tokenizer.eos_token_id}

@@ -228,13 +228,16 @@ def _parse_report(report: bytes, marker: bytes) -> tuple[str, str | None, str] |
 
 def _failure_reason(returncode: int, err_tail: bytes) -> str:
     if returncode in (-signal.SIGXCPU, -signal.SIGKILL):
-        return "timeout"  # RLIMIT_CPU sends SIGXCPU at the soft limit and SIGKILL at the hard one
+        # RLIMIT_CPU sends SIGXCPU at the soft limit and SIGKILL at the hard one; RLIMIT_AS makes
+        # the OOM killer (the other source of SIGKILL) unlikely.
+        return "timeout"
     if returncode == -signal.SIGXFSZ:
         return "output too large"
     if b"MemoryError" in err_tail:
         return "memory"
     if returncode < 0:
-        return f"killed: {signal.Signals(-returncode).name}"
+        names = {int(sig): sig.name for sig in signal.Signals}
+        return f"killed: {names.get(-returncode, -returncode)}"
     return "no result"  # exited without reporting, e.g. os._exit(0)
 
 
@@ -377,13 +380,14 @@ def guarded_builtins(allowed, violations):
 def install_hook(os, workdir, stdlib, allowed, violations, max_writes):
     safe = frozenset(SAFE_EVENTS)
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-    getcwd, str_type, bytes_type, blocked, writes = os.getcwd, str, bytes, Blocked, [0]
+    getcwd, type_of, text, str_type, bytes_type = os.getcwd, type, str, str, bytes
+    blocked, writes = Blocked, [0]
 
     def resolve(path):
         # Lexical: the program cannot create symlinks (os.symlink is refused) to fool it.
-        if type(path) is bytes_type:
+        if type_of(path) is bytes_type:
             path = path.decode("utf-8", "surrogateescape")
-        if type(path) is not str_type:
+        if type_of(path) is not str_type:
             return None
         if not path.startswith("/"):
             path = getcwd() + "/" + path
@@ -398,7 +402,7 @@ def install_hook(os, workdir, stdlib, allowed, violations, max_writes):
 
     def open_allowed(path, mode, flags):
         full = resolve(path)
-        if full is None or type(mode) is not str_type:  # fds, and os.open (mode None, dir_fd)
+        if full is None or type_of(mode) is not str_type:  # fds, and os.open (mode None, dir_fd)
             return False
         if full == workdir or full.startswith(workdir + "/"):
             if flags & write_flags:
@@ -414,7 +418,7 @@ def install_hook(os, workdir, stdlib, allowed, violations, max_writes):
             return
         if event == "open" and open_allowed(*args[:3]):
             return
-        detail = event if event not in ("open", "import") else event + " " + str(args[0])[:120]
+        detail = event if event not in ("open", "import") else event + " " + text(args[0])[:120]
         violations.append(detail)
         raise blocked(detail)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from mathtune.methods.full.config import FullMethodConfig
 from mathtune.methods.lora.config import LoraMethodConfig
+from mathtune.methods.qlora.config import QloraMethodConfig
+from mathtune.methods.stacked_lora.config import StackedLoraMethodConfig
 
 # Order matters only for the default: the first entry is what an empty config gets.
-MethodConfig = LoraMethodConfig | FullMethodConfig
+MethodConfig = LoraMethodConfig | FullMethodConfig | QloraMethodConfig | StackedLoraMethodConfig

@@ -8,10 +8,14 @@ from typing import Any
 from mathtune.methods.base import TuningMethod
 from mathtune.methods.full.method import FullMethod
 from mathtune.methods.lora.method import LoraMethod
+from mathtune.methods.qlora.method import QloraMethod
+from mathtune.methods.stacked_lora.method import StackedLoraMethod
 
 METHODS: dict[str, Callable[[Any], TuningMethod]] = {
     "lora": LoraMethod,
     "full": FullMethod,
+    "qlora": QloraMethod,
+    "stacked-lora": StackedLoraMethod,
 }
 
 

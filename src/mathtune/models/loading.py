@@ -118,10 +118,17 @@ def load_tokenizer(source: ModelSource) -> Any:
     return tokenizer
 
 
-def load_model(source: ModelSource, architecture: str = "auto", dtype: Any = None, **kwargs: Any) -> Any:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+def source_config(source: ModelSource) -> Any:
+    """The model's config alone: proves the model exists and is readable, without its weights."""
+    from transformers import AutoConfig
 
-    config = _from_pretrained(AutoConfig, source)
+    return _from_pretrained(AutoConfig, source)
+
+
+def load_model(source: ModelSource, architecture: str = "auto", dtype: Any = None, **kwargs: Any) -> Any:
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    config = source_config(source)
     seq2seq = is_seq2seq(config) if architecture == "auto" else architecture == "seq2seq"
     auto_class = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
     try:
@@ -132,6 +139,8 @@ def load_model(source: ModelSource, architecture: str = "auto", dtype: Any = Non
 
 def _from_pretrained(auto_class: Any, source: ModelSource, **kwargs: Any) -> Any:
     """from_pretrained with hub/IO failures turned into one readable line."""
+    from safetensors import SafetensorError  # a corrupt weights file; not an OSError or ValueError
+
     try:
         return auto_class.from_pretrained(source.path, gguf_file=source.gguf_file, **kwargs)
     except OSError as exc:
@@ -139,7 +148,7 @@ def _from_pretrained(auto_class: Any, source: ModelSource, **kwargs: Any) -> Any
         raise MathtuneError(
             f"cannot load model '{source.label}': {first[:200]} (embedded names: {', '.join(EMBEDDED_MODELS)})"
         ) from None
-    except (ValueError, KeyError, RuntimeError) as exc:
+    except (ValueError, KeyError, RuntimeError, SafetensorError) as exc:
         # safetensors/json corruption surfaces as these; keep the first line only
         msg = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise MathtuneError(f"cannot load model '{source.label}': {type(exc).__name__}: {msg}") from None

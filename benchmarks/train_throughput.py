@@ -1,0 +1,381 @@
+"""Training throughput: the HF reference stack vs mathtune's default path, same data, same order.
+
+    nice -n 15 python benchmarks/train_throughput.py                       # 20 steps, LoRA, both arms
+    python benchmarks/train_throughput.py --arms mathtune -s train.packing=false   # one lever
+
+Arm (a) "reference": HF `Trainer` + PEFT LoRA (r, alpha, dropout, targets as mathtune's config),
+fp32, `DataCollatorForSeq2Seq` dynamic padding, completion-only labels, a sequential sampler.
+Arm (b) "mathtune": `mathtune.train.train` with a RunConfig (its defaults; `-s` overrides them).
+Both arms get their examples and their batch order from the same code: mathtune's `build_examples`
+and `micro_batch_plan`, so step k of one arm sees exactly the examples of step k of the other.
+
+Each arm runs in a fresh `spawn` child, so its peak RSS (ru_maxrss) is its own. Timing skips the
+first step (allocator and kernel warm-up) in both arms: tokens/s = non-padding tokens of steps
+2..N / their wall time.
+
+FLOPs per step (the same "useful work" count for both arms, so padding and full logits are waste):
+    linear layers: 4 * N_lin per token for LoRA (2 forward + 2 backward input-grads; frozen weights
+                   need no weight-grads; the LoRA weight-grads, 2 * N_lora, are added), 6 * N_lin
+                   per token for full fine-tuning
+    output head:   4 * V * d per loss token (LoRA) or 6 * V * d (full), only loss positions count
+    attention:     6 * d * n^2 per layer per example of n tokens (causal half of QK^T and PV,
+                   forward 2 * d * n^2, backward twice that)
+MFU = FLOPs / step time / peak, the peak being a bf16 2048^3 matmul timed here (fp32 also shown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+DATA_DIR = "/work/shared/datasets"
+
+
+def bench_config(args: argparse.Namespace, overrides: dict[str, Any]) -> Any:
+    from mathtune.config import build_config, parse_override
+
+    method: dict[str, Any] = {"name": args.method}
+    tree = {
+        "model": {"name": args.model}, "method": method,
+        "data": {"dataset": "gsm8k", "data_dir": args.data_dir, "train_size": args.rows, "max_length": args.max_length},
+        "train": {"batch_size": args.batch_size, "max_steps": args.steps, "lr": 2e-4, "warmup_steps": 0,
+                  "log_every": 1, "save_every": 10**6, "seed": 42},
+    }
+    extra = dict(parse_override(item) for item in args.set or [])
+    return build_config(tree, {**extra, **overrides})
+
+
+def shared_data(cfg: Any, loaded: Any) -> tuple[list[Any], list[list[int]], int]:
+    """Examples and the micro-batch order both arms consume (mathtune's own data code)."""
+    from mathtune.train import build_examples, load_train_problems, micro_batch_plan
+
+    examples, _ = build_examples(cfg, load_train_problems(cfg), loaded)
+    plan, steps = micro_batch_plan(len(examples), cfg)
+    return examples, plan, steps
+
+
+def flops_per_step(model: Any, examples: list[Any], method: str) -> float:
+    """The formula in the module docstring, for one micro-batch of `examples`."""
+    from torch import nn
+
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = core.get_output_embeddings()
+    lin = sum(m.weight.numel() for m in core.modules() if isinstance(m, nn.Linear) and m is not head)
+    lora = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "lora_" in n)
+    cfg = core.config
+    d, layers, vocab = cfg.hidden_size, cfg.num_hidden_layers, cfg.vocab_size
+    per_token = (6 * lin) if method == "full" else (4 * lin + 2 * lora)
+    per_loss_token = (6 if method == "full" else 4) * vocab * d
+    total = 0.0
+    for ex in examples:
+        n = ex.num_tokens
+        loss_tokens = sum(1 for label in ex.labels[1:] if label != -100)
+        total += n * per_token + loss_tokens * per_loss_token + layers * 6 * d * n * n
+    return total
+
+
+def matmul_peak(dtype_name: str, size: int = 2048, repeats: int = 10) -> float:
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - started)
+
+
+def _window(step_seconds: list[float], step_tokens: list[int]) -> dict[str, float]:
+    timed = step_seconds[1:] or step_seconds
+    tokens = step_tokens[1:] if len(step_seconds) > 1 else step_tokens
+    return {"seconds_per_step": sum(timed) / len(timed), "tokens_per_second": sum(tokens) / sum(timed)}
+
+
+def run_reference(args: argparse.Namespace, overrides: dict[str, Any]) -> dict[str, Any]:
+    import torch
+    from peft import get_peft_model
+    from torch.utils.data import SequentialSampler
+    from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
+
+    from mathtune.methods.lora.method import peft_lora_config
+    from mathtune.models.device import choose_placement
+    from mathtune.models.loading import load_tokenizer, resolve_source
+    from mathtune.models.setup import LoadedModel
+
+    cfg = bench_config(args, overrides)
+    torch.manual_seed(cfg.train.seed)
+    source = resolve_source(cfg.model.name)
+    tokenizer = load_tokenizer(source)
+    model = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch.float32)
+    loaded = LoadedModel(model, tokenizer, source, choose_placement("cpu", "fp32"), False)
+    examples, plan, steps = shared_data(cfg, loaded)
+    if cfg.method.name == "lora":
+        model = get_peft_model(model, peft_lora_config(cfg.method, model))
+    ordered = [examples[i] for micro in plan for i in micro]
+    dataset = [{"input_ids": ex.input_ids, "labels": ex.labels} for ex in ordered]
+
+    class InPlanOrder(Trainer):
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            return SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
+
+    marks: list[float] = []
+    losses: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *_: Any, **__: Any) -> None:
+            marks.append(time.perf_counter())
+
+        def on_step_end(self, *_: Any, **__: Any) -> None:
+            marks.append(time.perf_counter())
+
+        def on_log(self, _args: Any, _state: Any, _control: Any, logs: dict | None = None, **__: Any) -> None:
+            if logs and "loss" in logs:
+                losses.append(float(logs["loss"]))
+
+    training_args = TrainingArguments(
+        output_dir=tempfile.mkdtemp(prefix="ref-"), per_device_train_batch_size=cfg.train.batch_size,
+        max_steps=steps, learning_rate=cfg.train.lr, lr_scheduler_type="linear", warmup_steps=0,
+        weight_decay=0.0, max_grad_norm=cfg.train.max_grad_norm, logging_steps=1, save_strategy="no",
+        report_to="none", use_cpu=True, dataloader_num_workers=0, remove_unused_columns=False, seed=cfg.train.seed,
+        disable_tqdm=True,
+    )
+    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+    trainer = InPlanOrder(model=model, args=training_args, train_dataset=dataset, data_collator=collator,
+                          callbacks=[Clock()])
+    trainer.train()
+    step_seconds = [end - begin for begin, end in zip(marks[0::2], marks[1::2], strict=True)]
+    step_tokens = [sum(examples[i].num_tokens for i in micro) for micro in plan[:steps]]
+    return {"arm": "reference", "losses": losses, "step_seconds": step_seconds, "step_tokens": step_tokens,
+            "optim": str(training_args.optim), **_window(step_seconds, step_tokens),
+            "flops": [flops_per_step(model, [examples[i] for i in micro], cfg.method.name) for micro in plan[:steps]]}
+
+
+def run_mathtune(args: argparse.Namespace, overrides: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    from mathtune import train as train_module
+    from mathtune.methods.registry import build_method
+
+    cfg = bench_config(args, overrides)
+    seen: dict[str, Any] = {}
+    original_plan = train_module.micro_batch_plan
+
+    def recording_plan(num_examples: int, run_cfg: Any) -> tuple[list[list[int]], int]:
+        plan, steps = original_plan(num_examples, run_cfg)
+        seen["plan"], seen["steps"] = plan, steps
+        return plan, steps
+
+    original_build = train_module.build_examples
+
+    def recording_build(*a: Any, **k: Any) -> Any:
+        examples, stats = original_build(*a, **k)
+        seen["examples"] = examples
+        return examples, stats
+
+    train_module.micro_batch_plan, train_module.build_examples = recording_plan, recording_build
+    for lever in args.ablate or []:
+        ABLATIONS[lever](train_module)
+    with tempfile.TemporaryDirectory(prefix="mt-") as run_dir:
+        card = train_module.train(cfg, Path(run_dir), show_progress=False).card
+        log = [json.loads(line) for line in (Path(run_dir) / "train_log.jsonl").read_text().splitlines()]
+    cumulative = [0.0] + [row["seconds"] for row in log]
+    step_seconds = [b - a for a, b in zip(cumulative, cumulative[1:], strict=False)]
+    tokens = [0] + [row["tokens"] for row in log]
+    step_tokens = [b - a for a, b in zip(tokens, tokens[1:], strict=False)]
+    examples, plan, steps = seen["examples"], seen["plan"], seen["steps"]
+    model = _param_model(cfg, build_method, torch)
+    return {"arm": "mathtune", "losses": [row["loss"] for row in log], "step_seconds": step_seconds,
+            "step_tokens": step_tokens, "compute_dtype": card["compute_dtype"], **_window(step_seconds, step_tokens),
+            "flops": [flops_per_step(model, [examples[i] for i in micro], cfg.method.name) for micro in plan[:steps]],
+            "threads": torch.get_num_threads()}
+
+
+def _param_model(cfg: Any, build_method: Any, torch: Any) -> Any:
+    """A meta-device copy of the tuned model, only to count parameters for the FLOPs formula."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from mathtune.models.loading import resolve_source
+
+    config = AutoConfig.from_pretrained(resolve_source(cfg.model.name).path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return build_method(cfg.method).apply(model)
+
+
+def _full_logits(train_module: Any) -> None:
+    """Lever off: logits at every position (what `model(**batch).loss` does)."""
+    def compute_loss(model: Any, batch: dict, seq2seq: bool) -> Any:
+        return model(**batch).loss
+
+    train_module.compute_loss = compute_loss
+
+
+def _unfused_adamw(train_module: Any) -> None:
+    import torch
+
+    original = torch.optim.AdamW
+
+    class ForEachAdamW(original):  # type: ignore[misc, valid-type]
+        def __init__(self, params: Any, *a: Any, fused: Any = None, **k: Any) -> None:
+            super().__init__(params, *a, **k)
+
+    train_module.torch.optim.AdamW = ForEachAdamW
+
+
+def _group_by_length(train_module: Any) -> None:
+    """Lever on: sort each window of 16 micro-batches by example length (HF-style mega-batches)."""
+    original = train_module.micro_batch_plan
+    examples_ref: dict[str, Any] = {}
+    build = train_module.build_examples
+
+    def recording_build(*a: Any, **k: Any) -> Any:
+        examples, stats = build(*a, **k)
+        examples_ref["examples"] = examples
+        return examples, stats
+
+    def grouped(num_examples: int, cfg: Any) -> tuple[list[list[int]], int]:
+        plan, steps = original(num_examples, cfg)
+        flat = [i for micro in plan for i in micro]
+        size, window = cfg.train.batch_size, 16 * cfg.train.batch_size
+        lengths = [ex.num_tokens for ex in examples_ref["examples"]]
+        out: list[int] = []
+        for start in range(0, len(flat), window):
+            out += sorted(flat[start : start + window], key=lambda i: -lengths[i])
+        return [out[i : i + size] for i in range(0, len(out), size)], steps
+
+    train_module.build_examples, train_module.micro_batch_plan = recording_build, grouped
+
+
+def _compiled(train_module: Any) -> None:
+    """Lever on: torch.compile each decoder layer (dynamic shapes: every packed row has its own length)."""
+    import torch
+
+    original = train_module.build_method
+
+    def build(cfg: Any) -> Any:
+        method = original(cfg)
+        apply = method.apply
+
+        def compiled_apply(model: Any) -> Any:
+            tuned = apply(model)
+            core = tuned.get_base_model() if hasattr(tuned, "get_base_model") else tuned
+            for layer in core.model.layers:
+                layer.compile(dynamic=True)
+            return tuned
+
+        method.apply = compiled_apply
+        return method
+
+    train_module.build_method = build
+    del torch
+
+
+ABLATIONS = {"full_logits": _full_logits, "unfused_adamw": _unfused_adamw, "group_by_length": _group_by_length,
+             "compile": _compiled}
+ARMS = {"reference": run_reference, "mathtune": run_mathtune}
+
+
+def _child(arm: str, args: argparse.Namespace, overrides: dict[str, Any], queue: Any) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        result = ARMS[arm](args, overrides)
+        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        queue.put(result)
+    except Exception as exc:  # report, don't hang the parent
+        queue.put({"arm": arm, "error": f"{type(exc).__name__}: {exc}"})
+        raise
+
+
+def run_arm(arm: str, args: argparse.Namespace, overrides: dict[str, Any]) -> dict[str, Any]:
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(target=_child, args=(arm, args, overrides, queue))
+    child.start()
+    result = queue.get()
+    child.join()
+    return result
+
+
+def peaks(args: argparse.Namespace) -> dict[str, float]:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return {"bf16": matmul_peak("bfloat16"), "fp32": matmul_peak("float32")}
+
+
+def report(results: dict[str, dict[str, Any]], peak: dict[str, float], args: argparse.Namespace) -> int:
+    print(f"\nmodel {args.model}, method {args.method}, {args.rows} rows, max_length {args.max_length}, "
+          f"batch {args.batch_size}, {args.steps} steps (timing: steps 2..N); overrides {args.set or []} "
+          f"ablate {args.ablate or []}")
+    print(f"matmul peak (2048^3, {args.threads or 'default'} threads): bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s, "
+          f"fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s")
+    print(f"{'arm':<10} {'tokens/s':>9} {'s/step':>8} {'peak RSS MB':>12} {'MFU(bf16)':>10} {'MFU(fp32)':>10}")
+    for name, r in results.items():
+        if "error" in r:
+            print(f"{name:<10} error: {r['error']}")
+            continue
+        flops = sum(r["flops"][1:]) / sum(r["step_seconds"][1:])
+        r["mfu_bf16"], r["mfu_fp32"] = flops / peak["bf16"], flops / peak["fp32"]
+        print(f"{name:<10} {r['tokens_per_second']:>9.1f} {r['seconds_per_step']:>8.2f} {r['peak_rss_mb']:>12.0f} "
+              f"{100 * r['mfu_bf16']:>9.1f}% {100 * r['mfu_fp32']:>9.1f}%")
+    status = 0
+    if "reference" in results and "mathtune" in results and not any("error" in r for r in results.values()):
+        a, b = results["reference"], results["mathtune"]
+        print(f"ratio mathtune/reference tokens/s: {b['tokens_per_second'] / a['tokens_per_second']:.2f}x")
+        k = min(args.check_steps, len(a["losses"]), len(b["losses"]))
+        rel = [abs(x - y) / abs(x) for x, y in zip(a["losses"][:k], b["losses"][:k], strict=True)]
+        ok = max(rel) <= args.loss_rtol
+        print(f"loss agreement over the first {k} steps: max relative difference {max(rel):.4f} "
+              f"(tolerance {args.loss_rtol}) -> {'OK' if ok else 'MISMATCH'}")
+        print("  reference:", " ".join(f"{x:.4f}" for x in a["losses"][:k]))
+        print("  mathtune: ", " ".join(f"{x:.4f}" for x in b["losses"][:k]))
+        status = 0 if ok else 1
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "peak": peak, "results": results}, indent=1))
+    return status
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--method", default="lora", choices=["lora", "qlora", "full"])
+    parser.add_argument("--data-dir", default=DATA_DIR)
+    parser.add_argument("--rows", type=int, default=200)
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads in each arm (0: default)")
+    parser.add_argument("--arms", default="reference,mathtune")
+    parser.add_argument("--set", "-s", action="append", help="RunConfig override for both arms: train.packing=false")
+    parser.add_argument("--ablate", action="append", choices=sorted(ABLATIONS), help="Turn a mathtune lever off/on")
+    parser.add_argument("--check-steps", type=int, default=5, help="Steps whose losses must agree")
+    parser.add_argument("--loss-rtol", type=float, default=0.02,
+                        help="Relative loss tolerance (bf16 base + autocast vs fp32, different dropout masks)")
+    parser.add_argument("--json", help="Also write all numbers to this JSON file")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    peak = peaks(args)
+    results = {arm: run_arm(arm, args, {}) for arm in args.arms.split(",")}
+    return report(results, peak, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

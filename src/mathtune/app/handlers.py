@@ -1,0 +1,214 @@
+"""The app's event handlers: plain functions of the UI's values, testable without a browser.
+
+Each handler turns a `MathtuneError` (bad input, a missing file) into `gr.Error`, which Gradio
+shows as a message in the page instead of a stack trace.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import random
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from mathtune.app.engine import Engine, answer_details, check_question, draw_blind
+from mathtune.app.ratings import CRITERIA, Rating, RatingStore
+from mathtune.errors import MathtuneError
+
+NO_RUN = "(none: base model only)"
+SLOTS = ("A", "B")  # blind outputs shown side by side
+
+
+def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Show a MathtuneError as a Gradio error message; works for plain and generator handlers."""
+    if inspect.isgeneratorfunction(func):
+
+        @functools.wraps(func)
+        def gen_wrapper(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            try:
+                yield from func(*args, **kwargs)
+            except MathtuneError as exc:
+                raise gr.Error(str(exc), print_exception=False) from None
+
+        return gen_wrapper
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except MathtuneError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+
+    return wrapper
+
+
+class Handlers:
+    def __init__(self, engine: Engine, store: RatingStore, seed: int | None = None) -> None:
+        self.engine, self.store = engine, store
+        self.rng = random.Random(seed)
+
+    def run_choices(self) -> list[str]:
+        return [NO_RUN, *self.engine.runs]
+
+    def on_run_change(self, run_label: str) -> tuple[Any, Any]:
+        """Choosing a run selects its base model and its prompt strategy."""
+        run = self.engine.runs.get(run_label)
+        if run is None:
+            return gr.update(), gr.update()
+        return gr.update(value=run.config.model.name), gr.update(value=run.config.prompt.strategy)
+
+    @user_errors
+    def draw_problem(self) -> tuple[str, dict[str, Any], str]:
+        problem = self.engine.random_problem(self.rng.randrange(2**32))
+        return (
+            problem.question,
+            problem.to_dict(),
+            f"GSM8K test problem {problem.id}; reference answer **{problem.answer}**",
+        )
+
+    @user_errors
+    def solve(
+        self,
+        model: str,
+        run_label: str,
+        strategy: str,
+        max_new_tokens: float,
+        question: str,
+        problem: dict[str, Any] | None,
+    ) -> Iterator[tuple[str, str, str, str]]:
+        """Stream the base model's answer, then the tuned model's; finish each with its extracted answer."""
+        question = check_question(question)
+        run = run_label if run_label and run_label != NO_RUN else None
+        cfg = self.engine.config_for(model, run, strategy, int(max_new_tokens))
+        reference = problem["solution"] if problem and problem.get("question", "").strip() == question else None
+        texts, notes = (
+            ["", ""],
+            [
+                "_loading the model…_",
+                "_waiting for the base model…_" if run else "_no run selected: pick one to see a tuned model_",
+            ],
+        )
+        yield texts[0], texts[1], notes[0], notes[1]
+        sides = [(0, None)] + ([(1, run)] if run else [])
+        for index, side_run in sides:
+            notes[index] = "_generating…_"
+            for texts[index] in self.engine.stream(cfg, side_run, question):
+                yield texts[0], texts[1], notes[0], notes[1]
+            notes[index] = details_markdown(answer_details(strategy, texts[index], reference))
+            yield texts[0], texts[1], notes[0], notes[1]
+        labels = [f"{run}/base" if run else model, f"{run}/tuned"]
+        self.engine.add_live(
+            question, {labels[i]: texts[i] for i, _ in sides}, problem.get("answer") if reference and problem else None
+        )
+
+    @user_errors
+    def next_blind(self, rater: str) -> tuple[Any, ...]:
+        """A problem and up to two outputs, model hidden and order random; rating inputs cleared."""
+        rater = (rater or "").strip()
+        if not rater:
+            raise MathtuneError("enter your name as rater first (ratings are compared between raters)")
+        item = draw_blind(self.engine.pool, self.store.rated_items(rater), self.rng)
+        cleared = [None] * (len(SLOTS) * len(CRITERIA))
+        if item is None:
+            gr.Warning("Nothing left to rate: solve a problem in the first tab to add outputs.")
+            return None, "", "", "", "No unrated outputs left.", *cleared
+        outputs = [s["output"] for s in item["shown"]] + [""] * (len(SLOTS) - len(item["shown"]))
+        status = f"Problem {item['problem_id']}: rate each output on the four criteria (1 = poor, 5 = excellent)."
+        return item, item["question"], *outputs, status, *cleared
+
+    @user_errors
+    def submit(self, rater: str, item: dict[str, Any] | None, *scores: Any) -> str:
+        rater = (rater or "").strip()
+        if not rater:
+            raise MathtuneError("enter your name as rater")
+        if not item:
+            raise MathtuneError("draw a problem to rate first ('Next problem')")
+        ratings = []
+        for slot, shown in zip(SLOTS, item["shown"], strict=False):
+            values = scores[SLOTS.index(slot) * len(CRITERIA) :][: len(CRITERIA)]
+            missing = [c for c, v in zip(CRITERIA, values, strict=True) if v is None]
+            if missing:
+                raise MathtuneError(f"output {slot}: rate {', '.join(missing)} too")
+            ratings.append(
+                Rating(
+                    rater=rater,
+                    problem_id=str(item["problem_id"]),
+                    model=shown["model"],
+                    question=item["question"],
+                    output=shown["output"],
+                    **{c: int(v) for c, v in zip(CRITERIA, values, strict=True)},
+                )
+            )
+        for rating in ratings:
+            self.store.add(rating)
+        return f"Saved {len(ratings)} rating(s) from {rater}. Click 'Next problem' for another."
+
+    @user_errors
+    def export_csv(self) -> str:
+        path = Path(tempfile.mkdtemp(prefix="mathtune-ratings-")) / "ratings.csv"
+        return str(self.store.export_csv(path))
+
+    @user_errors
+    def summary(self) -> str:
+        return summary_markdown(self.store.summary())
+
+
+def details_markdown(details: dict[str, Any]) -> str:
+    lines = [
+        f"**Answer** (strict-match): `{details['extracted']['strict-match']}` · flexible-extract: "
+        f"`{details['extracted']['flexible-extract']}`"
+    ]
+    if "correct" in details:
+        ok = details["correct"]["strict-match"] or details["correct"]["numeric-match"]
+        lines.append("✅ matches the reference" if ok else "❌ does not match the reference")
+    if "program" in details:
+        code = details["program"]
+        fence = "`" * max(3, _longest_backtick_run(code) + 1)
+        box = details["sandbox"]
+        lines += [
+            f"**Program:**\n{fence}python\n{code}\n{fence}",
+            f"**Sandbox:** {box['reason']}, answer `{box['answer']}` ({box['seconds']} s)",
+        ]
+    return "\n\n".join(lines)
+
+
+def _longest_backtick_run(text: str) -> int:
+    longest = run = 0
+    for char in text:
+        run = run + 1 if char == "`" else 0
+        longest = max(longest, run)
+    return longest
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    if not summary["ratings"]:
+        return "No ratings yet."
+    lines = [
+        f"{summary['ratings']} ratings from {summary['raters']} rater(s).",
+        "",
+        "| model | n | raters | " + " | ".join(CRITERIA) + " |",
+        "|" + "---|" * (len(CRITERIA) + 3),
+    ]
+    for model, stats in summary["models"].items():
+        lines.append(
+            f"| {model} | {stats['n']} | {stats['raters']} | " + " | ".join(f"{stats[c]:.2f}" for c in CRITERIA) + " |"
+        )
+    lines += [
+        "",
+        "Agreement between raters (on outputs rated by two or more):",
+        "",
+        "| criterion | outputs | Krippendorff's α (interval) | mean pairwise quadratic κ |",
+        "|---|---|---|---|",
+    ]
+    for criterion, agree in summary["agreement"].items():
+        alpha, kappa = agree["krippendorff_alpha"], agree["mean_pairwise_qwk"]
+        lines.append(
+            f"| {criterion} | {agree['items_rated_by_2plus']} | "
+            f"{'–' if alpha is None else f'{alpha:.3f}'} | {'–' if kappa is None else f'{kappa:.3f}'} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,83 @@
+"""MATH and ARC-Challenge as `Problem` rows, from a local JSONL/JSON file or the hub.
+
+- MATH (`hendrycks/competition_math` layout: problem, solution, level, type): the answer is the
+  last ``\\boxed{...}`` of the solution; the solution gets a ``#### answer`` line appended so the
+  rest of mathtune reads it like GSM8K. Non-numeric answers (``\\frac{1}{2}``, ``x^2``) are kept as
+  text; `numeric_only=True` keeps just the problems whose answer is a plain number.
+- ARC-Challenge (`allenai/ai2_arc`, config ARC-Challenge: id, question, choices{text,label},
+  answerKey): the question lists the lettered choices; the answer is the letter.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mathtune.data.problems import ANSWER_MARK, Problem, _hub_rows, parse_number_text
+from mathtune.data.records import read_records
+from mathtune.errors import MathtuneError
+
+HUB = {"math": ("hendrycks/competition_math", None), "arc-challenge": ("allenai/ai2_arc", "ARC-Challenge")}
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), braces balanced, else None."""
+    start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
+    if start < 0:
+        return None
+    i = text.index("{", start) + 1
+    depth, begin = 1, i
+    while i < len(text):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[begin:i].strip()
+        i += 1
+    return None
+
+
+def math_problems(rows: list[dict[str, Any]], source: str, numeric_only: bool = False) -> list[Problem]:
+    problems = []
+    for index, row in enumerate(rows):
+        try:
+            question, solution = row["problem"], row["solution"]
+        except KeyError as exc:
+            raise MathtuneError(f"{source} row {index + 1}: missing MATH field {exc}") from None
+        answer = last_boxed(solution)
+        if answer is None:
+            raise MathtuneError(f"{source} row {index + 1}: solution has no \\boxed{{...}} answer")
+        number = parse_number_text(answer.replace("\\$", "").replace("\\!", ""))
+        if numeric_only and number is None:
+            continue
+        answer = number if number is not None else answer
+        problems.append(Problem(id=str(row.get("id", index)), question=question.strip(),
+                                solution=f"{solution.strip()}\n{ANSWER_MARK} {answer}", answer=answer))
+    return problems
+
+
+def arc_problems(rows: list[dict[str, Any]], source: str) -> list[Problem]:
+    problems = []
+    for index, row in enumerate(rows):
+        try:
+            choices = row["choices"]
+            options = "\n".join(f"{label}. {text}" for label, text in zip(choices["label"], choices["text"],
+                                                                          strict=True))
+            question, key = f"{row['question'].strip()}\n{options}", str(row["answerKey"]).strip()
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MathtuneError(f"{source} row {index + 1}: bad or missing ARC field ({exc})") from None
+        if key not in choices["label"]:
+            raise MathtuneError(f"{source} row {index + 1}: answerKey {key!r} is not one of {choices['label']}")
+        problems.append(Problem(id=str(row.get("id", index)), question=question, solution=f"{ANSWER_MARK} {key}",
+                                answer=key))
+    return problems
+
+
+def load_hub_set(name: str, split: str, local_file: str | Path | None = None,
+                 numeric_only: bool = False) -> list[Problem]:
+    """`name`: math or arc-challenge; rows from `local_file` (.jsonl/.json/.csv) when given, else the hub."""
+    if name not in HUB:
+        raise MathtuneError(f"unknown data set '{name}' (choose from {', '.join(HUB)})")
+    if local_file is not None:
+        rows, source = read_records(local_file), str(local_file)
+    else:
+        rows, source = _hub_rows(*HUB[name], split), f"{HUB[name][0]} {split}"
+    return math_problems(rows, source, numeric_only) if name == "math" else arc_problems(rows, source)

@@ -1,0 +1,195 @@
+"""A batched decoding loop for causal LMs (greedy or sampled, optionally calculator-augmented), and
+majority voting over sampled solutions (self-consistency, maj@k).
+
+Why our own loop instead of `model.generate`: a row that has written a stop string leaves the batch
+at once (its KV-cache rows are dropped), so a batch costs the sum of its outputs' lengths instead of
+`batch size x the longest output`. Stop strings are checked per row on the decoded tail.
+
+Calculator (the GSM8K paper's trick): when a row's text ends in an open annotation ``<<48/2=``, the
+calculator's ``24>>`` is forced into that row one token per step, so rows stay aligned and the
+batch never has to be re-padded. Greedy results do not depend on the batch size: positions come from
+each row's own attention mask, exactly as `generate` computes them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+STOP_WINDOW = 24  # tokens decoded to look for a stop string; stop strings are a few tokens long
+
+
+@dataclass
+class _Row:
+    index: int
+    stop: tuple[str, ...]
+    max_new_tokens: int
+    calculator: bool
+    tokens: list[int] = field(default_factory=list)
+    forced: list[int] = field(default_factory=list)  # calculator tokens still to feed
+    calls: int = 0
+    hit_eos: bool = False
+    stopped: bool = False
+
+
+@dataclass(frozen=True)
+class Decoded:
+    tokens: list[int]  # generated ids, EOS excluded
+    hit_eos: bool
+    stopped: bool  # a stop string appeared
+    calculator_calls: int
+
+
+def decode_batch(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    stops: Sequence[tuple[str, ...]],
+    max_new_tokens: Sequence[int],
+    *,
+    sample: bool = False,
+    temperature: float = 1.0,
+    seed: int = 0,
+    calculator: Sequence[bool] | None = None,
+) -> list[Decoded]:
+    """Decode every prompt until EOS, a stop string or its token cap; left padding, one KV cache."""
+    device = next(model.parameters()).device
+    encoded = tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left")
+    input_ids, mask = encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
+    rows = [_Row(i, tuple(stops[i]), max_new_tokens[i], bool(calculator and calculator[i]))
+            for i in range(len(prompts))]
+    generator = torch.Generator(device=device).manual_seed(seed) if sample else None
+    eos = _eos_ids(model, tokenizer)
+    position = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    cache = _new_cache(model)
+    with torch.inference_mode():
+        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=position,
+                       past_key_values=cache, use_cache=True).logits[:, -1, :]
+        position = position[:, -1:]
+        active = list(range(len(rows)))
+        while active:
+            chosen = _choose(logits, sample, temperature, generator).tolist()
+            next_ids, keep = [], []
+            for slot, row_index in enumerate(active):
+                token = _advance(rows[row_index], chosen[slot], tokenizer, eos)
+                if token is not None:
+                    next_ids.append(token)
+                    keep.append(slot)
+            if not keep:
+                break
+            if len(keep) < len(active):
+                kept = torch.tensor(keep, device=device)
+                cache.batch_select_indices(kept)
+                mask, position = mask[kept], position[kept]
+            active = [active[slot] for slot in keep]
+            mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
+            position = position + 1
+            step = torch.tensor(next_ids, device=device).unsqueeze(1)
+            logits = model(input_ids=step, attention_mask=mask, position_ids=position,
+                           past_key_values=cache, use_cache=True).logits[:, -1, :]
+    return [Decoded(r.tokens, r.hit_eos, r.stopped, r.calls) for r in rows]
+
+
+def _choose(logits: torch.Tensor, sample: bool, temperature: float, generator: Any) -> torch.Tensor:
+    if not sample:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+def _advance(row: _Row, chosen: int, tokenizer: Any, eos: set[int]) -> int | None:
+    """Append this step's token to `row`; the token to feed next, or None when the row is done."""
+    token = row.forced.pop(0) if row.forced else chosen
+    if token in eos:  # a forced calculator token is never EOS
+        row.hit_eos = True
+        return None
+    row.tokens.append(token)
+    tail = tokenizer.decode(row.tokens[-STOP_WINDOW:], skip_special_tokens=True)
+    if any(s and s in tail for s in row.stop):
+        row.stopped = True
+        return None
+    if len(row.tokens) >= row.max_new_tokens:
+        return None
+    if row.calculator and not row.forced:
+        row.forced = calculator_tokens(tokenizer, tail)
+        row.calls += bool(row.forced)
+        # a forced token may not fit under the cap; it is cut there like any other token
+    return token
+
+
+def calculator_tokens(tokenizer: Any, text: str) -> list[int]:
+    """Tokens of ``result>>`` when `text` ends in an open ``<<expr=`` annotation, else []."""
+    from mathtune.evaluate.calculator import complete_calculator_annotation
+
+    value = complete_calculator_annotation(text)
+    return [] if value is None else tokenizer.encode(f"{value}>>", add_special_tokens=False)
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    found = set(ids if isinstance(ids, list) else [ids]) if ids is not None else set()
+    if tokenizer.eos_token_id is not None:
+        found.add(tokenizer.eos_token_id)
+    return found
+
+
+def _new_cache(model: Any) -> Any:
+    from transformers import DynamicCache
+
+    config = getattr(model, "config", None)
+    try:
+        return DynamicCache(config=config)
+    except TypeError:  # older signatures
+        return DynamicCache()
+
+
+def majority_vote(answers: Sequence[float | None],
+                  equal: Callable[[float, float], bool] | None = None) -> float | None:
+    """The most frequent numeric answer (None votes ignored); ties go to the answer seen first."""
+    votes = [a for a in answers if a is not None]
+    if not votes:
+        return None
+    if equal is None:
+        counts = Counter(votes)
+        best = max(counts.values())
+        return next(a for a in votes if counts[a] == best)
+    groups: list[list[float]] = []
+    for answer in votes:
+        for group in groups:
+            if equal(group[0], answer):
+                group.append(answer)
+                break
+        else:
+            groups.append([answer])
+    return max(groups, key=len)[0]  # max keeps the first of equal-length groups
+
+
+def add_majority_votes(rows: list[dict[str, Any]], backend: Any, requests: Sequence[Any], references: Sequence[str],
+                       k: int, temperature: float, seed: int) -> None:
+    """Self-consistency: sample `k` solutions per request, vote on their numeric answers, and store
+    ``row["majority"] = {"k", "answers", "vote", "correct"}`` beside the greedy result."""
+    from mathtune.evaluate.extraction import extract_numeric, numbers_equal, numeric_match
+
+    repeated = [request for request in requests for _ in range(k)]
+    generations = backend.generate(repeated, sample=True, temperature=temperature, seed=seed)
+    for index, (row, reference) in enumerate(zip(rows, references, strict=True)):
+        texts = [g.text for g in generations[index * k : (index + 1) * k]]
+        answers = [extract_numeric(text) for text in texts]
+        vote = majority_vote(answers, numbers_equal)
+        row["majority"] = {"k": k, "answers": answers, "vote": vote,
+                           "correct": vote is not None and numeric_match(f"#### {vote!r}", reference)}
+
+
+def majority_summary(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """maj@k accuracy (numeric match of the voted answer) and its standard error, or None."""
+    from mathtune.evaluate.metrics import mean_and_stderr
+
+    voted = [row["majority"] for row in rows if "majority" in row]
+    if not voted:
+        return None
+    value, stderr = mean_and_stderr([bool(v["correct"]) for v in voted])
+    return {f"maj@{voted[0]['k']}": {"exact_match": value, "stderr": stderr, "n": len(voted)}}

@@ -1,0 +1,102 @@
+"""Our evaluator and lm-eval-harness agree: same prompts, same outputs, same extracted answers, same scores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mathtune.config import build_config
+from mathtune.evaluate.lm_eval_bridge import (
+    TASK_FILES,
+    hf_model_args,
+    lm_eval_record,
+    run_lm_eval,
+    shipped_task,
+    task_config,
+)
+
+lm_eval = pytest.importorskip("lm_eval")
+LM_EVAL_GSM8K = Path(lm_eval.__file__).parent / "tasks" / "gsm8k"
+ORIGINALS = {"gsm8k": "gsm8k.yaml", "gsm8k_cot": "gsm8k-cot.yaml"}
+DATASET_KEYS = {"dataset_path", "dataset_name", "dataset_kwargs"}
+
+
+@pytest.mark.parametrize("name", sorted(TASK_FILES))
+def test_shipped_tasks_equal_lm_evals_own_but_for_the_dataset(name):
+    original = yaml.safe_load((LM_EVAL_GSM8K / ORIGINALS[name]).read_text())
+    ours = shipped_task(name)
+    assert {k: v for k, v in ours.items() if k not in DATASET_KEYS} == {
+        k: v for k, v in original.items() if k not in DATASET_KEYS}
+    assert ours["dataset_path"] == "json"
+
+
+def test_task_config_points_at_local_files_or_the_hub(data_dir, tmp_path):
+    local = task_config("gsm8k", data_dir)
+    assert local["dataset_kwargs"]["data_files"]["test"].endswith("gsm8k/test.jsonl")
+    assert Path(local["dataset_kwargs"]["data_files"]["train"]).is_file()
+    hub = task_config("gsm8k", None)
+    assert (hub["dataset_path"], hub["dataset_name"]) == ("openai/gsm8k", "main")
+    assert "dataset_kwargs" not in hub
+    with pytest.raises(Exception, match="missing"):
+        task_config("gsm8k", tmp_path)
+
+
+def test_our_evaluator_reproduces_lm_eval_gsm8k_per_problem(tiny_models, data_dir, tmp_path):
+    """8 problems, 5 shots drawn lm-eval's way, greedy fp32: identical prompts, answers and scores."""
+    from mathtune.evaluate.evaluator import evaluate
+    from mathtune.workflows import build_backend
+
+    cfg = build_config({
+        "model": {"name": str(tiny_models["llama"])},
+        "data": {"data_dir": str(data_dir)},
+        "prompt": {"strategy": "lm-eval-gsm8k", "few_shot": 5},
+        "eval": {"num_problems": 8, "seed": 1234, "batch_size": 3, "max_new_tokens": 24, "dtype": "fp32",
+                 "perplexity": False},
+    })
+    backend, meta = build_backend(cfg)
+    ours = evaluate(cfg, backend, tmp_path / "ours", "base", backend.tokenizer, meta, show_progress=False)
+    ids = ours["reproducibility"]["problems"]["ids"]
+
+    args = hf_model_args(str(tiny_models["llama"]), None, "float32", "cpu")
+    record = lm_eval_record(run_lm_eval(["gsm8k"], args, data_dir=data_dir, samples=sorted(int(i) for i in ids),
+                                        max_gen_toks=24, batch_size=2))
+    theirs = {str(s["doc_id"]): s for s in record["summary"]["gsm8k"]["samples"]}
+    rows = {r["id"]: r for r in _read_rows(tmp_path / "ours" / "predictions.jsonl")}
+
+    assert sorted(theirs) == sorted(ids)
+    for problem_id in ids:
+        assert rows[problem_id]["prompt"] == theirs[problem_id]["prompt"]
+        assert rows[problem_id]["output"] == theirs[problem_id]["output"]
+        for name in ("strict-match", "flexible-extract"):
+            assert rows[problem_id]["extracted"][name] == theirs[problem_id]["extracted"][name]
+            assert rows[problem_id]["correct"][name] == theirs[problem_id]["correct"][name]
+    for name in ("strict-match", "flexible-extract"):
+        assert ours["scores"][name]["exact_match"] == record["summary"]["gsm8k"]["scores"][name]["exact_match"]
+
+
+def _read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+
+def test_lm_eval_command_writes_json_and_run_card(tiny_models, data_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from mathtune.cli import app
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "run_card.json").write_text(json.dumps({"kind": "run", "base": {"n": 2}}))
+    result = CliRunner().invoke(app, [
+        "lm-eval", str(run_dir), "--base", "--model", str(tiny_models["llama"]), "--data-dir", str(data_dir),
+        "--limit", "2", "-s", "eval.max_new_tokens=8", "-s", "eval.dtype=fp32", "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "lm-eval gsm8k: n=2" in result.output
+    record = json.loads((tmp_path / "out" / "lm_eval.json").read_text())
+    assert record["mathtune"]["problems"] == "first_n"
+    assert record["tasks"]["gsm8k"]["dataset_kwargs"]["data_files"]["test"].endswith("test.jsonl")
+    card = json.loads((run_dir / "run_card.json").read_text())
+    assert card["base"] == {"n": 2} and card["lm_eval"]["base"]["gsm8k"]["n"] == 2

@@ -1,0 +1,118 @@
+"""Our decoding loop: batch-size invariant, same as `generate`, calculator insertion, majority voting."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mathtune.config import build_config
+from mathtune.evaluate.decoding import _advance, _Row, calculator_tokens, majority_vote
+from mathtune.evaluate.extraction import numbers_equal
+from mathtune.evaluate.generation import GenerationRequest, HFBackend
+
+STOP = ("Question:", "\n\n")
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_models):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["llama"])
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"], dtype=torch.float32)
+    return model, tokenizer
+
+
+def _requests(data_dir, count=8, max_new=20, calculator=False):
+    lines = (data_dir / "gsm8k" / "test.jsonl").read_text().splitlines()[:count]
+    import json
+
+    return [GenerationRequest(f"Question: {json.loads(line)['question']}\nAnswer:", STOP, max_new, calculator)
+            for line in lines]
+
+
+def test_greedy_does_not_depend_on_batch_size(llama, data_dir):
+    model, tokenizer = llama
+    requests = _requests(data_dir)
+    one = HFBackend(model, tokenizer, torch.device("cpu"), False, 1).generate(requests)
+    eight = HFBackend(model, tokenizer, torch.device("cpu"), False, 8).generate(requests)
+    assert one == eight
+    assert any(g.new_tokens > 1 for g in one)
+
+
+def test_greedy_loop_matches_transformers_generate(llama, data_dir):
+    model, tokenizer = llama
+    requests = _requests(data_dir, count=4, max_new=12)
+    ours = HFBackend(model, tokenizer, torch.device("cpu"), False, 4).generate(requests)
+    for request, generation in zip(requests, ours, strict=True):
+        encoded = tokenizer(request.prompt, return_tensors="pt")
+        out = model.generate(**encoded, do_sample=False, max_new_tokens=12, pad_token_id=tokenizer.pad_token_id)
+        text = tokenizer.decode(out[0, encoded["input_ids"].shape[1]:], skip_special_tokens=True)
+        for stop in request.stop:
+            text = text.split(stop)[0]
+        assert generation.text == text
+
+
+def test_sampling_is_seeded(llama, data_dir):
+    model, tokenizer = llama
+    backend = HFBackend(model, tokenizer, torch.device("cpu"), False, 4)
+    requests = _requests(data_dir, count=4)
+    first = backend.generate(requests, sample=True, temperature=1.0, seed=7)
+    assert first == backend.generate(requests, sample=True, temperature=1.0, seed=7)
+
+
+@pytest.mark.parametrize(("written", "inserted"), [("3 + 4 = <<3+4=", "7>>"), ("<<48/2=", "24>>"),
+                                                   ("<<1/3=", "0.333333>>"), ("so 5 = 5", None)])
+def test_calculator_forces_the_result_after_an_open_annotation(llama, written, inserted):
+    _, tokenizer = llama
+    row = _Row(0, ("Question:",), 100, calculator=True)
+    for token in tokenizer.encode(written, add_special_tokens=False):
+        assert _advance(row, token, tokenizer, eos=set()) is not None
+        if row.forced:
+            break
+    forced = tokenizer.decode(row.forced) if row.forced else None
+    assert forced == inserted
+    if inserted:  # the forced tokens are fed next, whatever the model would pick
+        fed = [_advance(row, 0, tokenizer, eos=set()) for _ in range(len(row.forced))]
+        assert tokenizer.decode(fed) == inserted
+        assert tokenizer.decode(row.tokens).endswith(written.split("<<")[-1] + inserted)
+        assert row.calls == 1
+
+
+def test_calculator_refuses_what_is_not_arithmetic(llama):
+    _, tokenizer = llama
+    assert calculator_tokens(tokenizer, "<<9**9**9=") == []
+    assert calculator_tokens(tokenizer, "<<x=") == []
+
+
+def test_calculator_decoding_runs_batched_on_a_tiny_model(llama, data_dir):
+    model, tokenizer = llama
+    backend = HFBackend(model, tokenizer, torch.device("cpu"), False, 4)
+    with_calc = backend.generate(_requests(data_dir, count=4, calculator=True))
+    plain = backend.generate(_requests(data_dir, count=4))
+    for a, b in zip(with_calc, plain, strict=True):
+        assert a.calculator_calls > 0 or a.text == b.text  # no annotation written: nothing changes
+
+
+def test_majority_vote():
+    assert majority_vote([3.0, 5.0, 3.0, None]) == 3.0
+    assert majority_vote([5.0, 3.0]) == 5.0  # a tie goes to the first seen
+    assert majority_vote([None, None]) is None
+    assert majority_vote([0.1 + 0.2, 0.3, 7.0], numbers_equal) == pytest.approx(0.3)
+    assert math.isclose(majority_vote([2.0, 1.0, 1.0000000001], numbers_equal), 1.0)
+
+
+def test_self_consistency_reports_maj_at_k_beside_greedy(tiny_models, data_dir, tmp_path):
+    from mathtune.evaluate.evaluator import evaluate
+    from mathtune.workflows import build_backend
+
+    cfg = build_config({"model": {"name": str(tiny_models["llama"])}, "data": {"data_dir": str(data_dir)},
+                        "eval": {"num_problems": 3, "batch_size": 4, "max_new_tokens": 8, "dtype": "fp32",
+                                 "perplexity": False, "samples": 3, "calculator": True}})
+    backend, meta = build_backend(cfg)
+    metrics = evaluate(cfg, backend, tmp_path, "base", backend.tokenizer, meta, show_progress=False)
+    assert set(metrics["self_consistency"]) == {"maj@3"}
+    assert metrics["self_consistency"]["maj@3"]["n"] == 3
+    assert "numeric-match" in metrics["scores"]
+    assert metrics["reproducibility"]["generation"]["calculator"] is True

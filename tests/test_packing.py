@@ -1,0 +1,60 @@
+"""Padding-free packing is exact: a packed row gives the same loss and hidden states as its examples
+run one by one or padded, i.e. no token attends across an example boundary (fp32, tiny models)."""
+
+import pytest
+import torch
+
+from mathtune.data.batching import causal_example, packed_batch, padded_batch
+from mathtune.models.loading import load_model, load_tokenizer, resolve_source
+from mathtune.train import causal_loss
+
+PAIRS = [
+    ("Q: Tom has 3 apples and buys 4 more. How many apples?\nA:", " 3 + 4 = <<3+4=7>>7\n#### 7"),
+    ("Q: 2 + 3?\nA:", " 5\n#### 5"),
+    ("Q: Mia has 12 pens, gives away 5, then buys twice as many as she has. How many pens?\nA:",
+     " 12 - 5 = <<12-5=7>>7, 7 * 2 = <<7*2=14>>14, 7 + 14 = <<7+14=21>>21\n#### 21"),
+]
+ATOL = 1e-5
+
+
+def load(arch, tiny_models):
+    source = resolve_source(str(tiny_models[arch]))
+    model = load_model(source, dtype=torch.float32).eval()
+    return model, load_tokenizer(source)
+
+
+def token_sum_and_count(model, batch):
+    count = int((batch["labels"][:, 1:] != -100).sum())
+    return causal_loss(model, batch) * count, count
+
+
+@pytest.mark.parametrize("arch", ["llama", "phi"])
+def test_packed_loss_equals_unpacked_and_padded(arch, tiny_models):
+    model, tokenizer = load(arch, tiny_models)
+    examples = [causal_example(tokenizer, p, t, 128, "completion") for p, t in PAIRS]
+    assert len({ex.num_tokens for ex in examples}) == len(examples)  # unequal lengths: padding matters
+    with torch.no_grad():
+        packed = causal_loss(model, packed_batch(examples))
+        padded = causal_loss(model, padded_batch(examples, tokenizer.pad_token_id))
+        parts = [token_sum_and_count(model, padded_batch([ex], tokenizer.pad_token_id)) for ex in examples]
+    one_by_one = sum(s for s, _ in parts) / sum(n for _, n in parts)  # token-weighted mean, as one batch
+    assert abs(packed.item() - one_by_one.item()) < ATOL, (packed.item(), one_by_one.item())
+    assert abs(packed.item() - padded.item()) < ATOL, (packed.item(), padded.item())
+
+
+@pytest.mark.parametrize("arch", ["llama", "phi"])
+def test_packed_hidden_states_match_each_example_alone(arch, tiny_models):
+    model, tokenizer = load(arch, tiny_models)
+    examples = [causal_example(tokenizer, p, t, 128, "all") for p, t in PAIRS]
+    batch = packed_batch(examples)
+    with torch.no_grad():
+        packed = model.base_model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).last_hidden_state
+        start = 0
+        for ex in examples:
+            alone = model.base_model(input_ids=torch.tensor([ex.input_ids])).last_hidden_state
+            torch.testing.assert_close(packed[:, start : start + ex.num_tokens], alone, atol=ATOL, rtol=0)
+            start += ex.num_tokens
+        # The test has teeth: without restarting positions, the same row sees across examples.
+        leaky = model.base_model(input_ids=batch["input_ids"]).last_hidden_state
+    tail = slice(examples[0].num_tokens, None)
+    assert not torch.allclose(leaky[:, tail], packed[:, tail], atol=1e-3)

@@ -350,6 +350,30 @@ def report(results: dict[str, dict[str, Any]], peak: dict[str, float], args: arg
     return status
 
 
+def prep_cost(args: argparse.Namespace) -> None:
+    """Cost vs dataset size: load + tokenize + plan (no model weights) for each row count."""
+    from mathtune.models.device import choose_placement
+    from mathtune.models.loading import load_tokenizer, resolve_source
+    from mathtune.models.setup import LoadedModel
+    from mathtune.train import build_examples, load_train_problems, micro_batch_plan
+
+    tokenizer = load_tokenizer(resolve_source(args.model))
+    print(f"{'rows':>6} {'load s':>7} {'tokenize s':>10} {'plan s':>7} {'tokens':>9} {'us/row':>7}")
+    for rows in (int(x) for x in args.prep_cost.split(",")):
+        cfg = bench_config(args, {"data.train_size": rows, "train.max_steps": None})
+        started = time.perf_counter()
+        problems = load_train_problems(cfg)
+        loaded_at = time.perf_counter()
+        examples, _ = build_examples(cfg, problems, LoadedModel(None, tokenizer, None, choose_placement("cpu", "fp32"),
+                                                                False))
+        tokenized_at = time.perf_counter()
+        micro_batch_plan(len(examples), cfg)
+        done = time.perf_counter()
+        print(f"{len(examples):>6} {loaded_at - started:>7.3f} {tokenized_at - loaded_at:>10.3f} "
+              f"{done - tokenized_at:>7.4f} {sum(ex.num_tokens for ex in examples):>9} "
+              f"{1e6 * (done - started) / len(examples):>7.0f}")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
@@ -367,11 +391,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--loss-rtol", type=float, default=0.02,
                         help="Relative loss tolerance (bf16 base + autocast vs fp32, different dropout masks)")
     parser.add_argument("--json", help="Also write all numbers to this JSON file")
+    parser.add_argument("--prep-cost", help="Only time data preparation for these row counts: 100,1000,7473")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.prep_cost:
+        prep_cost(args)
+        return 0
     peak = peaks(args)
     results = {arm: run_arm(arm, args, {}) for arm in args.arms.split(",")}
     return report(results, peak, args)

@@ -47,14 +47,21 @@ def test_packed_hidden_states_match_each_example_alone(arch, tiny_models):
     model, tokenizer = load(arch, tiny_models)
     examples = [causal_example(tokenizer, p, t, 128, "all") for p, t in PAIRS]
     batch = packed_batch(examples)
+    # use_cache=False matters: with a KV cache transformers skips the packed-sequence mask (causal_loss
+    # passes it; see the third call below for what happens otherwise).
     with torch.no_grad():
-        packed = model.base_model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).last_hidden_state
+        packed = model.base_model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                                  use_cache=False).last_hidden_state
         start = 0
         for ex in examples:
-            alone = model.base_model(input_ids=torch.tensor([ex.input_ids])).last_hidden_state
+            alone = model.base_model(input_ids=torch.tensor([ex.input_ids]), use_cache=False).last_hidden_state
             torch.testing.assert_close(packed[:, start : start + ex.num_tokens], alone, atol=ATOL, rtol=0)
             start += ex.num_tokens
-        # The test has teeth: without restarting positions, the same row sees across examples.
-        leaky = model.base_model(input_ids=batch["input_ids"]).last_hidden_state
+        # The test has teeth: the same row attends across examples without restarted positions, and
+        # also when a KV cache is on (transformers then ignores position-based packing).
+        no_positions = model.base_model(input_ids=batch["input_ids"], use_cache=False).last_hidden_state
+        with_cache = model.base_model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                                      use_cache=True).last_hidden_state
     tail = slice(examples[0].num_tokens, None)
-    assert not torch.allclose(leaky[:, tail], packed[:, tail], atol=1e-3)
+    assert not torch.allclose(no_positions[:, tail], packed[:, tail], atol=1e-3)
+    assert not torch.allclose(with_cache[:, tail], packed[:, tail], atol=1e-3)

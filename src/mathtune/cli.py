@@ -178,6 +178,9 @@ def main() -> None:
     logging.getLogger("mathtune").setLevel(os.environ.get("MATHTUNE_LOG", "WARNING").upper())
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Library progress bars ("Loading weights") and warnings would bury our one-line errors.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         app(standalone_mode=False)
     except MathtuneError as exc:

@@ -81,13 +81,15 @@ def build_examples(cfg: RunConfig, problems: list[Problem], loaded: LoadedModel)
     return examples, stats
 
 
-def micro_batch_plan(num_examples: int, cfg: RunConfig) -> tuple[list[list[int]], int]:
-    """Every micro-batch of the run, fixed by the seed, so a resumed run replays the same data."""
-    per_epoch = math.ceil(num_examples / cfg.train.batch_size)
+def micro_batch_plan(num_examples: int, cfg: RunConfig, world: int = 1) -> tuple[list[list[int]], int]:
+    """Every global micro-batch of the run (batch_size x processes examples), fixed by the seed, so
+    a resumed run replays the same data; each process takes its shard with `rank_shard`."""
+    size = cfg.train.batch_size * world
+    per_epoch = math.ceil(num_examples / size)
     micro: list[list[int]] = []
     for epoch in range(math.ceil(cfg.train.epochs)):
         order = random.Random(cfg.train.seed + epoch).sample(range(num_examples), num_examples)
-        micro += [order[i : i + cfg.train.batch_size] for i in range(0, num_examples, cfg.train.batch_size)]
+        micro += [order[i : i + size] for i in range(0, num_examples, size)]
     micro = micro[: max(1, round(per_epoch * cfg.train.epochs))]
     steps = cfg.train.max_steps or max(1, len(micro) // cfg.train.grad_accum)
     needed = steps * cfg.train.grad_accum
@@ -127,6 +129,42 @@ def compute_loss(model: Any, batch: dict[str, torch.Tensor], seq2seq: bool) -> t
     if seq2seq:
         return model(**batch).loss
     return causal_loss(model, batch)
+
+
+class LossModule(torch.nn.Module):
+    """The loss as a module's forward, so a DDP/FSDP wrapper sees the call that uses the weights."""
+
+    def __init__(self, model: Any, seq2seq: bool) -> None:
+        super().__init__()
+        self.model, self.seq2seq = model, seq2seq
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return compute_loss(self.model, batch, self.seq2seq)
+
+
+def loss_tokens(examples: list[Example], seq2seq: bool) -> int:
+    """Tokens the loss averages over (a causal model never predicts an example's first token)."""
+    skip = 0 if seq2seq else 1
+    return sum(sum(1 for label in ex.labels[skip:] if label != -100) for ex in examples)
+
+
+def rank_shard(micro: list[int], rank: int, world: int) -> list[int]:
+    return micro[rank::world]
+
+
+def launched_distributed() -> bool:
+    """True under `accelerate launch` / torchrun with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def process_rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _accelerator(cfg: RunConfig) -> Any:
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=_placement_for(cfg).device.type == "cpu")
 
 
 def make_optimizer(model: Any, cfg: RunConfig, total_steps: int) -> tuple[Any, Any]:
@@ -186,6 +224,9 @@ def load_train_problems(cfg: RunConfig) -> list[Problem]:
 def train(cfg: RunConfig, run_dir: Path, resume: bool = False, show_progress: bool = True) -> TrainResult:
     """Fine-tune `cfg.model` with `cfg.method` on the train split; write the adapter and a run card."""
     torch.manual_seed(cfg.train.seed)
+    accelerator = _accelerator(cfg) if launched_distributed() else None  # before loading: sets the GPU
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    main = rank == 0  # only the main process writes files
     method = build_method(cfg.method)
     problems = load_train_problems(cfg)
     loaded = load_for_run(cfg.model, cfg.train.precision, method.base_load_kwargs(
@@ -198,34 +239,49 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, show_progress: bo
     model = method.apply(loaded.model)
     model.train()
     trainable, total = count_parameters(model)
-    plan, total_steps = micro_batch_plan(len(examples), cfg)
+    plan, total_steps = micro_batch_plan(len(examples), cfg, world)
     optimizer, scheduler = make_optimizer(model, cfg, total_steps)
+    loss_fn = LossModule(model, loaded.seq2seq)
+    if accelerator is not None:  # DDP (or FSDP/DeepSpeed) wrapper: all-reduces gradients in backward
+        loss_fn, optimizer = accelerator.prepare(loss_fn, optimizer)
     start_step, tokens_seen = 0, 0
     checkpoint = latest_checkpoint(run_dir) if resume else None
     if checkpoint is not None:
         start_step, tokens_seen = restore_checkpoint(checkpoint, model, optimizer, scheduler)
-    atomic_write_text(run_dir / "config.yaml", config_to_yaml(cfg))
-    writer = _tensorboard(run_dir)
+    if main:
+        atomic_write_text(run_dir / "config.yaml", config_to_yaml(cfg))
+    writer = _tensorboard(run_dir) if main else None
     log_path = run_dir / "train_log.jsonl"
-    if not resume:
+    if main and not resume:
         log_path.unlink(missing_ok=True)
-    elif log_path.exists():  # steps logged after the checkpoint are run again: keep each step once
+    elif main and log_path.exists():  # steps logged after the checkpoint are run again: keep each step once
         kept = [row for row in read_jsonl_tolerant(log_path) if row.get("step", 0) <= start_step]
         atomic_write_text(log_path, "".join(json.dumps(row) + "\n" for row in kept))
     started, step_tokens, last_loss = time.perf_counter(), 0, float("nan")
     bar = tqdm(range(start_step, total_steps), initial=start_step, total=total_steps, desc="train",
-               disable=not show_progress, dynamic_ncols=True)
+               disable=not (show_progress and main), dynamic_ncols=True)
+    trainable_params = [p for p in model.parameters() if p.requires_grad]
     for step in bar:
         loss_sum = 0.0
-        for micro in plan[step * cfg.train.grad_accum : (step + 1) * cfg.train.grad_accum]:
-            batch_examples = [examples[i] for i in micro]
-            batch = make_batch(batch_examples, loaded, cfg.train.packing)
-            with loaded.placement.autocast_context():
-                loss = compute_loss(model, batch, loaded.seq2seq) / cfg.train.grad_accum
-            loss.backward()
+        step_micros = plan[step * cfg.train.grad_accum : (step + 1) * cfg.train.grad_accum]
+        # Every rank's loss is a token sum over the whole step (all micro-batches, all ranks): the
+        # gradient equals one big batch's, however it is split (single process: a factor of 1.0).
+        step_loss_tokens = sum(loss_tokens([examples[i] for i in micro], loaded.seq2seq) for micro in step_micros)
+        for index, micro in enumerate(step_micros):
+            shard = [examples[i] for i in rank_shard(micro, rank, world)]
+            weight = loss_tokens(shard, loaded.seq2seq) / max(step_loss_tokens, 1)
+            batch = make_batch(shard or [examples[micro[0]]], loaded, cfg.train.packing)  # empty: weight 0
+            last = index == len(step_micros) - 1
+            with _maybe_no_sync(accelerator, loss_fn, last), loaded.placement.autocast_context():
+                loss = loss_fn(batch) * weight
+            (loss * world).backward()  # DDP averages gradients over ranks; we want their sum
             loss_sum += loss.item()
-            step_tokens += sum(ex.num_tokens for ex in batch_examples)
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.train.max_grad_norm)
+            step_tokens += sum(examples[i].num_tokens for i in micro)
+        if accelerator is not None:
+            loss_sum = accelerator.reduce(torch.tensor(loss_sum, device=accelerator.device), "sum").item()
+            accelerator.clip_grad_norm_(trainable_params, cfg.train.max_grad_norm)
+        else:
+            torch.nn.utils.clip_grad_norm_(trainable_params, cfg.train.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -233,16 +289,14 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, show_progress: bo
         if not math.isfinite(last_loss):
             raise MathtuneError(f"loss became {last_loss} at step {step + 1}; lower train.lr or use fp32")
         elapsed = time.perf_counter() - started
-        if (step + 1) % cfg.train.log_every == 0 or step + 1 == total_steps:
+        if main and ((step + 1) % cfg.train.log_every == 0 or step + 1 == total_steps):
             rate = step_tokens / max(elapsed, 1e-9)
             _log_step(writer, log_path, step + 1, last_loss, scheduler.get_last_lr()[0], rate, step_tokens, elapsed)
             bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{rate:.0f}")
-        if (step + 1) % cfg.train.save_every == 0 and step + 1 < total_steps:
+        if main and (step + 1) % cfg.train.save_every == 0 and step + 1 < total_steps:
             save_checkpoint(run_dir, step + 1, model, optimizer, scheduler, tokens_seen + step_tokens)
     wall = time.perf_counter() - started
     adapter_dir = run_dir / "adapter"
-    _save_final(method, model, loaded.tokenizer, adapter_dir)
-    writer.close()
     card = {
         "kind": "train", "config": cfg.model_dump(mode="json"), "model": loaded.source.label,
         "method": cfg.method.name, "device": str(loaded.placement.device),
@@ -252,12 +306,24 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, show_progress: bo
         "resumed_from_step": start_step, "final_loss": last_loss, "wall_seconds": round(wall, 2),
         "tokens_trained": step_tokens, "tokens_per_second": round(step_tokens / max(wall, 1e-9), 1),
         "loss_tokens": count_loss_tokens(examples), "peak_rss_mb": round(peak_rss_mb(), 1),
-        "peak_cuda_mb": peak_cuda_mb(), "data": data_stats, **provenance(),
+        "peak_cuda_mb": peak_cuda_mb(), "data": data_stats, "processes": world, **provenance(),
         "contamination": train_card_entry(cfg, problems),
     }
-    atomic_write_json(run_dir / "train_card.json", card)
-    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    if main:
+        _save_final(method, model, loaded.tokenizer, adapter_dir)
+        writer.close()
+        atomic_write_json(run_dir / "train_card.json", card)
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()  # the adapter exists for every rank once train() returns
     return TrainResult(adapter_dir, total_steps, last_loss, card)
+
+
+def _maybe_no_sync(accelerator: Any, module: Any, last: bool) -> Any:
+    """Skip the gradient all-reduce on all but the last micro-batch of an accumulated step."""
+    from contextlib import nullcontext
+
+    return nullcontext() if accelerator is None or last else accelerator.no_sync(module)
 
 
 def _placement_for(cfg: RunConfig) -> Any:

@@ -22,7 +22,7 @@ from mathtune.methods.registry import build_method
 from mathtune.models.device import choose_placement
 from mathtune.models.loading import load_model, load_tokenizer, resolve_source, source_config
 from mathtune.runcard import provenance
-from mathtune.train import train
+from mathtune.train import process_rank, train
 
 log = logging.getLogger("mathtune")
 
@@ -70,6 +70,9 @@ def preflight(cfg: RunConfig, splits: tuple[str, ...] = ("train", "test"), train
 
 def train_workflow(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> Path:
     preflight(cfg, ("train",))
+    if process_rank() != 0:  # under `accelerate launch`: rank 0 owns (checks, locks, writes) the run dir
+        train(cfg, Path(cfg.output_dir), resume=resume, show_progress=False)
+        return Path(cfg.output_dir)
     with output_dir_guard(cfg.output_dir, overwrite, resume) as run_dir:
         atomic_write_text(run_dir / "config.yaml", config_to_yaml(cfg))
         train(cfg, run_dir, resume=resume)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -46,10 +47,11 @@ def probe_ids(arch: str) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize(("arch", "method", "strategy"), CASES)
 def test_train_save_reload_generate(arch, method, strategy, tiny_models, data_dir, tmp_path):
-    pytest.importorskip("bitsandbytes") if method == "qlora" else None
+    if method == "qlora":
+        pytest.importorskip("bitsandbytes")
     cfg = method_cfg(tiny_models[arch], data_dir, tmp_path / "run", METHODS[method], strategy)
     result = train(cfg, tmp_path / "run", show_progress=False)
-    assert result.steps == 2 and result.final_loss == result.final_loss  # finite, not NaN
+    assert result.steps == 2 and math.isfinite(result.final_loss)
     tuned, meta = build_backend(cfg, result.adapter_dir)
     base, _ = build_backend(cfg)
     with torch.no_grad():
@@ -59,5 +61,6 @@ def test_train_save_reload_generate(arch, method, strategy, tiny_models, data_di
     strategy_obj = get_strategy(strategy)
     prompt = strategy_obj.format_prompt("Tom has 3 pens and buys 4 more. How many pens?")
     out = tuned.generate([GenerationRequest(prompt, strategy_obj.stop, 6)] * 2)
-    assert len(out) == 2 and all(0 < g.new_tokens <= 6 or g.text == "" for g in out)
+    assert len(out) == 2 and all(isinstance(g.text, str) and g.new_tokens <= 6 for g in out)
+    assert out[0] == out[1]  # greedy: the same prompt gives the same text
     assert meta["adapter"] == str(result.adapter_dir)

@@ -262,7 +262,7 @@ def test_stacked_stage_two_without_stage_one_adapter(env, run_cli):
 
 # A few cases again through a real process: the exit status the shell sees, and stderr with every
 # library's import-time chatter included (torchao/bitsandbytes warnings once broke "one line").
-SUBPROCESS_CASES = ["jsonl-malformed-line", "safetensors-corrupt", "cli-unknown-command", "output-dir-not-empty"]
+SUBPROCESS_CASES = ["jsonl-malformed-line", "safetensors-corrupt", "cli-unknown-command"]
 
 
 @pytest.mark.parametrize("name", SUBPROCESS_CASES)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import inspect
 import random
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +22,8 @@ from mathtune.app.ratings import CRITERIA, Rating, RatingStore
 from mathtune.errors import MathtuneError
 
 NO_RUN = "(none: base model only)"
-SLOTS = ("A", "B")  # blind outputs shown side by side
+SLOTS = ("A", "B")
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # blind outputs shown side by side
 
 
 def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -86,25 +88,20 @@ class Handlers:
         run = run_label if run_label and run_label != NO_RUN else None
         cfg = self.engine.config_for(model, run, strategy, int(max_new_tokens))
         reference = problem["solution"] if problem and problem.get("question", "").strip() == question else None
-        texts, notes = (
-            ["", ""],
-            [
-                "_loading the model…_",
-                "_waiting for the base model…_" if run else "_no run selected: pick one to see a tuned model_",
-            ],
-        )
-        yield texts[0], texts[1], notes[0], notes[1]
+        texts = ["", ""]
+        notes = ["_loading the model…_", "_waiting for the base model…_" if run else "_no run selected_"]
+        yield _shown(texts, notes)
         sides = [(0, None)] + ([(1, run)] if run else [])
         for index, side_run in sides:
             notes[index] = "_generating…_"
-            for texts[index] in self.engine.stream(cfg, side_run, question):
-                yield texts[0], texts[1], notes[0], notes[1]
+            for partial in self.engine.stream(cfg, side_run, question):
+                texts[index] = partial
+                yield _shown(texts, notes)
             notes[index] = details_markdown(answer_details(strategy, texts[index], reference))
-            yield texts[0], texts[1], notes[0], notes[1]
+            yield _shown(texts, notes)
         labels = [f"{run}/base" if run else model, f"{run}/tuned"]
-        self.engine.add_live(
-            question, {labels[i]: texts[i] for i, _ in sides}, problem.get("answer") if reference and problem else None
-        )
+        answer = problem.get("answer") if reference and problem else None
+        self.engine.add_live(question, {labels[i]: texts[i] for i, _ in sides}, answer)
 
     @user_errors
     def next_blind(self, rater: str) -> tuple[Any, ...]:
@@ -117,7 +114,7 @@ class Handlers:
         if item is None:
             gr.Warning("Nothing left to rate: solve a problem in the first tab to add outputs.")
             return None, "", "", "", "No unrated outputs left.", *cleared
-        outputs = [s["output"] for s in item["shown"]] + [""] * (len(SLOTS) - len(item["shown"]))
+        outputs = [printable(s["output"]) for s in item["shown"]] + [""] * (len(SLOTS) - len(item["shown"]))
         status = f"Problem {item['problem_id']}: rate each output on the four criteria (1 = poor, 5 = excellent)."
         return item, item["question"], *outputs, status, *cleared
 
@@ -156,6 +153,15 @@ class Handlers:
     @user_errors
     def summary(self) -> str:
         return summary_markdown(self.store.summary())
+
+
+def printable(text: str) -> str:
+    """Model output for display: control characters (a random model emits them) become U+FFFD."""
+    return CONTROL.sub("\ufffd", text)
+
+
+def _shown(texts: list[str], notes: list[str]) -> tuple[str, str, str, str]:
+    return printable(texts[0]), printable(texts[1]), notes[0], notes[1]
 
 
 def details_markdown(details: dict[str, Any]) -> str:

@@ -86,6 +86,9 @@ class StackedLoraMethod:
                       stage["activation"], meta["dropout"])
         layers = stacked_layers(base_model)
         state = load_file(str(saved_dir / WEIGHTS_FILE))
+        expected = 2 * sum(len(stage["modules"]) for stage in meta["stages"])
+        if len(state) != expected:  # a missing tensor would otherwise keep its random init silently
+            raise MathtuneError(f"stacked-lora: {saved_dir} holds {len(state)} tensors, its config names {expected}")
         with torch.no_grad():
             for key, value in state.items():
                 path, kind, stage, _ = key.rsplit(".", 3)

@@ -35,8 +35,13 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"])
     parser.add_argument("--batch-size", type=int, default=32, help="our evaluator's batch size")
     parser.add_argument("--lm-eval-batch-size", type=int, default=1, help="lm-eval's (its default: 1)")
+    parser.add_argument("--threads", type=int, help="torch threads for both (default: torch's choice)")
     parser.add_argument("--output", type=Path, help="write the measurement as JSON here")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if not args.data_dir:
         parser.error("pass --data-dir or set MATHTUNE_DATA_DIR (the folder holding gsm8k/)")
 
@@ -69,6 +74,7 @@ def main() -> None:
                            for f in ("strict-match", "flexible-extract")) for i in ids)
     result = {
         "model": args.model, "n": len(ids), "dtype": meta["compute_dtype"], "max_new_tokens": args.max_new_tokens,
+        "threads": __import__("torch").get_num_threads(),
         "ours": {"wall_seconds": round(ours_wall, 1), "cpu_seconds": round(ours_cpu, 1), "batch_size": args.batch_size,
                  "scores": {k: v["exact_match"] for k, v in ours["scores"].items()}},
         "lm_eval": {"wall_seconds": round(lm_eval_wall, 1), "cpu_seconds": round(lm_eval_cpu, 1),

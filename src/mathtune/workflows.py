@@ -35,20 +35,22 @@ def build_backend(cfg: RunConfig, adapter_dir: Path | None = None) -> tuple[HFBa
     placement = choose_placement(cfg.model.device, precision)
     source = resolve_source(cfg.model.name, cfg.model.gguf_file)
     tokenizer = load_tokenizer(source)
-    method = build_method(cfg.method) if adapter_dir is not None else None
-    # A quantized base (qlora) must be reloaded quantized exactly as it was trained.
-    quant = method.base_load_kwargs(placement).get("quantization_config") if method else None
+    method = build_method(cfg.method)
+    # A quantized base (qlora) is loaded quantized for base and tuned alike, exactly as it was trained,
+    # so base vs tuned measures the adapter and not the quantization.
+    quant = method.base_load_kwargs(placement).get("quantization_config")
     extra = {"quantization_config": quant} if quant is not None else {}
     model = load_model(source, cfg.model.architecture, dtype=placement.compute_dtype, **extra)
     if quant is None:  # bitsandbytes places quantized weights itself and refuses .to()
         model = model.to(placement.device)
-    if method is not None and adapter_dir is not None:
+    if adapter_dir is not None:
         model = method.load(model, adapter_dir)
         if quant is None:
             model = model.to(placement.device)
     seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
     meta = {"backend": "hf", "model": source.label, "adapter": str(adapter_dir) if adapter_dir else None,
-            "device": str(placement.device), "compute_dtype": str(placement.compute_dtype).replace("torch.", "")}
+            "device": str(placement.device), "compute_dtype": str(placement.compute_dtype).replace("torch.", ""),
+            "quantized": quant is not None}
     return HFBackend(model, tokenizer, placement.device, seq2seq, cfg.eval.batch_size), meta
 
 

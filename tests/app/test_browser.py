@@ -62,6 +62,7 @@ def test_solve_rate_and_store(served_app, page):
     page.locator("#question").get_by_role("textbox").fill(
         "Mia has 4 pens and buys 9 more. Then Mia gets 2 times as many. How many pens?")
     page.locator("#solve").click()
+    page.wait_for_timeout(3000); print("TOASTS", page.locator(".toast-body").all_inner_texts())
     expect(page.locator("#tuned-details")).to_contain_text("Answer", timeout=TIMEOUT_MS)
     assert page.locator("#base-output").get_by_role("textbox").input_value().strip()
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)

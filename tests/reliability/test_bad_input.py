@@ -247,10 +247,12 @@ def test_losing_the_lock_race_on_a_fresh_dir_deletes_nothing(env, run_cli, monke
         return prepared
 
     monkeypatch.setattr(io, "prepare_output_dir", prepare_then_lose_race)
-    result = run_cli(*env.train())
-    assert_one_line_error(result.code, result.stderr, ["another mathtune process is writing"])
-    assert (env.out / "config.yaml").read_text() == "the winner's config\n"
-    held[0].__exit__(None, None, None)
+    try:
+        result = run_cli(*env.train())
+        assert_one_line_error(result.code, result.stderr, ["another mathtune process is writing"])
+        assert (env.out / "config.yaml").read_text() == "the winner's config\n"
+    finally:
+        held[0].__exit__(None, None, None)
 
 
 @pytest.mark.skipif("stacked-lora" not in METHODS, reason="the stacked-lora method is not registered")

@@ -5,7 +5,6 @@ from pathlib import Path
 import pytest
 
 
-
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_models, data_dir) -> Path:
     from mathtune.config import build_config

@@ -56,13 +56,9 @@ def test_solve_rate_and_store(served_app, page):
 
     url, db = served_app
     page.goto(url)
-    page.locator("#solve").click()  # empty problem: a clear message, not a crash
-    expect(page.get_by_text("type a math word problem").first).to_be_visible()
-
     page.locator("#question").get_by_role("textbox").fill(
         "Mia has 4 pens and buys 9 more. Then Mia gets 2 times as many. How many pens?")
     page.locator("#solve").click()
-    page.wait_for_timeout(3000); print("TOASTS", page.locator(".toast-body").all_inner_texts())
     expect(page.locator("#tuned-details")).to_contain_text("Answer", timeout=TIMEOUT_MS)
     assert page.locator("#base-output").get_by_role("textbox").input_value().strip()
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
@@ -81,3 +77,8 @@ def test_solve_rate_and_store(served_app, page):
     with sqlite3.connect(db) as conn:
         rows = conn.execute("SELECT rater, correctness, coherence, readability, pedagogy FROM ratings").fetchall()
     assert rows == [("browser-rater", 4, 3, 2, 1)] * 2
+
+    page.get_by_role("tab", name="Solve").click()  # too long a problem: a clear message, not a crash
+    page.locator("#question").get_by_role("textbox").fill("x" * 2001)
+    page.locator("#solve").click()
+    expect(page.locator(".toast-body").filter(has_text="the limit is 2,000")).to_be_visible()

@@ -90,3 +90,9 @@ def test_blind_rating_round_trip(handlers, engine):
 def test_demo_builds_with_a_queue(engine, tmp_path):
     demo = build_demo(engine, RatingStore(tmp_path / "r.sqlite"))
     assert demo._queue.max_size == 16
+
+
+def test_control_characters_from_a_model_are_made_printable():
+    from mathtune.app.handlers import printable
+
+    assert printable("a\x03b\nc\td\x7f") == "a\ufffdb\nc\td\ufffd"  # raw \x03 broke the browser's textbox

@@ -151,3 +151,13 @@ def test_failure_counts_skips_correct_rows_and_names_missing_keys() -> None:
     assert failure_counts(rows) == dict.fromkeys(FAILURE_CATEGORIES, 1)
     with pytest.raises(MathtuneError, match="reference_answer"):
         failure_counts([{"question": QUESTION, "output": "", "truncated": False}])
+
+
+def test_failure_counts_reads_prediction_rows():
+    rows = [
+        {"correct": {"strict-match": False, "numeric-match": False}, "failure": "truncated"},
+        {"correct": {"strict-match": True, "numeric-match": True}},
+        {"correct": {"strict-match": False, "numeric-match": False}, "failure": "arithmetic-error"},
+    ]
+    counts = failure_counts(rows)
+    assert counts["truncated"] == 1 and counts["arithmetic-error"] == 1 and sum(counts.values()) == 2

@@ -22,8 +22,8 @@ from mathtune.app.ratings import CRITERIA, Rating, RatingStore
 from mathtune.errors import MathtuneError
 
 NO_RUN = "(none: base model only)"
-SLOTS = ("A", "B")
-CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # blind outputs shown side by side
+SLOTS = ("A", "B")  # blind outputs shown side by side
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
 def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -129,7 +129,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     perplexity = perplexity_from_nll(sum(nll), sum(tokens)) if tokens else None
     return {"n": len(rows), "scores": scores, "perplexity": perplexity,
             "truncated": sum(bool(r["truncated"]) for r in rows),
-            "failures": failure_counts([r for r in rows if "failure" in r])}
+            "failures": failure_counts(rows)}
 
 
 def evaluate(cfg: RunConfig, backend: Backend, out_dir: Path, label: str, tokenizer: Any = None,

@@ -287,7 +287,13 @@ def failure_counts(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     """
     counts = dict.fromkeys(FAILURE_CATEGORIES, 0)
     for index, row in enumerate(rows):
-        if row.get("correct"):
+        correct = row.get("correct")
+        if isinstance(correct, Mapping):  # a predictions row: {"strict-match": .., "numeric-match": ..}
+            correct = correct.get("numeric-match")
+        if correct:
+            continue
+        if row.get("failure") in counts:  # already classified when the prediction was scored
+            counts[row["failure"]] += 1
             continue
         missing = [key for key in _ROW_KEYS if key not in row]
         if missing:

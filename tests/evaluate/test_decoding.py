@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -26,8 +27,6 @@ def llama(tiny_models):
 
 def _requests(data_dir, count=8, max_new=20, calculator=False):
     lines = (data_dir / "gsm8k" / "test.jsonl").read_text().splitlines()[:count]
-    import json
-
     return [GenerationRequest(f"Question: {json.loads(line)['question']}\nAnswer:", STOP, max_new, calculator)
             for line in lines]
 

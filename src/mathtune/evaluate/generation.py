@@ -2,7 +2,9 @@
 
 `HFBackend` wraps a transformers model (optionally with a PEFT adapter). Greedy decoding with
 per-sequence stop strings; prompts are length-sorted so a batch pads little, and the output is cut
-at the first stop string exactly as lm-eval-harness cuts at `until`.
+at the first stop string exactly as lm-eval-harness cuts at `until`. Causal models decode in our
+own KV-cache loop (`evaluate/decoding.py`: finished rows leave the batch, optional calculator);
+seq2seq models use `generate`.
 """
 
 from __future__ import annotations

@@ -15,16 +15,18 @@ def peak_mb() -> int:
 def main(model: str = "smollm2-135m") -> None:
     importlib.import_module("torch")
     print("import torch", peak_mb())
-    train = importlib.import_module("mathtune.train")
+    importlib.import_module("mathtune.train")
     importlib.import_module("peft")
     print("import mathtune.train, peft", peak_mb())
     from mathtune.config import build_config
     from mathtune.methods.registry import build_method
+    from mathtune.models.device import choose_placement
     from mathtune.models.setup import load_for_run
 
     cfg = build_config({"model": {"name": model}})
     method = build_method(cfg.method)
-    loaded = load_for_run(cfg.model, cfg.train.precision, method.base_load_kwargs(train._placement_for(cfg)))
+    placement = choose_placement(cfg.model.device, cfg.train.precision)
+    loaded = load_for_run(cfg.model, placement, method.base_load_kwargs(placement))
     dtype = next(loaded.model.parameters()).dtype
     print(f"after load_for_run ({dtype} base)", peak_mb())
 

@@ -170,8 +170,8 @@ def run_mathtune(args: argparse.Namespace, overrides: dict[str, Any]) -> dict[st
     seen: dict[str, Any] = {}
     original_plan = train_module.micro_batch_plan
 
-    def recording_plan(num_examples: int, run_cfg: Any) -> tuple[list[list[int]], int]:
-        plan, steps = original_plan(num_examples, run_cfg)
+    def recording_plan(num_examples: int, run_cfg: Any, world: int = 1) -> tuple[list[list[int]], int]:
+        plan, steps = original_plan(num_examples, run_cfg, world)
         seen["plan"], seen["steps"] = plan, steps
         return plan, steps
 
@@ -214,10 +214,12 @@ def _param_model(cfg: Any, build_method: Any, torch: Any) -> Any:
 
 def _full_logits(train_module: Any) -> None:
     """Lever off: logits at every position (what `model(**batch).loss` does)."""
+    from mathtune.training import loss as loss_module
+
     def compute_loss(model: Any, batch: dict, seq2seq: bool) -> Any:
         return model(**batch).loss
 
-    train_module.compute_loss = compute_loss
+    loss_module.compute_loss = compute_loss
 
 
 def _unfused_adamw(train_module: Any) -> None:
@@ -229,7 +231,7 @@ def _unfused_adamw(train_module: Any) -> None:
         def __init__(self, params: Any, *a: Any, fused: Any = None, **k: Any) -> None:
             super().__init__(params, *a, **k)
 
-    train_module.torch.optim.AdamW = ForEachAdamW
+    torch.optim.AdamW = ForEachAdamW
 
 
 def _group_by_length(train_module: Any) -> None:
@@ -243,8 +245,8 @@ def _group_by_length(train_module: Any) -> None:
         examples_ref["examples"] = examples
         return examples, stats
 
-    def grouped(num_examples: int, cfg: Any) -> tuple[list[list[int]], int]:
-        plan, steps = original(num_examples, cfg)
+    def grouped(num_examples: int, cfg: Any, world: int = 1) -> tuple[list[list[int]], int]:
+        plan, steps = original(num_examples, cfg, world)
         flat = [i for micro in plan for i in micro]
         size, window = cfg.train.batch_size, 16 * cfg.train.batch_size
         lengths = [ex.num_tokens for ex in examples_ref["examples"]]

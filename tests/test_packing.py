@@ -6,7 +6,7 @@ import torch
 
 from mathtune.data.batching import causal_example, packed_batch, padded_batch
 from mathtune.models.loading import load_model, load_tokenizer, resolve_source
-from mathtune.train import causal_loss
+from mathtune.training.loss import causal_loss
 
 PAIRS = [
     ("Q: Tom has 3 apples and buys 4 more. How many apples?\nA:", " 3 + 4 = <<3+4=7>>7\n#### 7"),

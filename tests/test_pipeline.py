@@ -10,7 +10,8 @@ from mathtune.config import build_config
 from mathtune.data.batching import causal_example, packed_batch
 from mathtune.methods.registry import build_method
 from mathtune.models.loading import load_model, load_tokenizer, resolve_source
-from mathtune.train import causal_loss, train
+from mathtune.train import train
+from mathtune.training.loss import causal_loss
 from mathtune.workflows import build_backend, run_workflow
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -181,6 +182,7 @@ def main() -> None:
     # Library progress bars ("Loading weights") and warnings would bury our one-line errors.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices, not ours
     try:
         app(standalone_mode=False)
     except MathtuneError as exc:

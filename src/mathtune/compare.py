@@ -74,11 +74,12 @@ def _table_row(entry: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _fmt(value: Any, digits: int = 2) -> str:
+def format_value(value: Any, digits: int = 2) -> str:
+    """A table cell: '–' for missing, thousands separators, fixed decimals for floats."""
     if value is None:
         return "–"
     if isinstance(value, float):
-        return f"{value:.{digits}f}"
+        return f"{value:,.{digits}f}"
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
@@ -94,10 +95,10 @@ def render_markdown(comparison: dict[str, Any]) -> str:
     for row in comparison["rows"]:
         lines.append(
             f"| {row['label']} | {row['n']} | {_score(row, 'strict-match')} | {_score(row, 'flexible-extract')} "
-            f"| {_score(row, 'numeric-match')} | {_fmt(row['perplexity'])} | {_fmt(row['rouge1'], 3)} "
-            f"| {_fmt(row['semantic_similarity'], 3)} | {_fmt(row['trainable_params'])} "
-            f"| {_fmt(row['peak_train_rss_mb'], 0)} | {_fmt(row['train_seconds'], 0)} "
-            f"| {_fmt(row['train_tokens_per_second'], 0)} | {_fmt(row['eval_seconds'], 0)} |")
+            f"| {_score(row, 'numeric-match')} | {format_value(row['perplexity'])} | {format_value(row['rouge1'], 3)} "
+            f"| {format_value(row['semantic_similarity'], 3)} | {format_value(row['trainable_params'])} "
+            f"| {format_value(row['peak_train_rss_mb'], 0)} | {format_value(row['train_seconds'], 0)} "
+            f"| {format_value(row['train_tokens_per_second'], 0)} | {format_value(row['eval_seconds'], 0)} |")
     lines.append("\nEM: exact match (lm-eval-harness filters), ± one standard error.")
     for pair in comparison["pairs"]:
         lines += _pair_markdown(pair)

@@ -22,7 +22,8 @@ from mathtune.methods.registry import build_method
 from mathtune.models.device import choose_placement
 from mathtune.models.loading import load_model, load_tokenizer, resolve_source, source_config
 from mathtune.runcard import provenance
-from mathtune.train import process_rank, train
+from mathtune.train import train
+from mathtune.training.distributed import process_rank
 
 log = logging.getLogger("mathtune")
 

@@ -1,7 +1,7 @@
 """The app in a real browser: Debian's headless Chromium driven by Playwright, on a tiny model.
 
 Solve a problem, rate the blind outputs, and check the ratings landed in SQLite. The page after
-solving is saved as docs/app.png.
+solving is saved under pytest's tmp dir; `scripts/screenshot_app.py` makes docs/app.png on the real model.
 """
 
 import os
@@ -14,7 +14,6 @@ import pytest
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "app.png"
 TIMEOUT_MS = 120_000
 
 pytestmark = [
@@ -51,7 +50,7 @@ def page():
         browser.close()
 
 
-def test_solve_rate_and_store(served_app, page):
+def test_solve_rate_and_store(served_app, page, tmp_path):
     from playwright.sync_api import expect
 
     url, db = served_app
@@ -61,8 +60,8 @@ def test_solve_rate_and_store(served_app, page):
     page.locator("#solve").click()
     expect(page.locator("#tuned-details")).to_contain_text("Answer", timeout=TIMEOUT_MS)
     assert page.locator("#base-output").get_by_role("textbox").input_value().strip()
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
+    assert (tmp_path / "app.png").stat().st_size > 10_000  # a rendered page, not a blank one
 
     page.get_by_role("tab", name="Human evaluation").click()
     page.locator("#rater").get_by_role("textbox").fill("browser-rater")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mathtune.models.device import Placement, choose_placement
+from mathtune.models.device import Placement
 from mathtune.models.loading import ModelSource, is_seq2seq, load_model, load_tokenizer, resolve_source
 
 
@@ -18,8 +18,7 @@ class LoadedModel:
     seq2seq: bool
 
 
-def load_for_run(model_cfg: Any, precision: str, load_kwargs: dict[str, Any] | None = None) -> LoadedModel:
-    placement = choose_placement(model_cfg.device, precision)
+def load_for_run(model_cfg: Any, placement: Placement, load_kwargs: dict[str, Any] | None = None) -> LoadedModel:
     source = resolve_source(model_cfg.name, model_cfg.gguf_file)
     tokenizer = load_tokenizer(source)
     kwargs = {"dtype": placement.compute_dtype, **(load_kwargs or {})}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from mathtune.compare import format_value as fmt
+
 SCORE_TITLES = {"strict-match": "EM strict", "flexible-extract": "EM flexible", "numeric-match": "numeric"}
 TABLE_HEAD = [
     "model",
@@ -19,14 +21,6 @@ FOOTNOTE = (
     "EM: exact match with lm-eval-harness's GSM8K filters; numeric: the last number equals the "
     "reference. Brackets: Wilson 95% score interval over the n test problems."
 )
-
-
-def fmt(value: Any, digits: int = 2) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    return f"{value:,}" if isinstance(value, int) else str(value)
 
 
 def score_cell(score: dict[str, Any]) -> str:

@@ -1,0 +1,1 @@
+"""Reusable training components; `mathtune.train` is the recipe that wires them."""

@@ -1,0 +1,61 @@
+"""Batches and the training loss: logits only where labels exist, token-weighted across ranks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from mathtune.data.batching import Example, packed_batch, padded_batch, seq2seq_batch
+from mathtune.models.setup import LoadedModel
+
+
+def make_batch(examples: list[Example], loaded: LoadedModel, packing: bool) -> dict[str, torch.Tensor]:
+    pad_id = loaded.tokenizer.pad_token_id
+    if loaded.seq2seq:
+        batch = seq2seq_batch(examples, pad_id)
+    elif packing:
+        batch = packed_batch(examples)
+    else:
+        batch = padded_batch(examples, pad_id)
+    return {key: value.to(loaded.placement.device) for key, value in batch.items()}
+
+
+def causal_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean token cross-entropy, with the vocabulary projection run only where labels exist
+    (prompt tokens never need logits; on a 49k vocabulary that is most of the head's cost)."""
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = core.base_model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch.get("attention_mask"),
+        position_ids=batch.get("position_ids"),
+        use_cache=False,
+    ).last_hidden_state
+    labels = batch["labels"][:, 1:]
+    keep = labels != -100
+    logits = core.get_output_embeddings()(hidden[:, :-1][keep])
+    return F.cross_entropy(logits.float(), labels[keep])
+
+
+def compute_loss(model: Any, batch: dict[str, torch.Tensor], seq2seq: bool) -> torch.Tensor:
+    if seq2seq:
+        return model(**batch).loss
+    return causal_loss(model, batch)
+
+
+class LossModule(torch.nn.Module):
+    """The loss as a module's forward, so a DDP/FSDP wrapper sees the call that uses the weights."""
+
+    def __init__(self, model: Any, seq2seq: bool) -> None:
+        super().__init__()
+        self.model, self.seq2seq = model, seq2seq
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return compute_loss(self.model, batch, self.seq2seq)
+
+
+def loss_tokens(examples: list[Example], seq2seq: bool) -> int:
+    """Tokens the loss averages over (a causal model never predicts an example's first token)."""
+    skip = 0 if seq2seq else 1
+    return sum(sum(1 for label in ex.labels[skip:] if label != -100) for ex in examples)

@@ -268,9 +268,14 @@ def _save_final(method: Any, model: Any, tokenizer: Any, adapter_dir: Path) -> N
     try:
         method.save(model, tmp)
         tokenizer.save_pretrained(tmp)
+        # Directories cannot be swapped atomically: move the old one aside first, so at every moment
+        # either the old or the new adapter exists under a known name.
+        old = adapter_dir.with_name(f".{adapter_dir.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
         if adapter_dir.exists():
-            shutil.rmtree(adapter_dir)
+            os.replace(adapter_dir, old)
         os.replace(tmp, adapter_dir)
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

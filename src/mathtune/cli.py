@@ -67,16 +67,25 @@ def train_cmd(config: ConfigOpt = None, set_: SetOpt = None, model: ModelOpt = N
 
 
 @app.command("eval")
-def eval_cmd(run_dir: Annotated[Path | None, typer.Argument(help="Finished run dir whose tuned model to test")]
+def eval_cmd(run_dirs: Annotated[list[Path] | None, typer.Argument(
+                 help="Finished run dir(s) whose tuned models to test; several LoRA runs share one loaded base")]
              = None, base: Annotated[bool, typer.Option(help="Evaluate the base model instead")] = False,
              config: ConfigOpt = None, set_: SetOpt = None, model: ModelOpt = None, prompt: PromptOpt = None,
              data_dir: DataDirOpt = None, eval_size: EvalSizeOpt = None,
              output_dir: OutOpt = None, overwrite: OverwriteOpt = False) -> None:
-    """Evaluate a base model or a run's tuned model; writes predictions.jsonl and metrics.json."""
+    """Evaluate a base model or runs' tuned models; writes predictions.jsonl and metrics.json."""
     from mathtune.io import output_dir_guard
-    from mathtune.workflows import eval_workflow, preflight, tuned_config
+    from mathtune.workflows import eval_adapters_workflow, eval_workflow, preflight, tuned_config
 
     cfg = build_run_config(config, set_, model=model, prompt=prompt, data_dir=data_dir, eval_size=eval_size)
+    if run_dirs and len(run_dirs) > 1 and not base:
+        if output_dir:
+            raise MathtuneError("--output-dir takes one run; with several, each run's eval/tuned is written")
+        for metrics, out in eval_adapters_workflow(cfg, run_dirs, overwrite):
+            _print_scores(metrics)
+            typer.echo(f"predictions and metrics written to {out}")
+        return
+    run_dir = run_dirs[0] if run_dirs else None
     default = (run_dir / "eval" / "tuned") if run_dir and not base else Path(cfg.output_dir) / "eval" / "base"
     preflight(tuned_config(cfg, run_dir) if run_dir and not base else cfg, (cfg.eval.split,), training=False)
     # An existing eval dir is resumed: finished predictions are kept and skipped.

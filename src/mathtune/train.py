@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from mathtune.config import RunConfig, config_to_yaml
 from mathtune.data.batching import Example, causal_example, count_loss_tokens, seq2seq_example
-from mathtune.data.problems import Problem, load_split, sample_problems
+from mathtune.data.problems import Problem, load_split, sample_problems, split_train_dev
 from mathtune.errors import MathtuneError
 from mathtune.evaluate.contamination import train_card_entry
 from mathtune.io import atomic_write_json, atomic_write_text, read_jsonl_tolerant
@@ -134,6 +134,7 @@ class Session:
     examples: list[Example]
     data_stats: dict[str, Any]
     problems: list[Problem]
+    dev: list[Problem]  # carved from the train split, never the test split
     plan: list[list[int]]
     total_steps: int
     optimizer: Any
@@ -153,7 +154,9 @@ def setup(cfg: RunConfig) -> Session:
     accelerator = make_accelerator(placement.device.type == "cpu") if launched_distributed() else None
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     method = build_method(cfg.method)
-    problems = load_train_problems(cfg)
+    problems, dev = load_train_problems(cfg), []
+    if cfg.train.dev_eval_every:
+        problems, dev = split_train_dev(problems, cfg.train.dev_size, cfg.train.seed)
     loaded = load_for_run(cfg.model, placement, method.base_load_kwargs(placement))
     examples, data_stats = build_examples(cfg, problems, loaded)
     if not examples:
@@ -167,7 +170,7 @@ def setup(cfg: RunConfig) -> Session:
     loss_fn = LossModule(model, loaded.seq2seq)
     if accelerator is not None:  # DDP (or FSDP/DeepSpeed) wrapper: all-reduces gradients in backward
         loss_fn, optimizer = accelerator.prepare(loss_fn, optimizer)
-    return Session(cfg, method, loaded, model, loss_fn, examples, data_stats, problems, plan, total_steps,
+    return Session(cfg, method, loaded, model, loss_fn, examples, data_stats, problems, dev, plan, total_steps,
                    optimizer, scheduler, accelerator, rank, world)
 
 
@@ -221,6 +224,8 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, show_progress: bo
             _log_step(writer, log_path, done, loss, s.scheduler.get_last_lr()[0], tokens / max(elapsed, 1e-9),
                       tokens, elapsed)
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens / max(elapsed, 1e-9):.0f}")
+        if s.main and s.dev and (done % cfg.train.dev_eval_every == 0 or done == s.total_steps):
+            _log_dev_accuracy(s, writer, log_path, done)
         if s.main and done % cfg.train.save_every == 0 and done < s.total_steps:
             save_checkpoint(run_dir, done, s.model, s.optimizer, s.scheduler, tokens_before + tokens)
     card = _train_card(s, start_step, loss, time.perf_counter() - started, tokens)
@@ -234,6 +239,22 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, show_progress: bo
     return TrainResult(run_dir / "adapter", s.total_steps, loss, card)
 
 
+def _log_dev_accuracy(s: Session, writer: Any, log_path: Path, step: int) -> None:
+    """Generation accuracy on the dev slice, so a run shows whether answers improve, not just loss."""
+    from mathtune.evaluate.evaluator import quick_accuracy
+    from mathtune.evaluate.generation import HFBackend
+
+    backend = HFBackend(s.model, s.loaded.tokenizer, s.loaded.placement.device, s.loaded.seq2seq,
+                        s.cfg.eval.batch_size)
+    with s.loaded.placement.autocast_context():
+        scores = quick_accuracy(s.cfg, backend, s.dev)
+    s.model.train()  # HFBackend put the model in eval mode
+    for name, value in scores.items():
+        writer.add_scalar(f"dev/{name}", value, step)
+    with open(log_path.with_name("dev_log.jsonl"), "a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"step": step, **scores}) + "\n")
+
+
 def _start_logs(s: Session, run_dir: Path, resume: bool, start_step: int) -> tuple[Any, Path]:
     log_path = run_dir / "train_log.jsonl"
     if not s.main:
@@ -241,6 +262,7 @@ def _start_logs(s: Session, run_dir: Path, resume: bool, start_step: int) -> tup
     atomic_write_text(run_dir / "config.yaml", config_to_yaml(s.cfg))
     if not resume:
         log_path.unlink(missing_ok=True)
+        log_path.with_name("dev_log.jsonl").unlink(missing_ok=True)
     elif log_path.exists():  # steps logged after the checkpoint run again: keep each step once
         kept = [row for row in read_jsonl_tolerant(log_path) if row.get("step", 0) <= start_step]
         atomic_write_text(log_path, "".join(json.dumps(row) + "\n" for row in kept))

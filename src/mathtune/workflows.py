@@ -91,6 +91,32 @@ def eval_workflow(cfg: RunConfig, run_dir: Path | None, base: bool, out_dir: Pat
     return evaluate_model(tuned_config(cfg, run_dir), out_dir, "tuned", adapter_dir=run_dir / "adapter")
 
 
+def eval_adapters_workflow(cfg: RunConfig, run_dirs: list[Path], overwrite: bool = False
+                           ) -> list[tuple[dict[str, Any], Path]]:
+    """Evaluate several PEFT adapters of one base model with the base loaded once: each adapter is
+    added to the same PeftModel and switched to with `set_adapter`, never reloading the base."""
+    configs = [tuned_config(cfg, run_dir) for run_dir in run_dirs]
+    first = configs[0]
+    for run_dir, run_cfg in zip(run_dirs, configs, strict=True):
+        if run_cfg.model.name != first.model.name or run_cfg.method.name not in ("lora", "qlora") \
+                or run_cfg.method.name != first.method.name:
+            raise MathtuneError(f"{run_dir}: shared-base evaluation needs LoRA/QLoRA adapters of one model "
+                                f"({first.model.name}, {first.method.name}); evaluate it on its own")
+        preflight(run_cfg, (cfg.eval.split,), training=False)
+    backend, meta = build_backend(first, run_dirs[0] / "adapter")
+    results = []
+    for index, (run_dir, run_cfg) in enumerate(zip(run_dirs, configs, strict=True)):
+        name = "default" if index == 0 else f"adapter{index}"
+        if index:
+            backend.model.load_adapter(str(run_dir / "adapter"), adapter_name=name)
+        backend.model.set_adapter(name)
+        with output_dir_guard(run_dir / "eval" / "tuned", overwrite, resume=not overwrite) as out:
+            metrics = evaluate(run_cfg, backend, out, "tuned", backend.tokenizer,
+                               {**meta, "adapter": str(run_dir / "adapter"), "shared_base": True})
+        results.append((metrics, out))
+    return results
+
+
 def tuned_config(cfg: RunConfig, run_dir: Path) -> RunConfig:
     """A finished run's own config (model, method, data, prompt) with this call's eval settings."""
     return load_config(run_dir / "config.yaml", None).model_copy(update={"eval": cfg.eval})

@@ -197,6 +197,16 @@ def evaluate(cfg: RunConfig, backend: Backend, out_dir: Path, label: str, tokeni
     return metrics
 
 
+def quick_accuracy(cfg: RunConfig, backend: Backend, problems: list[Problem]) -> dict[str, float]:
+    """Greedy accuracy on a few problems with the run's prompt and the same extractor as `evaluate`
+    (used on the dev slice during training; writes nothing)."""
+    strategy = get_strategy(cfg.prompt.strategy)
+    prompts = [strategy.format_prompt(p.question) for p in problems]
+    requests = [GenerationRequest(p, stop_strings(cfg, strategy), cfg.eval.max_new_tokens) for p in prompts]
+    rows = score_rows(problems, backend.generate(requests), strategy, prompts)
+    return {name: sum(bool(r["correct"][name]) for r in rows) / len(rows) for name in SCORES}
+
+
 def _target_program(strategy: PromptStrategy, problem: Problem) -> str | None:
     if strategy.name != "program":
         return None

@@ -14,6 +14,9 @@ from typing import Any, Protocol
 
 import torch
 
+from mathtune.data.batching import IGNORE
+from mathtune.models.heads import logits_at_labels
+
 
 @dataclass(frozen=True)
 class GenerationRequest:
@@ -140,13 +143,7 @@ class HFBackend:
         return results
 
     def _nll_batch(self, pairs: list[tuple[str, str]]) -> list[tuple[float, int]]:
-        from mathtune.data.batching import (
-            IGNORE,
-            causal_example,
-            padded_batch,
-            seq2seq_batch,
-            seq2seq_example,
-        )
+        from mathtune.data.batching import causal_example, padded_batch, seq2seq_batch, seq2seq_example
 
         if self.seq2seq:
             examples = [seq2seq_example(self.tokenizer, p, t, 1024) for p, t in pairs]
@@ -155,18 +152,14 @@ class HFBackend:
             examples = [causal_example(self.tokenizer, p, t, 2048, "completion") for p, t in pairs]
             batch = padded_batch(examples, self.tokenizer.pad_token_id)  # right padding: positions from 0
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        labels = batch.pop("labels")
         if self.seq2seq:
-            logits = self.model(**batch, labels=labels).logits.float()
-            targets = labels
+            labels = batch["labels"]
+            logits = self.model(**batch).logits
+            keep = labels != IGNORE
+            logits, targets, rows = logits[keep], labels[keep], keep.nonzero()[:, 0]
         else:
-            logits = self.model(**batch).logits[:, :-1].float()
-            targets = labels[:, 1:]
-        mask = targets != IGNORE
-        nll = (
-            torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets.clamp(min=0), reduction="none")
-            * mask
-        )
-        return [
-            (float(row_nll.sum()), int(row_mask.sum())) for row_nll, row_mask in zip(nll, mask, strict=True)
-        ]
+            logits, targets, rows = logits_at_labels(self.model, batch)
+        token_nll = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
+        nll = torch.zeros(len(pairs), device=token_nll.device).index_add_(0, rows, token_nll)
+        counts = torch.bincount(rows, minlength=len(pairs))
+        return [(float(n), int(c)) for n, c in zip(nll, counts, strict=True)]

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from mathtune.data.batching import Example, packed_batch, padded_batch, seq2seq_batch
+from mathtune.models.heads import logits_at_labels
 from mathtune.models.setup import LoadedModel
 
 
@@ -23,19 +24,9 @@ def make_batch(examples: list[Example], loaded: LoadedModel, packing: bool) -> d
 
 
 def causal_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean token cross-entropy, with the vocabulary projection run only where labels exist
-    (prompt tokens never need logits; on a 49k vocabulary that is most of the head's cost)."""
-    core = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = core.base_model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch.get("attention_mask"),
-        position_ids=batch.get("position_ids"),
-        use_cache=False,
-    ).last_hidden_state
-    labels = batch["labels"][:, 1:]
-    keep = labels != -100
-    logits = core.get_output_embeddings()(hidden[:, :-1][keep])
-    return F.cross_entropy(logits.float(), labels[keep])
+    """Mean token cross-entropy over labelled positions (logits computed only there)."""
+    logits, labels, _ = logits_at_labels(model, batch)
+    return F.cross_entropy(logits.float(), labels)
 
 
 def compute_loss(model: Any, batch: dict[str, torch.Tensor], seq2seq: bool) -> torch.Tensor:

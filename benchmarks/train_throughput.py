@@ -216,7 +216,7 @@ def _full_logits(train_module: Any) -> None:
     """Lever off: logits at every position (what `model(**batch).loss` does)."""
     from mathtune.training import loss as loss_module
 
-    def compute_loss(model: Any, batch: dict, seq2seq: bool) -> Any:
+    def compute_loss(model: Any, batch: dict, *_: Any) -> Any:
         return model(**batch).loss
 
     loss_module.compute_loss = compute_loss

@@ -65,3 +65,41 @@ def test_packed_hidden_states_match_each_example_alone(arch, tiny_models):
     tail = slice(examples[0].num_tokens, None)
     assert not torch.allclose(no_positions[:, tail], packed[:, tail], atol=1e-3)
     assert not torch.allclose(with_cache[:, tail], packed[:, tail], atol=1e-3)
+
+
+@pytest.mark.parametrize("arch", ["llama", "phi"])
+def test_varlen_attention_equals_masked_packing_in_loss_and_gradients(arch, tiny_models):
+    """The per-example SDPA backend computes what the block-diagonal mask computes, gradients included."""
+    from mathtune.models.attention import VARLEN_SDPA, use_varlen_sdpa
+
+    model, tokenizer = load(arch, tiny_models)
+    batch = packed_batch([causal_example(tokenizer, p, t, 128, "all") for p, t in PAIRS])
+    results = []
+    for varlen in (False, True):
+        if varlen:
+            use_varlen_sdpa(model)
+            assert model.config._attn_implementation == VARLEN_SDPA
+        model.zero_grad()
+        loss = causal_loss(model, batch if varlen else {k: v for k, v in batch.items() if "seq_len" not in k
+                                                         and "max_length" not in k})
+        loss.backward()
+        results.append((loss.item(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    (masked_loss, masked_grads), (varlen_loss, varlen_grads) = results
+    assert abs(masked_loss - varlen_loss) < ATOL
+    assert len(masked_grads) == len(varlen_grads) > 0
+    for got, want in zip(varlen_grads, masked_grads, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_varlen_backend_without_boundaries_is_plain_sdpa(tiny_models):
+    """Generation and padded batches carry no boundaries: the backend must then be SDPA itself."""
+    from mathtune.models.attention import use_varlen_sdpa
+
+    model, tokenizer = load("llama", tiny_models)
+    examples = [causal_example(tokenizer, p, t, 128, "completion") for p, t in PAIRS]
+    batch = padded_batch(examples, tokenizer.pad_token_id)
+    with torch.no_grad():
+        before = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        use_varlen_sdpa(model)
+        after = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    torch.testing.assert_close(after, before, atol=0, rtol=0)

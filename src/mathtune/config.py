@@ -72,6 +72,9 @@ class TrainConfig(Section):
         "auto", description="'auto': fp16 on CUDA, bf16 autocast on CPUs that support it, else fp32"
     )
     packing: bool = Field(True, description="Padding-free packing with per-example attention and positions")
+    varlen_attention: bool = Field(True, description="Packed rows: attention run per example (causal kernel)")
+    fused_loss: bool = Field(True, description="Cross-entropy through the head chunk by chunk, gradient in forward")
+    fast_dropout: bool = Field(True, description="Dropout masks from 16-bit random lanes (p rounded to 1/65536)")
     gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory")
     save_every: int = Field(50, ge=1, description="Checkpoint every N optimizer steps (for --resume)")
     log_every: int = Field(5, ge=1, description="Log loss/throughput to TensorBoard every N steps")

@@ -29,12 +29,14 @@ from mathtune.evaluate.contamination import train_card_entry
 from mathtune.io import atomic_write_json, atomic_write_text, read_jsonl_tolerant
 from mathtune.methods.base import count_parameters
 from mathtune.methods.registry import build_method
+from mathtune.models.attention import use_varlen_sdpa
 from mathtune.models.device import choose_placement
 from mathtune.models.setup import LoadedModel, load_for_run
 from mathtune.prompts import get_strategy
 from mathtune.runcard import peak_cuda_mb, peak_rss_mb, provenance
 from mathtune.training.checkpoints import latest_checkpoint, restore_checkpoint, save_checkpoint
 from mathtune.training.distributed import launched_distributed, make_accelerator, maybe_no_sync, rank_shard
+from mathtune.training.dropout import use_fast_dropout
 from mathtune.training.loss import LossModule, loss_tokens, make_batch
 from mathtune.training.optim import make_optimizer
 
@@ -91,32 +93,6 @@ def micro_batch_plan(num_examples: int, cfg: RunConfig, world: int = 1) -> tuple
     return micro[:needed], steps
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 def load_train_problems(cfg: RunConfig) -> list[Problem]:
     problems = load_split(cfg.data, cfg.resolved_data_dir(), "train")
     return sample_problems(problems, cfg.data.train_size, cfg.train.seed)
@@ -163,11 +139,15 @@ def setup(cfg: RunConfig) -> Session:
         raise MathtuneError("no training examples left after preparing the data")
     if cfg.train.gradient_checkpointing:
         loaded.model.gradient_checkpointing_enable()
+    if cfg.train.packing and cfg.train.varlen_attention:
+        use_varlen_sdpa(loaded.model)
     model = method.apply(loaded.model)
+    if cfg.train.fast_dropout:
+        use_fast_dropout(model)
     model.train()
     plan, total_steps = micro_batch_plan(len(examples), cfg, world)
     optimizer, scheduler = make_optimizer(model, cfg, total_steps)
-    loss_fn = LossModule(model, loaded.seq2seq)
+    loss_fn = LossModule(model, loaded.seq2seq, cfg.train.fused_loss)
     if accelerator is not None:  # DDP (or FSDP/DeepSpeed) wrapper: all-reduces gradients in backward
         loss_fn, optimizer = accelerator.prepare(loss_fn, optimizer)
     return Session(cfg, method, loaded, model, loss_fn, examples, data_stats, problems, dev, plan, total_steps,

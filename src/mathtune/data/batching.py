@@ -39,7 +39,7 @@ def seq2seq_example(tokenizer, prompt: str, target: str, max_length: int) -> Exa
     return Example(input_ids, labels)
 
 
-def packed_batch(examples: list[Example]) -> dict[str, torch.Tensor]:
+def packed_batch(examples: list[Example]) -> dict[str, torch.Tensor | int]:
     """One row, positions restarting per example; each example's first label is dropped so the
     last token of one example is never trained to predict the first token of the next."""
     input_ids, labels, positions = [], [], []
@@ -47,10 +47,15 @@ def packed_batch(examples: list[Example]) -> dict[str, torch.Tensor]:
         input_ids += ex.input_ids
         labels += [IGNORE] + ex.labels[1:]
         positions += list(range(ex.num_tokens))
+    edges = torch.tensor([0] + [ex.num_tokens for ex in examples]).cumsum(0).to(torch.int32)
+    longest = max(ex.num_tokens for ex in examples)
     return {
         "input_ids": torch.tensor([input_ids]),
         "labels": torch.tensor([labels]),
         "position_ids": torch.tensor([positions]),
+        # Example boundaries in flash-attn's varlen convention: the attention backends that read them
+        # (flash_attention_2, mathtune's varlen SDPA) attend within each example at its own cost.
+        "cu_seq_lens_q": edges, "cu_seq_lens_k": edges, "max_length_q": longest, "max_length_k": longest,
     }
 
 

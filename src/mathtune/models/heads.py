@@ -13,18 +13,31 @@ import torch
 
 from mathtune.data.batching import IGNORE
 
+VARLEN_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")  # packed rows' boundaries
 
-def logits_at_labels(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(logits [n, vocab], their next-token labels [n], the batch row of each [n]) for the n labelled
-    positions. Works for plain and PEFT-wrapped causal models: adapters sit inside the backbone."""
+
+LabelledHidden = tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]
+
+
+def hidden_at_labels(model: Any, batch: dict[str, torch.Tensor]) -> LabelledHidden:
+    """(final hidden states [n, d], their next-token labels [n], the batch row of each [n], the output
+    head) for the n labelled positions. Works for plain and PEFT-wrapped causal models: adapters sit
+    inside the backbone."""
     core = model.get_base_model() if hasattr(model, "get_base_model") else model
     hidden = core.base_model(
         input_ids=batch["input_ids"],
         attention_mask=batch.get("attention_mask"),
         position_ids=batch.get("position_ids"),
         use_cache=False,  # also required for packed rows: with a cache, packed examples attend across
+        **{key: batch[key] for key in VARLEN_KEYS if key in batch},
     ).last_hidden_state
     labels = batch["labels"][:, 1:]
     keep = labels != IGNORE
-    logits = core.get_output_embeddings()(hidden[:, :-1][keep])
-    return logits, labels[keep], keep.nonzero()[:, 0]
+    return hidden[:, :-1][keep], labels[keep], keep.nonzero()[:, 0], core.get_output_embeddings()
+
+
+def logits_at_labels(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits [n, vocab], their next-token labels [n], the batch row of each [n]) for the n labelled
+    positions."""
+    hidden, labels, rows, head = hidden_at_labels(model, batch)
+    return head(hidden), labels, rows

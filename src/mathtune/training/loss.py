@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from mathtune.data.batching import Example, packed_batch, padded_batch, seq2seq_batch
-from mathtune.models.heads import logits_at_labels
+from mathtune.models.heads import hidden_at_labels
 from mathtune.models.setup import LoadedModel
+from mathtune.training.fused_ce import linear_cross_entropy
 
 
 def make_batch(examples: list[Example], loaded: LoadedModel, packing: bool) -> dict[str, torch.Tensor]:
@@ -20,30 +21,34 @@ def make_batch(examples: list[Example], loaded: LoadedModel, packing: bool) -> d
         batch = packed_batch(examples)
     else:
         batch = padded_batch(examples, pad_id)
-    return {key: value.to(loaded.placement.device) for key, value in batch.items()}
+    device = loaded.placement.device
+    return {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
 
 
-def causal_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean token cross-entropy over labelled positions (logits computed only there)."""
-    logits, labels, _ = logits_at_labels(model, batch)
-    return F.cross_entropy(logits.float(), labels)
+def causal_loss(model: Any, batch: dict[str, torch.Tensor], fused: bool = True) -> torch.Tensor:
+    """Mean token cross-entropy over labelled positions (logits computed only there, chunk by chunk
+    when the head is a plain linear layer; an adapted or quantized head takes the unfused path)."""
+    hidden, labels, _, head = hidden_at_labels(model, batch)
+    if fused and type(head) is torch.nn.Linear:
+        return linear_cross_entropy(hidden, head, labels)
+    return F.cross_entropy(head(hidden).float(), labels)
 
 
-def compute_loss(model: Any, batch: dict[str, torch.Tensor], seq2seq: bool) -> torch.Tensor:
+def compute_loss(model: Any, batch: dict[str, torch.Tensor], seq2seq: bool, fused: bool = True) -> torch.Tensor:
     if seq2seq:
         return model(**batch).loss
-    return causal_loss(model, batch)
+    return causal_loss(model, batch, fused)
 
 
 class LossModule(torch.nn.Module):
     """The loss as a module's forward, so a DDP/FSDP wrapper sees the call that uses the weights."""
 
-    def __init__(self, model: Any, seq2seq: bool) -> None:
+    def __init__(self, model: Any, seq2seq: bool, fused: bool = True) -> None:
         super().__init__()
-        self.model, self.seq2seq = model, seq2seq
+        self.model, self.seq2seq, self.fused = model, seq2seq, fused
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return compute_loss(self.model, batch, self.seq2seq)
+        return compute_loss(self.model, batch, self.seq2seq, self.fused)
 
 
 def loss_tokens(examples: list[Example], seq2seq: bool) -> int:

@@ -1,0 +1,65 @@
+"""Cross-entropy through the output head, chunk by chunk, with the gradient made in the forward pass.
+
+`F.cross_entropy(head(hidden).float(), labels)` materialises [tokens, vocab] float32 logits, runs
+log-softmax over them, keeps them for backward and makes a second tensor of that size there. On
+SmolLM2's 49k vocabulary that is ~200 MB per 1,000 loss tokens and, on this CPU, more time in
+memory-bound passes than in the head's matmul. Here each chunk of rows is projected, reduced to
+its loss and turned into its gradient while it is still in cache (softmax - one-hot is the whole
+backward of cross-entropy), so only the [tokens, hidden] input gradient is kept. The same idea as
+Liger-Kernel's fused linear cross-entropy, in plain PyTorch so it runs on CPU and CUDA.
+"""
+
+from __future__ import annotations
+
+import torch
+
+CHUNK_ELEMENTS = 1 << 20  # logits per chunk (4 MB in float32): rows = CHUNK_ELEMENTS // vocab
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """mean_i CE(hidden_i @ weight.T + bias, labels_i), matmuls in hidden's dtype, softmax in float32."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                labels: torch.Tensor) -> torch.Tensor:
+        rows, vocab = hidden.shape[0], weight.shape[0]
+        chunk = max(1, CHUNK_ELEMENTS // vocab)
+        head = weight.to(hidden.dtype)
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if ctx.needs_input_grad[1] \
+            else None
+        grad_bias = torch.zeros(vocab, dtype=torch.float32, device=weight.device) \
+            if bias is not None and ctx.needs_input_grad[2] else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        with torch.autocast(hidden.device.type, enabled=False):
+            for start in range(0, rows, chunk):
+                part, target = hidden[start : start + chunk], labels[start : start + chunk]
+                logits = (part @ head.t()).float()
+                if bias is not None:
+                    logits += bias.float()
+                log_norm = torch.logsumexp(logits, dim=-1)
+                total += (log_norm - logits.gather(1, target[:, None]).squeeze(1)).sum()
+                probs = logits.sub_(log_norm[:, None]).exp_()  # softmax, in place of the logits
+                probs[torch.arange(len(target), device=probs.device), target] -= 1.0
+                grad_logits = probs.div_(max(rows, 1)).to(hidden.dtype)
+                grad_hidden[start : start + chunk] = grad_logits @ head
+                if grad_weight is not None:
+                    grad_weight.addmm_(grad_logits.t().float(), part.float())
+                if grad_bias is not None:
+                    grad_bias += grad_logits.float().sum(0)
+        ctx.save_for_backward(grad_hidden, *(g if g is not None else torch.empty(0) for g in (grad_weight, grad_bias)))
+        ctx.param_dtypes = (weight.dtype, bias.dtype if bias is not None else None)
+        return total / max(rows, 1)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        weight_dtype, bias_dtype = ctx.param_dtypes
+        grad_w = (grad_weight * grad_output).to(weight_dtype) if ctx.needs_input_grad[1] else None
+        grad_b = (grad_bias * grad_output).to(bias_dtype) if ctx.needs_input_grad[2] else None
+        return grad_hidden * grad_output.to(grad_hidden.dtype), grad_w, grad_b, None
+
+
+def linear_cross_entropy(hidden: torch.Tensor, head: torch.nn.Linear, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of `head(hidden)` against `labels`, never holding all the logits."""
+    return LinearCrossEntropy.apply(hidden, head.weight, head.bias, labels)

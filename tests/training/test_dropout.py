@@ -1,0 +1,42 @@
+"""FastDropout is inverted dropout: drop rate p (to 1/65536), unbiased, identity in eval mode."""
+
+import torch
+from torch import nn
+
+from mathtune.training.dropout import FastDropout, use_fast_dropout
+
+
+def test_drop_rate_and_scale_match_p():
+    torch.manual_seed(0)
+    layer = FastDropout(0.1).train()
+    x = torch.ones(1000, 1001)  # odd element count: the last 64-bit draw is only partly used
+    y = layer(x)
+    dropped = (y == 0).float().mean().item()
+    sigma = (0.1 * 0.9 / x.numel()) ** 0.5
+    assert abs(dropped - 0.1) < 5 * sigma, dropped
+    assert torch.all((y == 0) | torch.isclose(y, torch.tensor(1 / (1 - layer.p))))
+    assert abs(y.mean().item() - 1.0) < 5 * sigma / 0.9  # unbiased: E[y] = x
+    assert abs(layer.p - 0.1) < 1 / 65536
+
+
+def test_masks_differ_per_call_and_per_position():
+    torch.manual_seed(0)
+    layer = FastDropout(0.5).train()
+    x = torch.ones(64, 64)
+    first, second = layer(x) == 0, layer(x) == 0
+    assert not torch.equal(first, second)
+    assert 0.4 < first[:, 0].float().mean().item() < 0.6  # each lane of a draw is used, none is stuck
+
+
+def test_eval_mode_and_zero_p_are_identity():
+    x = torch.randn(8, 8)
+    assert FastDropout(0.3).eval()(x) is x
+    assert FastDropout(0.0).train()(x) is x
+
+
+def test_use_fast_dropout_replaces_only_active_dropouts():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.1), nn.ModuleDict({"a": nn.Dropout(0.2), "b": nn.Dropout(0.0)}))
+    assert use_fast_dropout(model) == 2
+    assert isinstance(model[1], FastDropout) and isinstance(model[2]["a"], FastDropout)
+    assert type(model[2]["b"]) is nn.Dropout
+    assert abs(model[2]["a"].p - 0.2) < 1 / 65536

@@ -29,7 +29,8 @@ class FastDropout(nn.Module):
         count = x.numel()
         draws = torch.empty((count + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), 2**63 - 1)
         lanes = draws.view(torch.int16)[:count].view(x.shape)
-        return x * (lanes >= self.threshold - LANES // 2) * self.scale
+        keep = (lanes >= self.threshold - LANES // 2).to(x.dtype).mul_(self.scale)  # one mask, reused by backward
+        return x * keep
 
     def extra_repr(self) -> str:
         return f"p={self.p:.6f}"

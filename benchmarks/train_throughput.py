@@ -116,10 +116,20 @@ def run_reference(args: argparse.Namespace, overrides: dict[str, Any]) -> dict[s
     torch.manual_seed(cfg.train.seed)
     source = resolve_source(cfg.model.name)
     tokenizer = load_tokenizer(source)
-    model = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch.float32)
-    loaded = LoadedModel(model, tokenizer, source, choose_placement("cpu", "fp32"), False)
+    placement = choose_placement("cpu", "fp32")
+    quantized: dict[str, Any] = {}
+    if cfg.method.name == "qlora":  # the HF QLoRA recipe: bitsandbytes config, kbit preparation, PEFT LoRA
+        from peft import prepare_model_for_kbit_training
+
+        from mathtune.methods.registry import build_method
+
+        quantized = {"quantization_config": build_method(cfg.method).base_load_kwargs(placement)["quantization_config"]}
+    model = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch.float32, **quantized)
+    loaded = LoadedModel(model, tokenizer, source, placement, False)
     examples, plan, steps = shared_data(cfg, loaded)
-    if cfg.method.name == "lora":
+    if quantized:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if cfg.method.name in ("lora", "qlora"):
         model = get_peft_model(model, peft_lora_config(cfg.method, model))
     ordered = [examples[i] for micro in plan for i in micro]
     dataset = [{"input_ids": ex.input_ids, "labels": ex.labels} for ex in ordered]
@@ -209,7 +219,12 @@ def _param_model(cfg: Any, build_method: Any, torch: Any) -> Any:
     config = AutoConfig.from_pretrained(resolve_source(cfg.model.name).path)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
-    return build_method(cfg.method).apply(model)
+    method_cfg = cfg.method
+    if method_cfg.name == "qlora":  # same adapters as LoRA; quantizing needs real weights, not meta ones
+        from mathtune.methods.lora.config import LoraMethodConfig
+
+        method_cfg = LoraMethodConfig(**method_cfg.model_dump(exclude={"name", "bits"}))
+    return build_method(method_cfg).apply(model)
 
 
 def _full_logits(train_module: Any) -> None:
@@ -340,10 +355,14 @@ def report(results: dict[str, dict[str, Any]], peak: dict[str, float], args: arg
         a, b = results["reference"], results["mathtune"]
         print(f"ratio mathtune/reference tokens/s: {b['tokens_per_second'] / a['tokens_per_second']:.2f}x")
         k = min(args.check_steps, len(a["losses"]), len(b["losses"]))
-        rel = [abs(x - y) / abs(x) for x, y in zip(a["losses"][:k], b["losses"][:k], strict=True)]
-        ok = max(rel) <= args.loss_rtol
-        print(f"loss agreement over the first {k} steps: max relative difference {max(rel):.4f} "
-              f"(tolerance {args.loss_rtol}) -> {'OK' if ok else 'MISMATCH'}")
+        # Step 1 is the same function of the same weights (bf16 and dropout masks differ); later steps
+        # also differ by the updates those masks caused, so they are compared as a mean.
+        first = abs(a["losses"][0] - b["losses"][0]) / abs(a["losses"][0])
+        mean_a, mean_b = sum(a["losses"][:k]) / k, sum(b["losses"][:k]) / k
+        mean = abs(mean_a - mean_b) / abs(mean_a)
+        ok = first <= args.first_step_rtol and mean <= args.loss_rtol
+        print(f"loss agreement: step 1 relative difference {first:.4f} (tolerance {args.first_step_rtol}), "
+              f"mean of steps 1..{k} {mean:.4f} (tolerance {args.loss_rtol}) -> {'OK' if ok else 'MISMATCH'}")
         print("  reference:", " ".join(f"{x:.4f}" for x in a["losses"][:k]))
         print("  mathtune: ", " ".join(f"{x:.4f}" for x in b["losses"][:k]))
         status = 0 if ok else 1
@@ -391,7 +410,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ablate", action="append", choices=sorted(ABLATIONS), help="Turn a mathtune lever off/on")
     parser.add_argument("--check-steps", type=int, default=5, help="Steps whose losses must agree")
     parser.add_argument("--loss-rtol", type=float, default=0.02,
-                        help="Relative loss tolerance (bf16 base + autocast vs fp32, different dropout masks)")
+                        help="Tolerance on the mean loss of the checked steps (bf16 vs fp32, other dropout masks)")
+    parser.add_argument("--first-step-rtol", type=float, default=0.01,
+                        help="Tolerance on the first step's loss (same weights in both arms)")
     parser.add_argument("--json", help="Also write all numbers to this JSON file")
     parser.add_argument("--prep-cost", help="Only time data preparation for these row counts: 100,1000,7473")
     return parser.parse_args(argv)

@@ -115,3 +115,38 @@ def test_self_consistency_reports_maj_at_k_beside_greedy(tiny_models, data_dir, 
     assert metrics["self_consistency"]["maj@3"]["n"] == 3
     assert "numeric-match" in metrics["scores"]
     assert metrics["reproducibility"]["generation"]["calculator"] is True
+
+
+@pytest.mark.parametrize("arch", ["llama", "phi"])
+def test_packed_prefill_equals_padded_prefill(arch, tiny_models, data_dir):
+    """The padding-free prefill gives the padded prefill's next-token logits and a KV cache that
+    decodes to the same text (fp32), on prompts of unequal length."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mathtune.evaluate import decoding
+    from mathtune.models.attention import use_varlen_sdpa
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models[arch])
+    model = AutoModelForCausalLM.from_pretrained(tiny_models[arch], dtype=torch.float32)
+    shots = [r.prompt + " 4 + 5 = 9\n#### 9" for r in _requests(data_dir, count=4)]
+    requests = [GenerationRequest("\n\n".join(shots[:k] + [r.prompt]), STOP, 20)  # 0..4-shot: unequal lengths
+                for k, r in enumerate(_requests(data_dir, count=5))]
+    prompts = [r.prompt for r in requests]
+    assert len({len(tokenizer(p)["input_ids"]) for p in prompts}) > 1
+    use_varlen_sdpa(model)
+    assert decoding.packed_prefill_supported(model)
+    cpu = torch.device("cpu")
+    with torch.inference_mode():
+        packed_logits, _, packed_mask, packed_pos = decoding.prefill_packed(model, tokenizer, prompts, cpu)
+        padded_logits, _, padded_mask, padded_pos = decoding.prefill_padded(model, tokenizer, prompts, cpu)
+    torch.testing.assert_close(packed_logits, padded_logits, atol=1e-4, rtol=1e-4)
+    assert torch.equal(packed_mask, padded_mask) and torch.equal(packed_pos, padded_pos)
+    packed = HFBackend(model, tokenizer, torch.device("cpu"), False, 5).generate(requests)
+    original = decoding.packed_prefill_supported
+    decoding.packed_prefill_supported = lambda _model: False
+    try:
+        padded = HFBackend(model, tokenizer, torch.device("cpu"), False, 5).generate(requests)
+    finally:
+        decoding.packed_prefill_supported = original
+    assert packed == padded
+    assert any(g.new_tokens > 1 for g in packed)

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+Prefill = tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]  # last logits, KV cache, mask, last positions
 STOP_WINDOW = 24  # tokens decoded to look for a stop string; stop strings are a few tokens long
 
 
@@ -58,19 +59,15 @@ def decode_batch(
 ) -> list[Decoded]:
     """Decode every prompt until EOS, a stop string or its token cap; left padding, one KV cache."""
     device = next(model.parameters()).device
-    encoded = tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left")
-    input_ids, mask = encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
     rows = [_Row(i, tuple(stops[i]), max_new_tokens[i], bool(calculator and calculator[i]))
             for i in range(len(prompts))]
     generator = torch.Generator(device=device).manual_seed(seed) if sample else None
     eos = _eos_ids(model, tokenizer)
-    position = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
-    cache = _new_cache(model)
     with torch.inference_mode():
-        # logits_to_keep=1: the vocabulary projection of every prompt position is ~20% of the prefill
-        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=position,
-                       past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
-        position = position[:, -1:]
+        if packed_prefill_supported(model):
+            logits, cache, mask, position = prefill_packed(model, tokenizer, prompts, device)
+        else:
+            logits, cache, mask, position = prefill_padded(model, tokenizer, prompts, device)
         active = list(range(len(rows)))
         while active:
             chosen = _choose(logits, sample, temperature, generator).tolist()
@@ -93,6 +90,68 @@ def decode_batch(
             logits = model(input_ids=step, attention_mask=mask, position_ids=position,
                            past_key_values=cache, use_cache=True).logits[:, -1, :]
     return [Decoded(r.tokens, r.hit_eos, r.stopped, r.calls) for r in rows]
+
+
+def prefill_padded(model: Any, tokenizer: Any, prompts: Sequence[str], device: torch.device) -> Prefill:
+    """The usual batched prefill: left padding and a padding mask over the whole batch."""
+    encoded = tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left")
+    input_ids, mask = encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
+    position = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    cache = _new_cache(model)
+    # logits_to_keep=1: the vocabulary projection of every prompt position is ~20% of the prefill
+    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=position,
+                   past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+    return logits, cache, mask, position[:, -1:]
+
+
+def packed_prefill_supported(model: Any) -> bool:
+    from mathtune.models.attention import VARLEN_SDPA
+
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = core.config
+    return (getattr(config, "_attn_implementation", None) == VARLEN_SDPA and not config.is_encoder_decoder
+            and not getattr(config, "sliding_window", None))
+
+
+def prefill_packed(model: Any, tokenizer: Any, prompts: Sequence[str], device: torch.device) -> Prefill:
+    """Prefill every prompt in one padding-free row, each attending only to itself (causal kernel),
+    then lay the KV cache out left-padded for batched decoding.
+
+    With left padding, the padded prefill needs a mask, and SDPA then computes the full square of
+    scores for every row of the batch (measured: 45 % of a 5-shot GSM8K prefill). Packed, each prompt
+    costs what it costs alone, exactly the computation of a batch-1 prefill such as lm-eval's."""
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    ids = [tokenizer(p)["input_ids"] for p in prompts]
+    lengths = [len(x) for x in ids]
+    edges = torch.tensor([0, *lengths], device=device).cumsum(0).to(torch.int32)
+    packed = torch.tensor([[t for row in ids for t in row]], device=device)
+    positions = torch.tensor([[p for n in lengths for p in range(n)]], device=device)
+    cache = _new_cache(model)
+    hidden = core.base_model(
+        input_ids=packed, position_ids=positions, past_key_values=cache, use_cache=True,
+        cu_seq_lens_q=edges, cu_seq_lens_k=edges, max_length_q=max(lengths), max_length_k=max(lengths),
+    ).last_hidden_state
+    logits = core.get_output_embeddings()(hidden[0, edges[1:].long() - 1])
+    width = max(lengths)
+    mask = torch.zeros(len(ids), width, dtype=torch.long, device=device)
+    for row, n in enumerate(lengths):
+        mask[row, width - n :] = 1
+    batched = _new_cache(model)
+    for layer_index, layer in enumerate(cache.layers):
+        keys, values = (_left_padded(t, lengths, width) for t in (layer.keys, layer.values))
+        batched.update(keys, values, layer_index)
+    position = torch.tensor(lengths, device=device).unsqueeze(1) - 1
+    return logits, batched, mask, position
+
+
+def _left_padded(packed: torch.Tensor, lengths: list[int], width: int) -> torch.Tensor:
+    """[1, heads, sum(lengths), dim] -> [batch, heads, width, dim], each row's tokens at the right."""
+    out = packed.new_zeros(len(lengths), packed.shape[1], width, packed.shape[3])
+    start = 0
+    for row, n in enumerate(lengths):
+        out[row, :, width - n :] = packed[0, :, start : start + n]
+        start += n
+    return out
 
 
 def _choose(logits: torch.Tensor, sample: bool, temperature: float, generator: Any) -> torch.Tensor:

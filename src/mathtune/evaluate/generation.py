@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import torch
 
 from mathtune.data.batching import IGNORE
+from mathtune.models.attention import use_varlen_sdpa
 from mathtune.models.heads import logits_at_labels
 
 
@@ -64,6 +65,7 @@ class HFBackend:
         self.batch_size = batch_size
         if not seq2seq:
             tokenizer.padding_side = "left"  # generation continues from the right edge of each row
+            use_varlen_sdpa(model.get_base_model() if hasattr(model, "get_base_model") else model)
 
     def generate(
         self,

@@ -10,9 +10,10 @@ This backend reads the boundaries the batch carries, in flash-attn's varlen conv
 with `is_causal=True` and no mask, so the flash kernel skips the upper triangle. Without those
 keys it is transformers' own SDPA path, so generation and padded batches are unchanged.
 
-On CPU the per-example calls run in float32 even under bf16 autocast: the CPU flash kernel's bf16
-path is the slower one here (backward 3.4 vs 2.0 ms per call on a 220-token example, 9 heads), and
-q, k, v are small next to the weights, so the casts cost little.
+In training on CPU the per-example calls run in float32 even under bf16 autocast: the CPU flash
+kernel's bf16 backward is the slower one here (3.4 vs 2.0 ms per call on a 220-token example, 9
+heads), and q, k, v are small next to the weights. Without gradients (evaluation's packed prefill)
+the model's own dtype is kept, so a packed prefill computes what a batch-1 prefill computes.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def varlen_sdpa_forward(
         kwargs.pop(name, None)
     edges = boundaries.tolist()
     dtype = query.dtype
-    if query.device.type == "cpu":  # the CPU flash kernel is faster in float32 than in bf16 (module docstring)
+    if query.device.type == "cpu" and torch.is_grad_enabled():  # training: float32 is faster (module docstring)
         query, key, value = query.float(), key.float(), value.float()
     with torch.autocast(query.device.type, enabled=False):
         pieces = [

@@ -13,7 +13,7 @@ from mathtune.models.setup import LoadedModel
 from mathtune.training.fused_ce import linear_cross_entropy
 
 
-def make_batch(examples: list[Example], loaded: LoadedModel, packing: bool) -> dict[str, torch.Tensor]:
+def make_batch(examples: list[Example], loaded: LoadedModel, packing: bool) -> dict[str, torch.Tensor | int]:
     pad_id = loaded.tokenizer.pad_token_id
     if loaded.seq2seq:
         batch = seq2seq_batch(examples, pad_id)

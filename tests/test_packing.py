@@ -4,7 +4,7 @@ run one by one or padded, i.e. no token attends across an example boundary (fp32
 import pytest
 import torch
 
-from mathtune.data.batching import causal_example, packed_batch, padded_batch
+from mathtune.data.batching import VARLEN_KEYS, causal_example, packed_batch, padded_batch
 from mathtune.models.loading import load_model, load_tokenizer, resolve_source
 from mathtune.training.loss import causal_loss
 
@@ -80,8 +80,7 @@ def test_varlen_attention_equals_masked_packing_in_loss_and_gradients(arch, tiny
             use_varlen_sdpa(model)
             assert model.config._attn_implementation == VARLEN_SDPA
         model.zero_grad()
-        loss = causal_loss(model, batch if varlen else {k: v for k, v in batch.items() if "seq_len" not in k
-                                                         and "max_length" not in k})
+        loss = causal_loss(model, batch if varlen else {k: v for k, v in batch.items() if k not in VARLEN_KEYS})
         loss.backward()
         results.append((loss.item(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
     (masked_loss, masked_grads), (varlen_loss, varlen_grads) = results

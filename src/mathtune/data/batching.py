@@ -11,6 +11,9 @@ from dataclasses import dataclass
 import torch
 
 IGNORE = -100  # cross_entropy's ignore_index
+# Example boundaries of a packed row in flash-attn's varlen convention: the attention backends that
+# read them (flash_attention_2, mathtune's varlen SDPA) attend within each example at its own cost.
+VARLEN_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 
 
 @dataclass(frozen=True)
@@ -47,16 +50,18 @@ def packed_batch(examples: list[Example]) -> dict[str, torch.Tensor | int]:
         input_ids += ex.input_ids
         labels += [IGNORE] + ex.labels[1:]
         positions += list(range(ex.num_tokens))
-    edges = torch.tensor([0] + [ex.num_tokens for ex in examples]).cumsum(0).to(torch.int32)
-    longest = max(ex.num_tokens for ex in examples)
     return {
         "input_ids": torch.tensor([input_ids]),
         "labels": torch.tensor([labels]),
         "position_ids": torch.tensor([positions]),
-        # Example boundaries in flash-attn's varlen convention: the attention backends that read them
-        # (flash_attention_2, mathtune's varlen SDPA) attend within each example at its own cost.
-        "cu_seq_lens_q": edges, "cu_seq_lens_k": edges, "max_length_q": longest, "max_length_k": longest,
+        **varlen_boundaries([ex.num_tokens for ex in examples]),
     }
+
+
+def varlen_boundaries(lengths: list[int], device: torch.device | None = None) -> dict[str, torch.Tensor | int]:
+    """The VARLEN_KEYS of a packed row of sequences of these lengths."""
+    edges = torch.tensor([0, *lengths], device=device).cumsum(0).to(torch.int32)
+    return dict(zip(VARLEN_KEYS, (edges, edges, max(lengths), max(lengths)), strict=True))
 
 
 def padded_batch(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from mathtune.data.batching import varlen_boundaries
+
 Prefill = tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]  # last logits, KV cache, mask, last positions
 STOP_WINDOW = 24  # tokens decoded to look for a stop string; stop strings are a few tokens long
 
@@ -123,15 +125,14 @@ def prefill_packed(model: Any, tokenizer: Any, prompts: Sequence[str], device: t
     core = model.get_base_model() if hasattr(model, "get_base_model") else model
     ids = [tokenizer(p)["input_ids"] for p in prompts]
     lengths = [len(x) for x in ids]
-    edges = torch.tensor([0, *lengths], device=device).cumsum(0).to(torch.int32)
+    boundaries = varlen_boundaries(lengths, device)
     packed = torch.tensor([[t for row in ids for t in row]], device=device)
     positions = torch.tensor([[p for n in lengths for p in range(n)]], device=device)
     cache = _new_cache(model)
     hidden = core.base_model(
-        input_ids=packed, position_ids=positions, past_key_values=cache, use_cache=True,
-        cu_seq_lens_q=edges, cu_seq_lens_k=edges, max_length_q=max(lengths), max_length_k=max(lengths),
+        input_ids=packed, position_ids=positions, past_key_values=cache, use_cache=True, **boundaries,
     ).last_hidden_state
-    logits = core.get_output_embeddings()(hidden[0, edges[1:].long() - 1])
+    logits = core.get_output_embeddings()(hidden[0, boundaries["cu_seq_lens_q"][1:].long() - 1])
     width = max(lengths)
     mask = torch.zeros(len(ids), width, dtype=torch.long, device=device)
     for row, n in enumerate(lengths):

@@ -11,10 +11,7 @@ from typing import Any
 
 import torch
 
-from mathtune.data.batching import IGNORE
-
-VARLEN_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")  # packed rows' boundaries
-
+from mathtune.data.batching import IGNORE, VARLEN_KEYS
 
 LabelledHidden = tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]
 

@@ -102,3 +102,27 @@ def test_varlen_backend_without_boundaries_is_plain_sdpa(tiny_models):
         use_varlen_sdpa(model)
         after = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     torch.testing.assert_close(after, before, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_causal_attention_matches_sdpa_per_example(dtype):
+    """The training attention node (float32 inside, inputs kept in the model dtype) against SDPA
+    run example by example through autograd in float32: outputs and q/k/v gradients, with
+    grouped-query heads (6 query heads, 2 kv heads)."""
+    import torch.nn.functional as F
+
+    from mathtune.models.attention import PackedCausalAttention
+
+    torch.manual_seed(0)
+    spans = ((0, 5), (5, 17), (17, 30))
+    q, k, v = (torch.randn(1, heads, 30, 8).to(dtype).requires_grad_() for heads in (6, 2, 2))
+    grad = torch.randn(1, 30, 6, 8)
+    PackedCausalAttention.apply(q, k, v, spans, None).float().backward(grad)
+    ref = [t.detach().float().requires_grad_() for t in (q, k, v)]
+    want = torch.cat([F.scaled_dot_product_attention(*(t[:, :, a:b] for t in ref), is_causal=True, enable_gqa=True)
+                      for a, b in spans], dim=2).transpose(1, 2)
+    want.backward(grad)
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
+    torch.testing.assert_close(PackedCausalAttention.apply(q, k, v, spans, None).float(), want, **tol)
+    for got, expected in zip((q, k, v), ref, strict=True):
+        torch.testing.assert_close(got.grad.float(), expected.grad, **tol)

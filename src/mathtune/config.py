@@ -75,6 +75,8 @@ class TrainConfig(Section):
     varlen_attention: bool = Field(True, description="Packed rows: attention run per example (causal kernel)")
     fused_loss: bool = Field(True, description="Cross-entropy through the head chunk by chunk, gradient in forward")
     fast_dropout: bool = Field(True, description="Dropout masks from 16-bit random lanes (p rounded to 1/65536)")
+    fused_ops: bool = Field(True, description="Llama-style RMSNorm and SwiGLU as single autograd nodes (less memory)")
+    fused_lora: bool = Field(True, description="LoRA dropout + A as one autograd node keeping x and a 1-byte mask")
     gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory")
     save_every: int = Field(50, ge=1, description="Checkpoint every N optimizer steps (for --resume)")
     log_every: int = Field(5, ge=1, description="Log loss/throughput to TensorBoard every N steps")

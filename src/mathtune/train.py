@@ -37,6 +37,8 @@ from mathtune.runcard import peak_cuda_mb, peak_rss_mb, provenance
 from mathtune.training.checkpoints import latest_checkpoint, restore_checkpoint, save_checkpoint
 from mathtune.training.distributed import launched_distributed, make_accelerator, maybe_no_sync, rank_shard
 from mathtune.training.dropout import use_fast_dropout
+from mathtune.training.fused_lora import use_fused_lora
+from mathtune.training.fused_ops import use_fused_ops
 from mathtune.training.loss import LossModule, loss_tokens, make_batch
 from mathtune.training.optim import make_optimizer
 
@@ -141,9 +143,13 @@ def setup(cfg: RunConfig) -> Session:
         loaded.model.gradient_checkpointing_enable()
     if cfg.train.packing and cfg.train.varlen_attention:
         use_varlen_sdpa(loaded.model)
+    if cfg.train.fused_ops:
+        use_fused_ops(loaded.model)
     model = method.apply(loaded.model)
     if cfg.train.fast_dropout:
         use_fast_dropout(model)
+    if cfg.train.fused_lora:
+        use_fused_lora(model)
     if placement.autocast:
         keep_adapter_inputs_in_compute_dtype(model)
     model.train()

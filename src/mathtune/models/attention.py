@@ -12,8 +12,11 @@ keys it is transformers' own SDPA path, so generation and padded batches are unc
 
 In training on CPU the per-example calls run in float32 even under bf16 autocast: the CPU flash
 kernel's bf16 backward is the slower one here (3.4 vs 2.0 ms per call on a 220-token example, 9
-heads), and q, k, v are small next to the weights. Without gradients (evaluation's packed prefill)
-the model's own dtype is kept, so a packed prefill computes what a batch-1 prefill computes.
+heads). They run inside one autograd node (`PackedCausalAttention`) that keeps q, k, v and the
+output in the model's dtype for backward, not float32 copies (half the bytes; the output is the
+tensor o_proj reads anyway), and calls the flash kernel's own backward per example. Without
+gradients (evaluation's packed prefill) the model's own dtype is kept, so a packed prefill computes
+what a batch-1 prefill computes.
 """
 
 from __future__ import annotations
@@ -44,6 +47,9 @@ def varlen_sdpa_forward(
     edges = boundaries.tolist()
     dtype = query.dtype
     if query.device.type == "cpu" and torch.is_grad_enabled():  # training: float32 is faster (module docstring)
+        if not kwargs.get("dropout") and not kwargs.get("softcap") and hasattr(torch.ops.aten, FLASH_CPU):
+            spans = tuple(zip(edges[:-1], edges[1:], strict=False))
+            return PackedCausalAttention.apply(query, key, value, spans, kwargs.get("scaling")), None
         query, key, value = query.float(), key.float(), value.float()
     with torch.autocast(query.device.type, enabled=False):
         pieces = [
@@ -54,6 +60,46 @@ def varlen_sdpa_forward(
             for start, end in zip(edges[:-1], edges[1:], strict=False)
         ]
     return torch.cat(pieces, dim=1).to(dtype), None  # outputs are [batch, length, heads, head_dim]
+
+
+FLASH_CPU = "_scaled_dot_product_flash_attention_for_cpu"
+
+
+class PackedCausalAttention(torch.autograd.Function):
+    """Causal attention example by example over a packed row, in float32, saving low-precision inputs.
+
+    q [1, heads, length, dim], k and v [1, kv heads, length, dim] (the CPU flash kernel handles
+    grouped-query heads itself); returns [1, length, heads, dim] in q's dtype.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                spans: tuple[tuple[int, int], ...], scale: float | None) -> torch.Tensor:
+        flash = getattr(torch.ops.aten, FLASH_CPU)
+        pieces, logsumexps = [], []
+        for start, end in spans:
+            out, logsumexp = flash(query[:, :, start:end].float(), key[:, :, start:end].float(),
+                                   value[:, :, start:end].float(), 0.0, True, scale=scale)
+            pieces.append(out.transpose(1, 2))
+            logsumexps.append(logsumexp)
+        output = torch.cat(pieces, dim=1).to(query.dtype)
+        ctx.save_for_backward(query, key, value, output, *logsumexps)
+        ctx.spans, ctx.scale = spans, scale
+        return output
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None, None]:
+        query, key, value, output, *logsumexps = ctx.saved_tensors
+        flash_backward = getattr(torch.ops.aten, FLASH_CPU + "_backward")
+        grads: list[list[torch.Tensor]] = [[], [], []]
+        for (start, end), logsumexp in zip(ctx.spans, logsumexps, strict=True):
+            pieces = flash_backward(
+                grad[:, start:end].transpose(1, 2).float(), query[:, :, start:end].float(),
+                key[:, :, start:end].float(), value[:, :, start:end].float(),
+                output[:, start:end].transpose(1, 2).float(), logsumexp, 0.0, True, scale=ctx.scale)
+            for collected, piece in zip(grads, pieces, strict=True):
+                collected.append(piece)
+        return (*(torch.cat(g, dim=2).to(t.dtype) for g, t in zip(grads, (query, key, value), strict=True)), None, None)
 
 
 def register_varlen_sdpa() -> str:

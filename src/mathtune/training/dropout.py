@@ -5,7 +5,8 @@ for a 870 x 576 bf16 activation; a LoRA step on SmolLM2-135M makes 120 of them, 
 one 64-bit draw is split into four 16-bit lanes, and an element is kept when its lane is at or
 above a threshold. The drop probability is thus p rounded to a multiple of 1/65,536 (0.1 becomes
 0.100006) and kept values are scaled by 1 / (1 - that p), so the expected output is exactly the
-input, as with `nn.Dropout` (measured 1.4 ms forward for the same tensor).
+input, as with `nn.Dropout` (measured 1.4 ms forward for the same tensor). Backward keeps only the
+boolean mask.
 """
 
 from __future__ import annotations
@@ -23,17 +24,27 @@ class FastDropout(nn.Module):
         self.p = self.threshold / LANES
         self.scale = 1.0 / (1.0 - self.p)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.threshold == 0:
-            return x
+    def keep_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """A boolean mask shaped like x, True where x is kept."""
         count = x.numel()
         draws = torch.empty((count + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), 2**63 - 1)
         lanes = draws.view(torch.int16)[:count].view(x.shape)
-        keep = (lanes >= self.threshold - LANES // 2).to(x.dtype).mul_(self.scale)  # one mask, reused by backward
-        return x * keep
+        return lanes >= self.threshold - LANES // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.threshold == 0:
+            return x
+        return masked_scale(x, self.keep_mask(x), self.scale)
 
     def extra_repr(self) -> str:
         return f"p={self.p:.6f}"
+
+
+def masked_scale(x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
+    # The scale multiplies in float32 (a Python scalar) before rounding, so bf16 outputs are unbiased
+    # too; autograd keeps only the 1-byte mask. It is read as uint8: on CPU, bool operands take a
+    # slow path (x * bool mask 383 us, torch.where 514 us, x * uint8 mask 104 us on 1104 x 576 bf16).
+    return (x * keep.view(torch.uint8)).mul_(scale)
 
 
 def use_fast_dropout(model: nn.Module) -> int:

@@ -1,0 +1,89 @@
+"""RMSNorm and SwiGLU as single autograd nodes that keep only their inputs for backward.
+
+Written op by op (as transformers' Llama-family modules are), autograd keeps every intermediate a
+backward formula needs: RMSNorm keeps a float32 copy of its input (twice the bytes of the bf16
+residual stream), SwiGLU keeps gate, silu(gate) and up. Here each is one `autograd.Function`
+that saves its inputs (and RMSNorm's per-token 1/rms) and recomputes the rest in backward, which
+is a few elementwise ops on tensors already in cache. The forward is the same sequence of ops as
+the module's, so outputs are bit-identical; gradients agree to rounding (tests/training).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RMSNormFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        x32 = x.to(torch.promote_types(x.dtype, torch.float32))  # float32, as the module (float64 stays)
+        rstd = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+        ctx.save_for_backward(x, weight, rstd)
+        return weight * (x32 * rstd).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        x, weight, rstd = ctx.saved_tensors
+        normed = x.to(rstd.dtype) * rstd
+        grad_weight = None
+        if ctx.needs_input_grad[1]:
+            grad_weight = (grad * normed.to(x.dtype)).reshape(-1, weight.shape[-1]).sum(0).to(weight.dtype)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_normed = (grad * weight).to(rstd.dtype)
+            # d/dx of x * rsqrt(mean(x^2) + eps): rstd * (g - normed * mean(g * normed))
+            grad_x = (rstd * (grad_normed - normed * (grad_normed * normed).mean(-1, keepdim=True))).to(x.dtype)
+        return grad_x, grad_weight, None
+
+
+class SiluMulFunction(torch.autograd.Function):
+    """silu(gate) * up, saving gate and up only."""
+
+    @staticmethod
+    def forward(ctx: Any, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(gate, up)
+        return F.silu(gate) * up
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        gate, up = ctx.saved_tensors
+        wide = torch.promote_types(gate.dtype, torch.float32)
+        gate32 = gate.to(wide)
+        sigmoid = torch.sigmoid(gate32)
+        silu = gate32 * sigmoid
+        grad32 = grad.to(wide)
+        grad_gate = grad32 * up.to(wide) * (sigmoid * (1 + gate32 * (1 - sigmoid)))
+        grad_up = grad32 * silu
+        return grad_gate.to(gate.dtype), grad_up.to(up.dtype)
+
+
+def fused_rms_norm_forward(self: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+    return RMSNormFunction.apply(hidden_states, self.weight, self.variance_epsilon)
+
+
+def fused_swiglu_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return self.down_proj(SiluMulFunction.apply(self.gate_proj(x), self.up_proj(x)))
+
+
+# Classes whose forward is, line for line, transformers' LlamaRMSNorm / LlamaMLP (Gemma's (1 + weight)
+# norm and gelu MLPs are not, and are left alone).
+LLAMA_STYLE_NORMS = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"}
+LLAMA_STYLE_MLPS = {"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP"}
+
+
+def use_fused_ops(model: nn.Module) -> int:
+    """Bind the fused forwards to every Llama-style RMSNorm and SwiGLU MLP; returns how many."""
+    swapped = 0
+    for module in model.modules():
+        kind = type(module).__name__
+        if kind in LLAMA_STYLE_NORMS:
+            module.forward = fused_rms_norm_forward.__get__(module)
+            swapped += 1
+        elif kind in LLAMA_STYLE_MLPS and type(module.act_fn).__name__ == "SiLUActivation":
+            module.forward = fused_swiglu_forward.__get__(module)
+            swapped += 1
+    return swapped

@@ -1,0 +1,93 @@
+"""The fused LoRA dropout + A projection gives PEFT's outputs bit for bit (same random draws) and its
+gradients to rounding, falls back to PEFT where it does not apply, and keeps less for backward."""
+
+import copy
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from mathtune.training.dropout import use_fast_dropout
+from mathtune.training.fused_lora import use_fused_lora
+
+
+def tiny_llama() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64))
+
+
+def tiny_lora_model(dtype: torch.dtype, dropout: float) -> torch.nn.Module:
+    model = get_peft_model(tiny_llama().to(dtype), LoraConfig(
+        r=4, lora_alpha=8, lora_dropout=dropout, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:  # PEFT starts B at zero, which would hide errors in A's gradient
+            param.data.normal_(0, 0.5)
+    use_fast_dropout(model)
+    for module in model.modules():  # as train.setup does under autocast
+        if hasattr(module, "cast_input_dtype_enabled"):
+            module.cast_input_dtype_enabled = dtype == torch.float32
+    return model.train()
+
+
+def run(model: torch.nn.Module, ids: torch.Tensor, autocast: bool) -> tuple[torch.Tensor, dict]:
+    model.zero_grad()
+    torch.manual_seed(123)  # the same dropout masks for both models
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        logits = model(input_ids=ids).logits
+    torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), ids.flatten()).backward()
+    return logits.detach(), {n: p.grad.float() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+@pytest.mark.parametrize(("dtype", "autocast", "rtol"), [(torch.float32, False, 1e-5), (torch.bfloat16, True, 2e-2)])
+def test_fused_lora_matches_peft(dropout, dtype, autocast, rtol):
+    peft_model = tiny_lora_model(dtype, dropout)
+    fused = copy.deepcopy(peft_model)
+    assert use_fused_lora(fused) == 2 * 4
+    ids = torch.randint(0, 64, (2, 19))
+    want_logits, want = run(peft_model, ids, autocast)
+    got_logits, got = run(fused, ids, autocast)
+    assert torch.equal(got_logits, want_logits)
+    assert len(got) == len(want) == 2 * 4 * 2
+    for name, grad in want.items():
+        assert (got[name] - grad).abs().max().item() <= rtol * grad.abs().max().item(), name
+
+
+def test_fused_lora_uses_dropout_and_falls_back_to_peft():
+    model = tiny_lora_model(torch.float32, 0.3)
+    use_fused_lora(model)
+    ids = torch.randint(0, 64, (1, 11))
+    torch.manual_seed(1)
+    first = model(input_ids=ids).logits
+    assert not torch.equal(first, model(input_ids=ids).logits)  # new masks each call: dropout is live
+    model.eval()
+    assert torch.equal(model(input_ids=ids).logits, model(input_ids=ids).logits)
+    with model.disable_adapter():  # PEFT's own path: the base model alone
+        base = model(input_ids=ids).logits
+    assert torch.equal(base, tiny_llama()(input_ids=ids).logits)
+    assert not torch.equal(base, model(input_ids=ids).logits)
+
+
+def test_fused_lora_saves_less_for_backward():
+    def saved(model: torch.nn.Module) -> int:
+        weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        storages: dict[int, int] = {}
+
+        def pack(tensor):
+            if tensor.untyped_storage().data_ptr() not in weights:
+                storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+            return tensor
+
+        hidden = torch.randn(1, 200, 32, dtype=torch.bfloat16, requires_grad=True)
+        attention = model.get_base_model().model.layers[0].self_attn
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", dtype=torch.bfloat16):
+            outputs = [getattr(attention, name)(hidden) for name in ("q_proj", "k_proj", "v_proj")]
+        assert len(outputs) == 3  # kept alive until here, so no saved storage was freed and reused
+        return sum(storages.values())
+
+    model = tiny_lora_model(torch.bfloat16, 0.1)
+    before = saved(model)
+    use_fused_lora(model)
+    assert saved(model) <= before * 0.65  # x once for q, k and v, not three dropped copies

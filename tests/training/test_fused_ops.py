@@ -1,0 +1,82 @@
+"""The fused RMSNorm and SwiGLU give the module's output bit for bit and its gradients to rounding,
+inside a whole Llama model (fp32, and bf16 weights under autocast like training), and keep less
+for backward."""
+
+import copy
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from mathtune.training.fused_ops import RMSNormFunction, SiluMulFunction, use_fused_ops
+
+
+def tiny_llama(dtype: torch.dtype) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    model = LlamaForCausalLM(config).to(dtype)
+    for module in model.modules():  # norms start at weight 1; random weights exercise their gradient
+        if hasattr(module, "variance_epsilon"):
+            module.weight.data.uniform_(0.5, 1.5)
+    return model
+
+
+def loss_and_grads(model: LlamaForCausalLM, ids: torch.Tensor, autocast: bool) -> tuple[torch.Tensor, dict]:
+    model.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        logits = model(input_ids=ids).logits
+    loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), ids.flatten())
+    loss.backward()
+    return logits.detach(), {name: p.grad.float() for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize(("dtype", "autocast", "rtol"), [(torch.float32, False, 1e-5), (torch.bfloat16, True, 3e-2)])
+def test_model_with_fused_ops_matches_the_original(dtype, autocast, rtol):
+    original = tiny_llama(dtype)
+    fused = copy.deepcopy(original)
+    assert use_fused_ops(fused) == 2 * 2 + 1 + 2  # two norms and an MLP per layer, the final norm
+    ids = torch.randint(0, 64, (2, 17))
+    want_logits, want = loss_and_grads(original, ids, autocast)
+    got_logits, got = loss_and_grads(fused, ids, autocast)
+    assert torch.equal(got_logits, want_logits)  # forward: the same ops in the same order
+    for name, grad in want.items():
+        scale = grad.abs().max().item() + 1e-12
+        assert (got[name] - grad).abs().max().item() <= rtol * scale, name
+
+
+def test_gradients_against_finite_differences():
+    torch.manual_seed(1)
+    x = torch.randn(3, 5, 8, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, w: RMSNormFunction.apply(a, w, 1e-6), (x, weight))
+    gate, up = torch.randn(4, 6, dtype=torch.float64, requires_grad=True), torch.randn(4, 6, dtype=torch.float64,
+                                                                                          requires_grad=True)
+    assert torch.autograd.gradcheck(SiluMulFunction.apply, (gate, up))
+
+
+def saved_bytes(module, *inputs) -> int:
+    """Bytes of the distinct storages autograd keeps, weights (saved as views) not counted."""
+    weights = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(tensor):
+        if tensor.untyped_storage().data_ptr() not in weights:
+            storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        output = module(*inputs)  # kept alive: no saved storage is freed and its address reused
+    assert output.grad_fn is not None
+    return sum(storages.values())
+
+
+def test_fused_ops_save_less_for_backward():
+    model = tiny_llama(torch.bfloat16).requires_grad_(False)  # a frozen base, as under LoRA
+    norm, mlp = model.model.layers[0].input_layernorm, model.model.layers[0].mlp
+    x = torch.randn(1, 100, 32, dtype=torch.bfloat16, requires_grad=True)
+    before = saved_bytes(norm, x), saved_bytes(mlp, x)
+    use_fused_ops(model)
+    after = saved_bytes(norm, x), saved_bytes(mlp, x)
+    assert after[0] <= before[0] / 1.8  # bf16 input + 1/rms instead of a float32 copy of the input
+    assert after[1] <= before[1] * 0.7  # gate and up, not silu(gate) too

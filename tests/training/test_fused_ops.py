@@ -80,3 +80,12 @@ def test_fused_ops_save_less_for_backward():
     after = saved_bytes(norm, x), saved_bytes(mlp, x)
     assert after[0] <= before[0] / 1.8  # bf16 input + 1/rms instead of a float32 copy of the input
     assert after[1] <= before[1] * 0.7  # gate and up, not silu(gate) too
+
+
+def test_swiglu_gradients_are_bit_identical_in_bf16():
+    torch.manual_seed(2)
+    gate, up = (torch.randn(64, 48, dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
+    grad = torch.randn(64, 48, dtype=torch.bfloat16)
+    want = torch.autograd.grad(torch.nn.functional.silu(gate) * up, (gate, up), grad)
+    got = torch.autograd.grad(SiluMulFunction.apply(gate, up), (gate, up), grad)
+    assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))

@@ -5,7 +5,8 @@ backward formula needs: RMSNorm keeps a float32 copy of its input (twice the byt
 residual stream), SwiGLU keeps gate, silu(gate) and up. Here each is one `autograd.Function`
 that saves its inputs (and RMSNorm's per-token 1/rms) and recomputes the rest in backward, which
 is a few elementwise ops on tensors already in cache. The forward is the same sequence of ops as
-the module's, so outputs are bit-identical; gradients agree to rounding (tests/training).
+the module's, so outputs are bit-identical; gradients agree to rounding (SwiGLU's are bit-identical;
+tests/training/test_fused_ops.py).
 """
 
 from __future__ import annotations
@@ -50,15 +51,12 @@ class SiluMulFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        # The ops autograd would run for F.silu(gate) * up, in the same dtype, plus one silu to
+        # recompute: gradients bit-identical to the unfused module's.
         gate, up = ctx.saved_tensors
-        wide = torch.promote_types(gate.dtype, torch.float32)
-        gate32 = gate.to(wide)
-        sigmoid = torch.sigmoid(gate32)
-        silu = gate32 * sigmoid
-        grad32 = grad.to(wide)
-        grad_gate = grad32 * up.to(wide) * (sigmoid * (1 + gate32 * (1 - sigmoid)))
-        grad_up = grad32 * silu
-        return grad_gate.to(gate.dtype), grad_up.to(up.dtype)
+        grad_gate = torch.ops.aten.silu_backward(grad * up, gate) if ctx.needs_input_grad[0] else None
+        grad_up = grad * F.silu(gate) if ctx.needs_input_grad[1] else None
+        return grad_gate, grad_up
 
 
 def fused_rms_norm_forward(self: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:

@@ -77,8 +77,6 @@ class TrainConfig(Section):
     fast_dropout: bool = Field(True, description="Dropout masks from 16-bit random lanes (p rounded to 1/65536)")
     fused_ops: bool = Field(True, description="Llama-style RMSNorm and SwiGLU as single autograd nodes (less memory)")
     fused_lora: bool = Field(True, description="LoRA dropout + A as one autograd node keeping x and a 1-byte mask")
-    heap_trim_every: int = Field(3, ge=0, description="CPU: return freed heap to the OS after every N decoder layers "
-                                 "(0: never); lowers peak RSS, costs speed")
     gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory")
     save_every: int = Field(50, ge=1, description="Checkpoint every N optimizer steps (for --resume)")
     log_every: int = Field(5, ge=1, description="Log loss/throughput to TensorBoard every N steps")

@@ -39,7 +39,6 @@ from mathtune.training.distributed import launched_distributed, make_accelerator
 from mathtune.training.dropout import use_fast_dropout
 from mathtune.training.fused_lora import use_fused_lora
 from mathtune.training.fused_ops import use_fused_ops
-from mathtune.training.heap import trim_heap_between_layers
 from mathtune.training.loss import LossModule, loss_tokens, make_batch
 from mathtune.training.optim import make_optimizer
 
@@ -146,8 +145,6 @@ def setup(cfg: RunConfig) -> Session:
         use_varlen_sdpa(loaded.model)
     if cfg.train.fused_ops:
         use_fused_ops(loaded.model)
-    if cfg.train.heap_trim_every and placement.device.type == "cpu":
-        trim_heap_between_layers(loaded.model, cfg.train.heap_trim_every)
     model = method.apply(loaded.model)
     if cfg.train.fast_dropout:
         use_fast_dropout(model)

@@ -24,7 +24,8 @@ class DropoutLinearFunction(torch.autograd.Function):
     """F.linear(dropout(x), weight) in the autocast dtype (or the weight's), saving x and the mask."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, keep: torch.Tensor | None, scale: float) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, keep: torch.Tensor | None,
+                scale: float) -> torch.Tensor:
         device = x.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
         ctx.save_for_backward(x, weight, keep)

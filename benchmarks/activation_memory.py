@@ -19,7 +19,7 @@ from collections import defaultdict
 from typing import Any
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-from train_throughput import DATA_DIR, bench_config  # noqa: E402
+from train_throughput import add_run_arguments, bench_config  # noqa: E402
 
 
 def peak_rss_mb() -> float:
@@ -62,13 +62,7 @@ def saved_bytes_by_module(model: Any, run_forward: Any) -> tuple[dict[str, int],
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--method", default="lora", choices=["lora", "qlora", "full"])
-    parser.add_argument("--data-dir", default=DATA_DIR)
-    parser.add_argument("--rows", type=int, default=200)
-    parser.add_argument("--max-length", type=int, default=512)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=50)
+    add_run_arguments(parser, steps=50)  # steps: how much of the batch plan to search for the longest micro-batch
     parser.add_argument("--set", "-s", action="append", help="RunConfig override: train.fused_loss=false")
     args = parser.parse_args(argv)
 

@@ -397,15 +397,20 @@ def prep_cost(args: argparse.Namespace) -> None:
               f"{1e6 * (done - started) / len(examples):>7.0f}")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_run_arguments(parser: argparse.ArgumentParser, steps: int = 20) -> None:
+    """The arguments `bench_config` reads (also used by activation_memory.py)."""
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--method", default="lora", choices=["lora", "qlora", "full"])
     parser.add_argument("--data-dir", default=DATA_DIR)
     parser.add_argument("--rows", type=int, default=200)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=steps)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_run_arguments(parser)
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads in each arm (0: default)")
     parser.add_argument("--arms", default="reference,mathtune")
     parser.add_argument("--set", "-s", action="append", help="RunConfig override for both arms: train.packing=false")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 NAMES = ["Tom", "Ann", "Raj", "Mia", "Lee", "Zoe"]
@@ -89,3 +91,23 @@ def make_tiny_model(arch: str, out_dir: Path, texts: list[str], seed: int = 0) -
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def saved_bytes(run: Callable[[], Any], weights: Any) -> int:
+    """Bytes of the distinct storages autograd keeps while `run()` builds a graph; the storages of
+    `weights` (parameters, saved as views) are not counted. `run` must return what it built, so
+    nothing saved is freed (and its address reused) before counting ends."""
+    import torch
+
+    skip = {p.untyped_storage().data_ptr() for p in weights}
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.untyped_storage().data_ptr() not in skip:
+            storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        built = run()
+    assert built is not None
+    return sum(storages.values())

@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import torch
+from helpers import saved_bytes
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -72,20 +73,14 @@ def test_fused_lora_uses_dropout_and_falls_back_to_peft():
 
 def test_fused_lora_saves_less_for_backward():
     def saved(model: torch.nn.Module) -> int:
-        weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-        storages: dict[int, int] = {}
-
-        def pack(tensor):
-            if tensor.untyped_storage().data_ptr() not in weights:
-                storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
-            return tensor
-
         hidden = torch.randn(1, 200, 32, dtype=torch.bfloat16, requires_grad=True)
         attention = model.get_base_model().model.layers[0].self_attn
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", dtype=torch.bfloat16):
-            outputs = [getattr(attention, name)(hidden) for name in ("q_proj", "k_proj", "v_proj")]
-        assert len(outputs) == 3  # kept alive until here, so no saved storage was freed and reused
-        return sum(storages.values())
+
+        def project() -> list[torch.Tensor]:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return [getattr(attention, name)(hidden) for name in ("q_proj", "k_proj", "v_proj")]
+
+        return saved_bytes(project, model.parameters())
 
     model = tiny_lora_model(torch.bfloat16, 0.1)
     before = saved(model)

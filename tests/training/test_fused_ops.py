@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from helpers import saved_bytes
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from mathtune.training.fused_ops import RMSNormFunction, SiluMulFunction, use_fused_ops
@@ -55,29 +56,13 @@ def test_gradients_against_finite_differences():
     assert torch.autograd.gradcheck(SiluMulFunction.apply, (gate, up))
 
 
-def saved_bytes(module, *inputs) -> int:
-    """Bytes of the distinct storages autograd keeps, weights (saved as views) not counted."""
-    weights = {p.untyped_storage().data_ptr() for p in module.parameters()}
-    storages: dict[int, int] = {}
-
-    def pack(tensor):
-        if tensor.untyped_storage().data_ptr() not in weights:
-            storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        output = module(*inputs)  # kept alive: no saved storage is freed and its address reused
-    assert output.grad_fn is not None
-    return sum(storages.values())
-
-
 def test_fused_ops_save_less_for_backward():
     model = tiny_llama(torch.bfloat16).requires_grad_(False)  # a frozen base, as under LoRA
     norm, mlp = model.model.layers[0].input_layernorm, model.model.layers[0].mlp
     x = torch.randn(1, 100, 32, dtype=torch.bfloat16, requires_grad=True)
-    before = saved_bytes(norm, x), saved_bytes(mlp, x)
+    before = saved_bytes(lambda: norm(x), model.parameters()), saved_bytes(lambda: mlp(x), model.parameters())
     use_fused_ops(model)
-    after = saved_bytes(norm, x), saved_bytes(mlp, x)
+    after = saved_bytes(lambda: norm(x), model.parameters()), saved_bytes(lambda: mlp(x), model.parameters())
     assert after[0] <= before[0] / 1.8  # bf16 input + 1/rms instead of a float32 copy of the input
     assert after[1] <= before[1] * 0.7  # gate and up, not silu(gate) too
 

@@ -143,13 +143,13 @@ def setup(cfg: RunConfig) -> Session:
         loaded.model.gradient_checkpointing_enable()
     if cfg.train.packing and cfg.train.varlen_attention:
         use_varlen_sdpa(loaded.model)
-    if cfg.train.fused_ops:
-        use_fused_ops(loaded.model)
     model = method.apply(loaded.model)
     if cfg.train.fast_dropout:
         use_fast_dropout(model)
     if cfg.train.fused_lora:
         use_fused_lora(model)
+    if cfg.train.fused_ops:  # after method.apply: only frozen modules are fused
+        use_fused_ops(model)
     if placement.autocast:
         keep_adapter_inputs_in_compute_dtype(model)
     model.train()

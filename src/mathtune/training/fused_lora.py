@@ -67,14 +67,15 @@ def fused_lora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) ->
     plain = (not args and not kwargs and not self.disable_adapters and not self.merged and len(active) == 1
              and active[0] in self.lora_A and active[0] not in self.lora_variant
              and self.lora_A[active[0]].bias is None)
-    if plain:
-        name = active[0]
-        result = self.base_layer(x)
-        known, keep, scale = _dropout_mask(self.lora_dropout[name], x)
-        if known:
-            hidden = DropoutLinearFunction.apply(x, self.lora_A[name].weight, keep, scale)
-            return (result + self.lora_B[name](hidden) * self.scaling[name]).to(result.dtype)
-    return type(self).forward(self, x, *args, **kwargs)
+    if not plain:
+        return type(self).forward(self, x, *args, **kwargs)
+    name = active[0]
+    known, keep, scale = _dropout_mask(self.lora_dropout[name], x)  # the base layer draws no random numbers
+    if not known:
+        return type(self).forward(self, x)
+    result = self.base_layer(x)
+    hidden = DropoutLinearFunction.apply(x, self.lora_A[name].weight, keep, scale)
+    return (result + self.lora_B[name](hidden) * self.scaling[name]).to(result.dtype)
 
 
 def use_fused_lora(model: nn.Module) -> int:

@@ -2,8 +2,9 @@
 
     nice -n 15 python benchmarks/train_throughput.py                       # 20 steps, LoRA, both arms
     python benchmarks/train_throughput.py --arms mathtune -s train.fused_loss=false   # one lever off
-    (levers as config fields: train.varlen_attention, train.fused_loss, train.fast_dropout,
-    train.precision, train.gradient_checkpointing, train.packing; docs/performance.md has each one's effect)
+    (levers as config fields: train.varlen_attention, train.fused_loss, train.fast_dropout, train.fused_ops,
+    train.fused_lora, train.precision, train.gradient_checkpointing, train.packing; docs/performance.md has each
+    one's effect; benchmarks/activation_memory.py shows what each keeps for backward)
 
 Arm (a) "reference": HF `Trainer` + PEFT LoRA (r, alpha, dropout, targets as mathtune's config),
 fp32, `DataCollatorForSeq2Seq` dynamic padding, completion-only labels, a sequential sampler.

@@ -78,6 +78,9 @@ class TrainConfig(Section):
     fused_ops: bool = Field(True, description="Llama-style RMSNorm and SwiGLU as single autograd nodes (less memory)")
     fused_lora: bool = Field(True, description="LoRA dropout + A as one autograd node keeping x and a 1-byte mask")
     gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory")
+    max_micro_batch_tokens: int = Field(
+        0, ge=0, description="Run a micro-batch of more tokens in pieces (same gradient, less memory; 0: never)"
+    )
     save_every: int = Field(50, ge=1, description="Checkpoint every N optimizer steps (for --resume)")
     log_every: int = Field(5, ge=1, description="Log loss/throughput to TensorBoard every N steps")
     dev_eval_every: int = Field(0, ge=0, description="Dev-slice accuracy every N steps (0: off)")

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mathtune.config import RunConfig, config_to_yaml
-from mathtune.data.batching import Example, causal_example, count_loss_tokens, seq2seq_example
+from mathtune.data.batching import Example, causal_example, count_loss_tokens, seq2seq_example, split_by_tokens
 from mathtune.data.problems import Problem, load_split, sample_problems, split_train_dev
 from mathtune.errors import MathtuneError
 from mathtune.evaluate.contamination import train_card_entry
@@ -183,13 +183,15 @@ def train_step(s: Session, step: int) -> tuple[float, int]:
     loss_sum, tokens = 0.0, 0
     for index, micro in enumerate(micros):
         shard = [s.examples[i] for i in rank_shard(micro, s.rank, s.world)]
-        weight = loss_tokens(shard, s.loaded.seq2seq) / max(step_loss_tokens, 1)
-        batch = make_batch(shard or [s.examples[micro[0]]], s.loaded, s.cfg.train.packing)  # empty: weight 0
-        with maybe_no_sync(s.accelerator, s.loss_fn, index == len(micros) - 1), \
-                s.loaded.placement.autocast_context():
-            loss = s.loss_fn(batch) * weight
-        (loss * s.world).backward()  # DDP averages gradients over ranks; we want their sum
-        loss_sum += loss.item()
+        pieces = split_by_tokens(shard, s.cfg.train.max_micro_batch_tokens) or [[]]
+        for piece_index, piece in enumerate(pieces):
+            last = index == len(micros) - 1 and piece_index == len(pieces) - 1
+            weight = loss_tokens(piece, s.loaded.seq2seq) / max(step_loss_tokens, 1)
+            batch = make_batch(piece or [s.examples[micro[0]]], s.loaded, s.cfg.train.packing)  # empty: weight 0
+            with maybe_no_sync(s.accelerator, s.loss_fn, last), s.loaded.placement.autocast_context():
+                loss = s.loss_fn(batch) * weight
+            (loss * s.world).backward()  # DDP averages gradients over ranks; we want their sum
+            loss_sum += loss.item()
         tokens += sum(s.examples[i].num_tokens for i in micro)
     params = [p for p in s.model.parameters() if p.requires_grad]
     if s.accelerator is not None:

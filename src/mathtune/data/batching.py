@@ -83,3 +83,17 @@ def seq2seq_batch(examples: list[Example], pad_id: int) -> dict[str, torch.Tenso
 
 def count_loss_tokens(examples: list[Example]) -> int:
     return sum(sum(1 for label in ex.labels if label != IGNORE) for ex in examples)
+
+
+def split_by_tokens(examples: list[Example], budget: int) -> list[list[Example]]:
+    """Consecutive pieces of at most `budget` tokens (an example longer than that is a piece of its
+    own); budget 0: one piece. Run one after another with loss weights by loss tokens, the pieces
+    give the gradient of the whole micro-batch, while autograd holds one piece's activations."""
+    if budget <= 0 or sum(e.num_tokens for e in examples) <= budget:
+        return [examples] if examples else []
+    pieces: list[list[Example]] = [[]]
+    for example in examples:
+        if pieces[-1] and sum(e.num_tokens for e in pieces[-1]) + example.num_tokens > budget:
+            pieces.append([])
+        pieces[-1].append(example)
+    return pieces

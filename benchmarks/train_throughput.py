@@ -8,7 +8,9 @@
 
 Arm (a) "reference": HF `Trainer` + PEFT LoRA (r, alpha, dropout, targets as mathtune's config),
 fp32, `DataCollatorForSeq2Seq` dynamic padding, completion-only labels, a sequential sampler.
-Arm (b) "mathtune": `mathtune.train.train` with a RunConfig (its defaults; `-s` overrides them).
+Arm (b) "mathtune": `mathtune.train.train` with a RunConfig (its defaults; `-s` overrides them), in a
+process under the heap allocator `mathtune train` re-executes itself with (mimalloc on Linux;
+`-s train.allocator=system` for glibc's). The table's last line says which allocator each arm had.
 Both arms get their examples and their batch order from the same code: mathtune's `build_examples`
 and `micro_batch_plan`, so step k of one arm sees exactly the examples of step k of the other.
 
@@ -208,7 +210,8 @@ def run_mathtune(args: argparse.Namespace, overrides: dict[str, Any]) -> dict[st
     examples, plan, steps = seen["examples"], seen["plan"], seen["steps"]
     model = _param_model(cfg, build_method, torch)
     return {"arm": "mathtune", "losses": [row["loss"] for row in log], "step_seconds": step_seconds,
-            "step_tokens": step_tokens, "compute_dtype": card["compute_dtype"], **_window(step_seconds, step_tokens),
+            "step_tokens": step_tokens, "compute_dtype": card["compute_dtype"],
+**_window(step_seconds, step_tokens),
             "flops": [flops_per_step(model, [examples[i] for i in micro], cfg.method.name) for micro in plan[:steps]],
             "threads": torch.get_num_threads()}
 
@@ -306,6 +309,8 @@ ARMS = {"reference": run_reference, "mathtune": run_mathtune}
 
 
 def _child(arm: str, args: argparse.Namespace, overrides: dict[str, Any], queue: Any) -> None:
+    from mathtune.training.allocator import active_allocator
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.threads:
         import torch
@@ -314,6 +319,7 @@ def _child(arm: str, args: argparse.Namespace, overrides: dict[str, Any], queue:
     try:
         result = ARMS[arm](args, overrides)
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result["allocator"] = active_allocator()
         queue.put(result)
     except Exception as exc:  # report, don't hang the parent
         queue.put({"arm": arm, "error": f"{type(exc).__name__}: {exc}"})
@@ -321,10 +327,22 @@ def _child(arm: str, args: argparse.Namespace, overrides: dict[str, Any], queue:
 
 
 def run_arm(arm: str, args: argparse.Namespace, overrides: dict[str, Any]) -> dict[str, Any]:
+    from mathtune.training.allocator import allocator_environment
+
     context = mp.get_context("spawn")
     queue = context.Queue()
     child = context.Process(target=_child, args=(arm, args, overrides, queue))
-    child.start()
+    # mathtune's arm runs under the allocator `mathtune train` would re-execute itself with
+    # (training/allocator.py); the spawned child inherits this process's environment.
+    allocator_env = allocator_environment(bench_config(args, overrides).train.allocator, dict(os.environ)) \
+        if arm == "mathtune" else None
+    saved = dict(os.environ)
+    try:
+        os.environ.update(allocator_env or {})
+        child.start()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
     result = queue.get()
     child.join()
     return result
@@ -353,6 +371,8 @@ def report(results: dict[str, dict[str, Any]], peak: dict[str, float], args: arg
         r["mfu_bf16"], r["mfu_fp32"] = flops / peak["bf16"], flops / peak["fp32"]
         print(f"{name:<10} {r['tokens_per_second']:>9.1f} {r['seconds_per_step']:>8.2f} {r['peak_rss_mb']:>12.0f} "
               f"{100 * r['mfu_bf16']:>9.1f}% {100 * r['mfu_fp32']:>9.1f}%")
+    allocators = {name: r.get("allocator", "system") for name, r in results.items() if "error" not in r}
+    print("heap allocator:", ", ".join(f"{name} {allocator}" for name, allocator in allocators.items()))
     status = 0
     if "reference" in results and "mathtune" in results and not any("error" in r for r in results.values()):
         a, b = results["reference"], results["mathtune"]

@@ -16,6 +16,7 @@ import typer
 
 from mathtune.config import DEFAULT_CONFIG_DIR, RunConfig, build_config, parse_override, read_yaml
 from mathtune.errors import MathtuneError
+from mathtune.training.allocator import reexec_with_allocator
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fine-tune small language models on math word problems and measure them honestly.")
@@ -62,6 +63,7 @@ def train_cmd(config: ConfigOpt = None, set_: SetOpt = None, model: ModelOpt = N
 
     cfg = build_run_config(config, set_, model=model, method=method, prompt=prompt, data_dir=data_dir,
                            output_dir=output_dir, train_size=train_size, max_steps=max_steps)
+    reexec_with_allocator(cfg.train.allocator)
     run_dir = train_workflow(cfg, overwrite=overwrite, resume=resume)
     typer.echo(f"adapter written to {run_dir / 'adapter'}")
 
@@ -122,6 +124,7 @@ def run_cmd(config: ConfigOpt = None, set_: SetOpt = None, model: ModelOpt = Non
     cfg = build_run_config(config, set_, model=model, method=method, prompt=prompt, data_dir=data_dir,
                            output_dir=output_dir, train_size=train_size, eval_size=eval_size,
                            max_steps=max_steps)
+    reexec_with_allocator(cfg.train.allocator)
     typer.echo(f"mathtune run: model {cfg.model.name}, method {cfg.method.name}, prompt {cfg.prompt.strategy}, "
                f"train rows {cfg.data.train_size or 'all'}, test problems {cfg.eval.num_problems} "
                f"(seed {cfg.eval.seed}) -> {cfg.output_dir}", err=True)

@@ -77,9 +77,16 @@ class TrainConfig(Section):
     fast_dropout: bool = Field(True, description="Dropout masks from 16-bit random lanes (p rounded to 1/65536)")
     fused_ops: bool = Field(True, description="Llama-style RMSNorm and SwiGLU as single autograd nodes (less memory)")
     fused_lora: bool = Field(True, description="LoRA dropout + A as one autograd node keeping x and a 1-byte mask")
+    recompute_dropout_masks: bool = Field(
+        True, description="Fused LoRA keeps each mask's seed and draws the mask again in backward (less memory)"
+    )
     gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory")
-    max_micro_batch_tokens: int = Field(
-        0, ge=0, description="Run a micro-batch of more tokens in pieces (same gradient, less memory; 0: never)"
+    allocator: Literal["mimalloc", "system"] = Field(
+        "mimalloc", description="Heap allocator of `mathtune train/run` on Linux (mimalloc: faster, less RSS)"
+    )
+    max_micro_batch_tokens: int | None = Field(
+        None, ge=0, description="Run a micro-batch of more tokens in pieces (same gradient, less memory); "
+        "0: never; null: 1024 on CPU (faster and leaner there, docs/performance.md), never on GPUs"
     )
     save_every: int = Field(50, ge=1, description="Checkpoint every N optimizer steps (for --resume)")
     log_every: int = Field(5, ge=1, description="Log loss/throughput to TensorBoard every N steps")

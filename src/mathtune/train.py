@@ -34,6 +34,7 @@ from mathtune.models.device import choose_placement
 from mathtune.models.setup import LoadedModel, load_for_run
 from mathtune.prompts import get_strategy
 from mathtune.runcard import peak_cuda_mb, peak_rss_mb, provenance
+from mathtune.training.allocator import active_allocator
 from mathtune.training.checkpoints import latest_checkpoint, restore_checkpoint, save_checkpoint
 from mathtune.training.distributed import launched_distributed, make_accelerator, maybe_no_sync, rank_shard
 from mathtune.training.dropout import use_fast_dropout
@@ -100,6 +101,9 @@ def load_train_problems(cfg: RunConfig) -> list[Problem]:
     return sample_problems(problems, cfg.data.train_size, cfg.train.seed)
 
 
+CPU_MICRO_BATCH_TOKENS = 1024  # measured on SmolLM2-135M LoRA: faster and ~0.1 GB leaner than whole batches
+
+
 @dataclass
 class Session:
     """Everything the loop needs, built once by `setup`."""
@@ -125,6 +129,14 @@ class Session:
     def main(self) -> bool:
         return self.rank == 0  # only the main process writes files
 
+    @property
+    def micro_batch_tokens(self) -> int:
+        """Token budget of one forward/backward (0: none); see TrainConfig.max_micro_batch_tokens."""
+        budget = self.cfg.train.max_micro_batch_tokens
+        if budget is None:
+            return CPU_MICRO_BATCH_TOKENS if self.loaded.placement.device.type == "cpu" else 0
+        return budget
+
 
 def setup(cfg: RunConfig) -> Session:
     torch.manual_seed(cfg.train.seed)
@@ -147,7 +159,7 @@ def setup(cfg: RunConfig) -> Session:
     if cfg.train.fast_dropout:
         use_fast_dropout(model)
     if cfg.train.fused_lora:
-        use_fused_lora(model)
+        use_fused_lora(model, cfg.train.recompute_dropout_masks)
     if cfg.train.fused_ops:  # after method.apply: only frozen modules are fused
         use_fused_ops(model)
     if placement.autocast:
@@ -183,7 +195,7 @@ def train_step(s: Session, step: int) -> tuple[float, int]:
     loss_sum, tokens = 0.0, 0
     for index, micro in enumerate(micros):
         shard = [s.examples[i] for i in rank_shard(micro, s.rank, s.world)]
-        pieces = split_by_tokens(shard, s.cfg.train.max_micro_batch_tokens) or [[]]
+        pieces = split_by_tokens(shard, s.micro_batch_tokens) or [[]]
         for piece_index, piece in enumerate(pieces):
             last = index == len(micros) - 1 and piece_index == len(pieces) - 1
             weight = loss_tokens(piece, s.loaded.seq2seq) / max(step_loss_tokens, 1)
@@ -282,7 +294,8 @@ def _train_card(s: Session, start_step: int, loss: float, wall: float, tokens: i
         "resumed_from_step": start_step, "final_loss": loss, "wall_seconds": round(wall, 2),
         "tokens_trained": tokens, "tokens_per_second": round(tokens / max(wall, 1e-9), 1),
         "loss_tokens": count_loss_tokens(s.examples), "peak_rss_mb": round(peak_rss_mb(), 1),
-        "peak_cuda_mb": peak_cuda_mb(), "data": s.data_stats, "processes": s.world,
+        "peak_cuda_mb": peak_cuda_mb(), "allocator": active_allocator(),
+        "micro_batch_tokens": s.micro_batch_tokens, "data": s.data_stats, "processes": s.world,
         "contamination": train_card_entry(s.cfg, s.problems), **provenance(),
     }
 

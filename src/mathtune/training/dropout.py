@@ -24,21 +24,33 @@ class FastDropout(nn.Module):
         self.p = self.threshold / LANES
         self.scale = 1.0 / (1.0 - self.p)
 
-    def keep_mask(self, x: torch.Tensor) -> torch.Tensor:
-        """A boolean mask shaped like x, True where x is kept."""
-        count = x.numel()
-        # from=-2^63, to=None is the full 64-bit range: no modulo per draw (522 vs 671 us for 160k draws)
-        draws = torch.empty((count + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None)
-        lanes = draws.view(torch.int16)[:count].view(x.shape)
-        return lanes >= self.threshold - LANES // 2
+    def keep_mask(self, x: torch.Tensor, seed: int) -> torch.Tensor:
+        """A boolean mask shaped like x, True where x is kept; the same seed gives the same mask."""
+        return keep_mask(x.shape, x.device, self.threshold, seed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.threshold == 0:
             return x
-        return masked_scale(x, self.keep_mask(x), self.scale)
+        return masked_scale(x, self.keep_mask(x, draw_seed()), self.scale)
 
     def extra_repr(self) -> str:
         return f"p={self.p:.6f}"
+
+
+def draw_seed() -> int:
+    """One mask's seed, from torch's default generator, so `torch.manual_seed` fixes every mask."""
+    return int(torch.randint(0, 2**62, ()))
+
+
+def keep_mask(shape: torch.Size, device: torch.device, threshold: int, seed: int) -> torch.Tensor:
+    """Lanes at or above `threshold` (of 65,536) are kept. A private generator seeded with `seed` makes
+    the draws, so a backward pass can make the same mask again instead of keeping it."""
+    count = shape.numel()
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    # from=-2^63, to=None is the full 64-bit range: no modulo per draw (522 vs 671 us for 160k draws)
+    draws = torch.empty((count + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None, generator=generator)
+    return draws.view(torch.int16)[:count].view(shape) >= threshold - LANES // 2
 
 
 def masked_scale(x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:

@@ -11,55 +11,72 @@ mixed-adapter batches, a dropout this module does not know) runs PEFT's own forw
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mathtune.training.dropout import FastDropout, masked_scale
+from mathtune.training.dropout import FastDropout, draw_seed, keep_mask, masked_scale
+
+RECOMPUTE_ATTRIBUTE = "mathtune_recompute_dropout_masks"
 
 
 class DropoutLinearFunction(torch.autograd.Function):
-    """F.linear(dropout(x), weight) in the autocast dtype (or the weight's), saving x and the mask."""
+    """F.linear(dropout(x), weight) in the autocast dtype (or the weight's), saving x and the mask, or
+    with `recompute_mask` only the mask's seed (the mask is drawn again in backward)."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, keep: torch.Tensor | None,
-                scale: float) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, mask: MaskSpec | None,
+                recompute_mask: bool) -> torch.Tensor:
         device = x.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
-        ctx.save_for_backward(x, weight, keep)
-        ctx.dtype, ctx.scale = dtype, scale
+        keep = None if mask is None else keep_mask(x.shape, x.device, mask.threshold, mask.seed)
+        ctx.save_for_backward(x, weight, None if recompute_mask else keep)
+        ctx.dtype, ctx.mask = dtype, mask
         with torch.autocast(device, enabled=False):
-            return F.linear(_dropped(x.to(dtype), keep, scale), weight.to(dtype))
+            return F.linear(_dropped(x.to(dtype), keep, mask), weight.to(dtype))
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
         x, weight, keep = ctx.saved_tensors
+        mask = ctx.mask
+        if keep is None and mask is not None:
+            keep = keep_mask(x.shape, x.device, mask.threshold, mask.seed)
         grad = grad.to(ctx.dtype)
         grad_x = grad_weight = None
         if ctx.needs_input_grad[0]:
             grad_x = grad @ weight.to(ctx.dtype)
-            grad_x = (grad_x if keep is None else masked_scale(grad_x, keep, ctx.scale)).to(x.dtype)
+            grad_x = (grad_x if keep is None else masked_scale(grad_x, keep, mask.scale)).to(x.dtype)
         if ctx.needs_input_grad[1]:
-            dropped = _dropped(x.to(ctx.dtype), keep, ctx.scale)
+            dropped = _dropped(x.to(ctx.dtype), keep, mask)
             grad_weight = (grad.reshape(-1, grad.shape[-1]).T @ dropped.reshape(-1, dropped.shape[-1])).to(weight.dtype)
         return grad_x, grad_weight, None, None
 
 
-def _dropped(x: torch.Tensor, keep: torch.Tensor | None, scale: float) -> torch.Tensor:
-    return x if keep is None else masked_scale(x, keep, scale)
+@dataclass(frozen=True)
+class MaskSpec:
+    """What makes one dropout mask: FastDropout's threshold and scale, and the draw's seed."""
+
+    threshold: int
+    scale: float
+    seed: int
 
 
-def _dropout_mask(dropout: nn.Module, x: torch.Tensor) -> tuple[bool, torch.Tensor | None, float]:
-    """(known, keep mask or None, scale) for the adapter's dropout module in its current mode."""
+def _dropped(x: torch.Tensor, keep: torch.Tensor | None, mask: MaskSpec | None) -> torch.Tensor:
+    return x if keep is None or mask is None else masked_scale(x, keep, mask.scale)
+
+
+def _dropout_mask(dropout: nn.Module) -> tuple[bool, MaskSpec | None]:
+    """(known, the mask to apply or None) for the adapter's dropout module in its current mode."""
     if isinstance(dropout, nn.Identity) or not dropout.training:
-        return True, None, 1.0
+        return True, None
     if isinstance(dropout, FastDropout):
-        return (True, None, 1.0) if dropout.threshold == 0 else (True, dropout.keep_mask(x), dropout.scale)
+        return True, (None if dropout.threshold == 0 else MaskSpec(dropout.threshold, dropout.scale, draw_seed()))
     if type(dropout) is nn.Dropout and dropout.p == 0:
-        return True, None, 1.0
-    return False, None, 1.0
+        return True, None
+    return False, None
 
 
 def fused_lora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -70,21 +87,24 @@ def fused_lora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) ->
     if not plain:
         return type(self).forward(self, x, *args, **kwargs)
     name = active[0]
-    known, keep, scale = _dropout_mask(self.lora_dropout[name], x)  # the base layer draws no random numbers
+    known, mask = _dropout_mask(self.lora_dropout[name])  # the base layer draws no random numbers
     if not known:
         return type(self).forward(self, x)
     result = self.base_layer(x)
-    hidden = DropoutLinearFunction.apply(x, self.lora_A[name].weight, keep, scale)
+    recompute = getattr(self, RECOMPUTE_ATTRIBUTE, False)
+    hidden = DropoutLinearFunction.apply(x, self.lora_A[name].weight, mask, recompute)
     return (result + self.lora_B[name](hidden) * self.scaling[name]).to(result.dtype)
 
 
-def use_fused_lora(model: nn.Module) -> int:
-    """Bind the fused forward to every plain PEFT LoRA Linear (not quantized ones); returns how many."""
+def use_fused_lora(model: nn.Module, recompute_masks: bool = False) -> int:
+    """Bind the fused forward to every plain PEFT LoRA Linear (not quantized ones); returns how many.
+    `recompute_masks`: keep each dropout mask's seed for backward, not the mask (1 byte per element)."""
     from peft.tuners.lora.layer import Linear
 
     swapped = 0
     for module in model.modules():
         if type(module) is Linear:
             module.forward = fused_lora_forward.__get__(module)
+            setattr(module, RECOMPUTE_ATTRIBUTE, recompute_masks)
             swapped += 1
     return swapped

@@ -1,0 +1,70 @@
+"""mimalloc as the process's heap allocator for CPU training, preloaded by re-executing the command.
+
+Why: a training step frees and reallocates thousands of activation-sized buffers. glibc malloc
+keeps giving freed memory back to the kernel and taking it again, and the page faults and zeroing
+that follow cost ~10 % of a LoRA step on SmolLM2-135M; the holes it leaves between tensors kept for
+backward also ratchet resident memory up with every longer micro-batch (1,958 MB peak over 20
+steps vs 1,586-1,656 with mimalloc, docs/performance.md). mimalloc with purging off
+(`MIMALLOC_PURGE_DELAY=-1`: freed pages stay with the process and are reused, never re-faulted)
+removes both.
+
+How: an allocator has to be in place before the first allocation, so `mathtune train` / `run`
+re-execute themselves once with `LD_PRELOAD` set, as PyTorch's CPU launcher
+(`python -m torch.backends.xeon.run_cpu`) does for jemalloc and tcmalloc. mimalloc comes from the
+`cmeel-mimalloc` wheel on Linux; elsewhere, or with `train.allocator=system`, nothing changes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from importlib import metadata
+from pathlib import Path
+
+ACTIVE_MARKER = "MATHTUNE_ALLOCATOR"  # set in the re-executed process, so it never re-executes again
+LIBRARY_NAME = "libmimalloc.so"
+
+
+def mimalloc_library() -> Path | None:
+    """The shared library shipped by the `cmeel-mimalloc` wheel, if installed (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        files = metadata.distribution("cmeel-mimalloc").files or []
+    except metadata.PackageNotFoundError:
+        return None
+    for file in files:
+        if file.name == LIBRARY_NAME:
+            path = Path(file.locate())
+            return path if path.is_file() else None
+    return None
+
+
+def allocator_environment(choice: str, environ: dict[str, str]) -> dict[str, str] | None:
+    """The environment to re-execute with, or None when there is nothing to do."""
+    if choice != "mimalloc" or environ.get(ACTIVE_MARKER):
+        return None
+    library = mimalloc_library()
+    if library is None:
+        return None
+    preload = " ".join(filter(None, [str(library), environ.get("LD_PRELOAD", "")]))
+    return {**environ, "LD_PRELOAD": preload, "MIMALLOC_PURGE_DELAY": environ.get("MIMALLOC_PURGE_DELAY", "-1"),
+            ACTIVE_MARKER: "mimalloc"}
+
+
+def reexec_with_allocator(choice: str, module: str = "mathtune.cli") -> None:
+    """Replace this process by `python -m <module> <same arguments>` under the chosen allocator."""
+    env = allocator_environment(choice, dict(os.environ))
+    if env is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, [sys.executable, "-m", module, *sys.argv[1:]], env)
+
+
+def active_allocator() -> str:
+    """What this process allocates with: 'mimalloc' if its library is mapped, else 'system'."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return "system"
+    return "mimalloc" if "libmimalloc" in maps else "system"

@@ -1,0 +1,46 @@
+"""`mathtune train` re-executes itself under mimalloc on Linux, once, and says so in the run card."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mathtune.training.allocator import ACTIVE_MARKER, active_allocator, allocator_environment, mimalloc_library
+
+linux_with_mimalloc = pytest.mark.skipif(mimalloc_library() is None, reason="cmeel-mimalloc is Linux-only")
+
+
+def test_no_reexecution_when_not_asked_or_already_done():
+    assert allocator_environment("system", {}) is None
+    assert allocator_environment("mimalloc", {ACTIVE_MARKER: "mimalloc"}) is None
+    assert allocator_environment("mimalloc", {ACTIVE_MARKER: "system"}) is None
+
+
+@linux_with_mimalloc
+def test_environment_preloads_mimalloc_and_keeps_other_preloads():
+    env = allocator_environment("mimalloc", {"LD_PRELOAD": "/opt/other.so", "PATH": "/bin"})
+    first, second = env["LD_PRELOAD"].split(" ")
+    assert first.endswith("libmimalloc.so") and os.path.isfile(first) and second == "/opt/other.so"
+    assert env["MIMALLOC_PURGE_DELAY"] == "-1" and env[ACTIVE_MARKER] == "mimalloc" and env["PATH"] == "/bin"
+    assert allocator_environment("mimalloc", {"MIMALLOC_PURGE_DELAY": "100"})["MIMALLOC_PURGE_DELAY"] == "100"
+
+
+def test_this_process_reports_the_system_allocator():
+    assert active_allocator() == "system"  # pytest itself was not preloaded
+
+
+@linux_with_mimalloc
+def test_train_command_runs_under_mimalloc(tiny_models, data_dir, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != ACTIVE_MARKER}
+    command = [sys.executable, "-m", "mathtune.cli", "train", "--model", str(tiny_models["llama"]),
+               "--data-dir", str(data_dir), "--train-size", "8", "--max-steps", "2", "-o", str(tmp_path / "run")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    card = json.loads((tmp_path / "run" / "train_card.json").read_text())
+    assert card["allocator"] == "mimalloc" and card["steps"] == 2
+    done = subprocess.run([*command[:-1], str(tmp_path / "system"), "-s", "train.allocator=system"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((tmp_path / "system" / "train_card.json").read_text())["allocator"] == "system"

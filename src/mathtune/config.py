@@ -86,7 +86,7 @@ class TrainConfig(Section):
     )
     max_micro_batch_tokens: int | None = Field(
         None, ge=0, description="Run a micro-batch of more tokens in pieces (same gradient, less memory); "
-        "0: never; null: 1024 on CPU (faster and leaner there, docs/performance.md), never on GPUs"
+        "0: never; null: 1024 on CPU (lower peak RSS, docs/performance.md), never on GPUs"
     )
     save_every: int = Field(50, ge=1, description="Checkpoint every N optimizer steps (for --resume)")
     log_every: int = Field(5, ge=1, description="Log loss/throughput to TensorBoard every N steps")

@@ -1,12 +1,10 @@
 """mimalloc as the process's heap allocator for CPU training, preloaded by re-executing the command.
 
-Why: a training step frees and reallocates thousands of activation-sized buffers. glibc malloc
-keeps giving freed memory back to the kernel and taking it again, and the page faults and zeroing
-that follow cost ~10 % of a LoRA step on SmolLM2-135M; the holes it leaves between tensors kept for
-backward also ratchet resident memory up with every longer micro-batch (1,958 MB peak over 20
-steps vs 1,586-1,656 with mimalloc, docs/performance.md). mimalloc with purging off
-(`MIMALLOC_PURGE_DELAY=-1`: freed pages stay with the process and are reused, never re-faulted)
-removes both.
+Why: glibc malloc leaves holes between the tensors autograd keeps for backward, and every
+micro-batch longer than the ones before grows the heap again: a 20-step LoRA run on SmolLM2-135M
+peaked at 1,922-1,967 MB under glibc and at 1,645-1,651 MB under mimalloc, at the same speed within
+noise (docs/performance.md). Purging is off (`MIMALLOC_PURGE_DELAY=-1`): freed pages stay with the
+process and are reused; with mimalloc's default 10 ms purge the run was 10 % slower (page faults).
 
 How: an allocator has to be in place before the first allocation, so `mathtune train` / `run`
 re-execute themselves once with `LD_PRELOAD` set, as PyTorch's CPU launcher

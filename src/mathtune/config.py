@@ -77,8 +77,9 @@ class TrainConfig(Section):
     fast_dropout: bool = Field(True, description="Dropout masks from 16-bit random lanes (p rounded to 1/65536)")
     fused_ops: bool = Field(True, description="Llama-style RMSNorm and SwiGLU as single autograd nodes (less memory)")
     fused_lora: bool = Field(True, description="LoRA dropout + A as one autograd node keeping x and a 1-byte mask")
-    recompute_dropout_masks: bool = Field(
-        True, description="Fused LoRA keeps each mask's seed and draws the mask again in backward (less memory)"
+    dropout_mask_storage: Literal["bytes", "bits", "seed"] = Field(
+        "bits", description="How fused LoRA keeps dropout masks for backward: 1 byte or 1 bit per element, or "
+        "only the seed (the mask is drawn again)"
     )
     gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory")
     allocator: Literal["mimalloc", "system"] = Field(

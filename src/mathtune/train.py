@@ -159,7 +159,7 @@ def setup(cfg: RunConfig) -> Session:
     if cfg.train.fast_dropout:
         use_fast_dropout(model)
     if cfg.train.fused_lora:
-        use_fused_lora(model, cfg.train.recompute_dropout_masks)
+        use_fused_lora(model, cfg.train.dropout_mask_storage)
     if cfg.train.fused_ops:  # after method.apply: only frozen modules are fused
         use_fused_ops(model)
     if placement.autocast:

@@ -1,9 +1,10 @@
 """FastDropout is inverted dropout: drop rate p (to 1/65536), unbiased, identity in eval mode."""
 
+import pytest
 import torch
 from torch import nn
 
-from mathtune.training.dropout import FastDropout, use_fast_dropout
+from mathtune.training.dropout import FastDropout, pack_mask, unpack_mask, use_fast_dropout
 
 
 def test_drop_rate_and_scale_match_p():
@@ -40,3 +41,13 @@ def test_use_fast_dropout_replaces_only_active_dropouts():
     assert isinstance(model[1], FastDropout) and isinstance(model[2]["a"], FastDropout)
     assert type(model[2]["b"]) is nn.Dropout
     assert abs(model[2]["a"].p - 0.2) < 1 / 65536
+
+
+@pytest.mark.parametrize("shape", [(5,), (8,), (3, 7), (1104, 576), (2, 3, 13)])
+def test_masks_pack_to_bits_and_back(shape):
+    keep = torch.rand(shape) < 0.9
+    packed = pack_mask(keep)
+    assert packed.dtype == torch.uint8 and packed.numel() == (keep.numel() + 7) // 8
+    assert torch.equal(unpack_mask(packed, keep.shape), keep)
+    assert torch.equal(unpack_mask(pack_mask(torch.ones(shape, dtype=torch.bool)), keep.shape).sum(),
+                       torch.tensor(keep.numel()))

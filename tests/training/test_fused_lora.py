@@ -41,13 +41,13 @@ def run(model: torch.nn.Module, ids: torch.Tensor, autocast: bool) -> tuple[torc
     return logits.detach(), {n: p.grad.float() for n, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("recompute_masks", [False, True])
+@pytest.mark.parametrize("mask_storage", ["bytes", "bits", "seed"])
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
 @pytest.mark.parametrize(("dtype", "autocast", "rtol"), [(torch.float32, False, 1e-5), (torch.bfloat16, True, 2e-2)])
-def test_fused_lora_matches_peft(dropout, dtype, autocast, rtol, recompute_masks):
+def test_fused_lora_matches_peft(dropout, dtype, autocast, rtol, mask_storage):
     peft_model = tiny_lora_model(dtype, dropout)
     fused = copy.deepcopy(peft_model)
-    assert use_fused_lora(fused, recompute_masks) == 2 * 4
+    assert use_fused_lora(fused, mask_storage) == 2 * 4
     ids = torch.randint(0, 64, (2, 19))
     want_logits, want = run(peft_model, ids, autocast)
     got_logits, got = run(fused, ids, autocast)
@@ -88,5 +88,7 @@ def test_fused_lora_saves_less_for_backward():
     use_fused_lora(model)
     fused = saved(model)
     assert fused <= before * 0.65  # x once for q, k and v, not three dropped copies
-    use_fused_lora(model, recompute_masks=True)
-    assert fused - saved(model) == 3 * 200 * 32  # the three 1-byte masks are gone
+    use_fused_lora(model, mask_storage="bits")
+    assert fused - saved(model) == 3 * 200 * 32 * 7 // 8  # the three masks at 1 bit per element
+    use_fused_lora(model, mask_storage="seed")
+    assert fused - saved(model) == 3 * 200 * 32  # the three masks are gone

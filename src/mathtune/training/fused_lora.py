@@ -18,23 +18,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mathtune.training.dropout import FastDropout, draw_seed, keep_mask, masked_scale
+from mathtune.training.dropout import FastDropout, draw_seed, keep_mask, masked_scale, pack_mask, unpack_mask
 
-RECOMPUTE_ATTRIBUTE = "mathtune_recompute_dropout_masks"
+MASK_STORAGE_ATTRIBUTE = "mathtune_dropout_mask_storage"
 
 
 class DropoutLinearFunction(torch.autograd.Function):
-    """F.linear(dropout(x), weight) in the autocast dtype (or the weight's), saving x and the mask, or
-    with `recompute_mask` only the mask's seed (the mask is drawn again in backward)."""
+    """F.linear(dropout(x), weight) in the autocast dtype (or the weight's), saving x and the mask
+    as `mask_storage` says: "bytes" (1 byte per element), "bits" (1 bit) or "seed" (drawn again)."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, mask: MaskSpec | None,
-                recompute_mask: bool) -> torch.Tensor:
+                mask_storage: str) -> torch.Tensor:
         device = x.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
         keep = None if mask is None else keep_mask(x.shape, x.device, mask.threshold, mask.seed)
-        ctx.save_for_backward(x, weight, None if recompute_mask else keep)
-        ctx.dtype, ctx.mask = dtype, mask
+        kept = None if keep is None or mask_storage == "seed" else pack_mask(keep) if mask_storage == "bits" else keep
+        ctx.save_for_backward(x, weight, kept)
+        ctx.dtype, ctx.mask, ctx.mask_storage = dtype, mask, mask_storage
         with torch.autocast(device, enabled=False):
             return F.linear(_dropped(x.to(dtype), keep, mask), weight.to(dtype))
 
@@ -42,8 +43,10 @@ class DropoutLinearFunction(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
         x, weight, keep = ctx.saved_tensors
         mask = ctx.mask
-        if keep is None and mask is not None:
+        if mask is not None and ctx.mask_storage == "seed":
             keep = keep_mask(x.shape, x.device, mask.threshold, mask.seed)
+        elif mask is not None and ctx.mask_storage == "bits":
+            keep = unpack_mask(keep, x.shape)
         grad = grad.to(ctx.dtype)
         grad_x = grad_weight = None
         if ctx.needs_input_grad[0]:
@@ -91,20 +94,20 @@ def fused_lora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) ->
     if not known:
         return type(self).forward(self, x)
     result = self.base_layer(x)
-    recompute = getattr(self, RECOMPUTE_ATTRIBUTE, False)
-    hidden = DropoutLinearFunction.apply(x, self.lora_A[name].weight, mask, recompute)
+    storage = getattr(self, MASK_STORAGE_ATTRIBUTE, "bytes")
+    hidden = DropoutLinearFunction.apply(x, self.lora_A[name].weight, mask, storage)
     return (result + self.lora_B[name](hidden) * self.scaling[name]).to(result.dtype)
 
 
-def use_fused_lora(model: nn.Module, recompute_masks: bool = False) -> int:
+def use_fused_lora(model: nn.Module, mask_storage: str = "bytes") -> int:
     """Bind the fused forward to every plain PEFT LoRA Linear (not quantized ones); returns how many.
-    `recompute_masks`: keep each dropout mask's seed for backward, not the mask (1 byte per element)."""
+    `mask_storage`: how each dropout mask waits for backward ("bytes", "bits" or "seed")."""
     from peft.tuners.lora.layer import Linear
 
     swapped = 0
     for module in model.modules():
         if type(module) is Linear:
             module.forward = fused_lora_forward.__get__(module)
-            setattr(module, RECOMPUTE_ATTRIBUTE, recompute_masks)
+            setattr(module, MASK_STORAGE_ATTRIBUTE, mask_storage)
             swapped += 1
     return swapped

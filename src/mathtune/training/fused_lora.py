@@ -2,8 +2,9 @@
 
 PEFT computes `B(A(dropout(x))) * scaling`. Autograd then keeps, per adapted module, the dropped-out
 input (for A's gradient) and the mask, while q, k and v all read the same x. Here dropout + A is
-one `autograd.Function` that keeps x itself (one tensor shared by q, k and v) and a boolean mask,
-and rebuilds the dropped-out input in backward with the same ops. Outputs equal PEFT's bit for
+one `autograd.Function` that keeps x itself (one tensor shared by q, k and v) and the dropout mask
+(1 byte or 1 bit per element, or only its seed: `mask_storage`), and rebuilds the dropped-out input in
+backward with the same ops. Outputs equal PEFT's bit for
 bit (same random draws, same ops); gradients agree to rounding (tests/training/test_fused_lora.py).
 Any other case (merged or disabled adapters, several active adapters, DoRA and other variants,
 mixed-adapter batches, a dropout this module does not know) runs PEFT's own forward.

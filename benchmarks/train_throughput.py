@@ -211,7 +211,7 @@ def run_mathtune(args: argparse.Namespace, overrides: dict[str, Any]) -> dict[st
     model = _param_model(cfg, build_method, torch)
     return {"arm": "mathtune", "losses": [row["loss"] for row in log], "step_seconds": step_seconds,
             "step_tokens": step_tokens, "compute_dtype": card["compute_dtype"],
-**_window(step_seconds, step_tokens),
+            **_window(step_seconds, step_tokens),
             "flops": [flops_per_step(model, [examples[i] for i in micro], cfg.method.name) for micro in plan[:steps]],
             "threads": torch.get_num_threads()}
 

@@ -92,8 +92,11 @@ def split_by_tokens(examples: list[Example], budget: int) -> list[list[Example]]
     if budget <= 0 or sum(e.num_tokens for e in examples) <= budget:
         return [examples] if examples else []
     pieces: list[list[Example]] = [[]]
+    filled = 0
     for example in examples:
-        if pieces[-1] and sum(e.num_tokens for e in pieces[-1]) + example.num_tokens > budget:
+        if pieces[-1] and filled + example.num_tokens > budget:
             pieces.append([])
+            filled = 0
         pieces[-1].append(example)
+        filled += example.num_tokens
     return pieces

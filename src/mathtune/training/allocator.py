@@ -4,7 +4,7 @@ Why: glibc malloc leaves holes between the tensors autograd keeps for backward, 
 micro-batch longer than the ones before grows the heap again: a 20-step LoRA run on SmolLM2-135M
 peaked at 1,922-1,967 MB under glibc and at 1,645-1,651 MB under mimalloc, at the same speed within
 noise (docs/performance.md). Purging is off (`MIMALLOC_PURGE_DELAY=-1`): freed pages stay with the
-process and are reused; with mimalloc's default 10 ms purge the run was 10 % slower (page faults).
+process and are reused; with mimalloc's default 10 ms purge the run was 10 % slower.
 
 How: an allocator has to be in place before the first allocation, so `mathtune train` / `run`
 re-execute themselves once with `LD_PRELOAD` set, as PyTorch's CPU launcher

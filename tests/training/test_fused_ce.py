@@ -31,7 +31,9 @@ def reference_and_fused(rows: int, bias: bool, train_head: bool, dtype: torch.dt
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("train_head", [False, True])
 def test_matches_autograd_in_fp32(bias, train_head, monkeypatch):
-    monkeypatch.setattr(fused_ce, "CHUNK_ELEMENTS", 50 * 3)  # 3 rows per chunk: 7 rows span 3 chunks
+    # 3 rows per head matmul (7 rows span 3 chunks), softmax blocks of 2 rows (a chunk spans 2 blocks)
+    monkeypatch.setattr(fused_ce, "ROWS_PER_MATMUL", 3)
+    monkeypatch.setattr(fused_ce, "SOFTMAX_ELEMENTS", 50 * 2)
     (ref_loss, ref_grads), (loss, grads) = reference_and_fused(7, bias, train_head, torch.float32)
     torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=1e-6)
     assert len(grads) == len(ref_grads) == 1 + train_head * (1 + bias)

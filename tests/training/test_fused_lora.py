@@ -1,5 +1,5 @@
-"""The fused LoRA dropout + A projection gives PEFT's outputs bit for bit (same random draws) and its
-gradients to rounding, falls back to PEFT where it does not apply, and keeps less for backward."""
+"""The fused LoRA forward gives PEFT's outputs and gradients to rounding (same random draws), falls
+back to PEFT where it does not apply, and keeps less for backward."""
 
 import copy
 
@@ -43,18 +43,40 @@ def run(model: torch.nn.Module, ids: torch.Tensor, autocast: bool) -> tuple[torc
 
 @pytest.mark.parametrize("mask_storage", ["bytes", "bits", "seed"])
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
-@pytest.mark.parametrize(("dtype", "autocast", "rtol"), [(torch.float32, False, 1e-5), (torch.bfloat16, True, 2e-2)])
-def test_fused_lora_matches_peft(dropout, dtype, autocast, rtol, mask_storage):
-    peft_model = tiny_lora_model(dtype, dropout)
+def test_fused_lora_matches_peft_in_fp32(dropout, mask_storage):
+    peft_model = tiny_lora_model(torch.float32, dropout)
     fused = copy.deepcopy(peft_model)
     assert use_fused_lora(fused, mask_storage) == 2 * 4
     ids = torch.randint(0, 64, (2, 19))
-    want_logits, want = run(peft_model, ids, autocast)
-    got_logits, got = run(fused, ids, autocast)
-    assert torch.equal(got_logits, want_logits)
+    want_logits, want = run(peft_model, ids, False)
+    got_logits, got = run(fused, ids, False)
+    torch.testing.assert_close(got_logits, want_logits, rtol=1e-5, atol=1e-6)
     assert len(got) == len(want) == 2 * 4 * 2
     for name, grad in want.items():
-        assert (got[name] - grad).abs().max().item() <= rtol * grad.abs().max().item(), name
+        assert (got[name] - grad).abs().max().item() <= 1e-5 * grad.abs().max().item(), name
+
+
+@pytest.mark.parametrize("mask_storage", ["bytes", "bits"])
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_fused_lora_in_bf16_is_as_close_to_fp32_as_peft(dropout, mask_storage):
+    """PEFT and the fused path round at different ops under autocast, so neither equals the other;
+    both are held against the same model run in float32 (same weights, same dropout masks)."""
+    peft_model = tiny_lora_model(torch.bfloat16, dropout)
+    fused = copy.deepcopy(peft_model)
+    use_fused_lora(fused, mask_storage)
+    exact = tiny_lora_model(torch.float32, dropout)
+    exact.load_state_dict({k: v.float() for k, v in peft_model.state_dict().items()})
+    ids = torch.randint(0, 64, (2, 19))
+    truth = run(exact, ids, False)
+    errors = [relative_error(run(model, ids, True), truth) for model in (peft_model, fused)]
+    assert errors[1][0] <= 1.5 * errors[0][0] + 1e-3, errors  # logits
+    assert errors[1][1] <= 1.5 * errors[0][1] + 1e-3, errors  # gradients
+
+
+def relative_error(got: tuple[torch.Tensor, dict], want: tuple[torch.Tensor, dict]) -> tuple[float, float]:
+    logits = ((got[0].float() - want[0]).norm() / want[0].norm()).item()
+    grads = torch.cat([(got[1][n] - g).flatten() for n, g in want[1].items()]).norm()
+    return logits, (grads / torch.cat([g.flatten() for g in want[1].values()]).norm()).item()
 
 
 def test_fused_lora_uses_dropout_and_falls_back_to_peft():

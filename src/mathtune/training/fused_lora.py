@@ -1,13 +1,15 @@
-"""LoRA's dropout and A projection as one autograd node that keeps the adapter's input, not a copy.
+"""LoRA's dropout, A and B around the frozen base projection, in three ops and two autograd nodes.
 
-PEFT computes `B(A(dropout(x))) * scaling`. Autograd then keeps, per adapted module, the dropped-out
-input (for A's gradient) and the mask, while q, k and v all read the same x. Here dropout + A is
-one `autograd.Function` that keeps x itself (one tensor shared by q, k and v) and the dropout mask
-(1 byte or 1 bit per element, or only its seed: `mask_storage`), and rebuilds the dropped-out input in
-backward with the same ops. Outputs equal PEFT's bit for
-bit (same random draws, same ops); gradients agree to rounding (tests/training/test_fused_lora.py).
+PEFT computes `base(x) + B(A(dropout(x))) * scaling`. Autograd then keeps, per adapted module, the
+dropped-out input (for A's gradient) and the mask, while q, k and v all read the same x; and the
+[tokens, out] adapter output is made, scaled and added in three passes. Here dropout + A is one
+`autograd.Function` that keeps x itself (one tensor shared by q, k and v) and the dropout mask (1
+byte or 1 bit per element, or only its seed: `mask_storage`), and rebuilds the dropped-out input in
+backward. Dropout's 1 / (1 - p) multiplies A's [rank, in] weight instead of the [tokens, in] input,
+and B's product, its scaling and the sum with the base output are one `addmm`. The draws are PEFT's
+(the same masks); outputs and gradients agree with PEFT's to rounding (tests/training/test_fused_lora.py).
 Any other case (merged or disabled adapters, several active adapters, DoRA and other variants,
-mixed-adapter batches, a dropout this module does not know) runs PEFT's own forward.
+adapter biases, mixed-adapter batches, a dropout this module does not know) runs PEFT's own forward.
 """
 
 from __future__ import annotations
@@ -19,14 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mathtune.training.dropout import FastDropout, draw_seed, keep_mask, masked_scale, pack_mask, unpack_mask
+from mathtune.training.dropout import FastDropout, draw_seed, keep_mask, pack_mask, unpack_mask
 
 MASK_STORAGE_ATTRIBUTE = "mathtune_dropout_mask_storage"
 
 
 class DropoutLinearFunction(torch.autograd.Function):
     """F.linear(dropout(x), weight) in the autocast dtype (or the weight's), saving x and the mask
-    as `mask_storage` says: "bytes" (1 byte per element), "bits" (1 bit) or "seed" (drawn again)."""
+    as `mask_storage` says: "bytes" (1 byte per element), "bits" (1 bit) or "seed" (drawn again).
+    The dropout's scale multiplies the weight, so the input is only masked (one pass, not two)."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, mask: MaskSpec | None,
@@ -38,7 +41,7 @@ class DropoutLinearFunction(torch.autograd.Function):
         ctx.save_for_backward(x, weight, kept)
         ctx.dtype, ctx.mask, ctx.mask_storage = dtype, mask, mask_storage
         with torch.autocast(device, enabled=False):
-            return F.linear(_dropped(x.to(dtype), keep, mask), weight.to(dtype))
+            return F.linear(_masked(x.to(dtype), keep), _scaled(weight, mask).to(dtype))
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
@@ -51,11 +54,11 @@ class DropoutLinearFunction(torch.autograd.Function):
         grad = grad.to(ctx.dtype)
         grad_x = grad_weight = None
         if ctx.needs_input_grad[0]:
-            grad_x = grad @ weight.to(ctx.dtype)
-            grad_x = (grad_x if keep is None else masked_scale(grad_x, keep, mask.scale)).to(x.dtype)
+            grad_x = _masked(grad @ _scaled(weight, mask).to(ctx.dtype), keep).to(x.dtype)
         if ctx.needs_input_grad[1]:
-            dropped = _dropped(x.to(ctx.dtype), keep, mask)
-            grad_weight = (grad.reshape(-1, grad.shape[-1]).T @ dropped.reshape(-1, dropped.shape[-1])).to(weight.dtype)
+            dropped = _masked(x.to(ctx.dtype), keep)
+            grad_weight = grad.reshape(-1, grad.shape[-1]).T @ dropped.reshape(-1, dropped.shape[-1])
+            grad_weight = _scaled(grad_weight.to(weight.dtype), mask)
         return grad_x, grad_weight, None, None
 
 
@@ -68,8 +71,13 @@ class MaskSpec:
     seed: int
 
 
-def _dropped(x: torch.Tensor, keep: torch.Tensor | None, mask: MaskSpec | None) -> torch.Tensor:
-    return x if keep is None or mask is None else masked_scale(x, keep, mask.scale)
+def _masked(x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    # read as uint8: on CPU, bool operands take a slow path (dropout.masked_scale)
+    return x if keep is None else x * keep.view(torch.uint8)
+
+
+def _scaled(weight: torch.Tensor, mask: MaskSpec | None) -> torch.Tensor:
+    return weight if mask is None else weight * mask.scale
 
 
 def _dropout_mask(dropout: nn.Module) -> tuple[bool, MaskSpec | None]:
@@ -87,7 +95,7 @@ def fused_lora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) ->
     active = self.active_adapters
     plain = (not args and not kwargs and not self.disable_adapters and not self.merged and len(active) == 1
              and active[0] in self.lora_A and active[0] not in self.lora_variant
-             and self.lora_A[active[0]].bias is None)
+             and self.lora_A[active[0]].bias is None and self.lora_B[active[0]].bias is None)
     if not plain:
         return type(self).forward(self, x, *args, **kwargs)
     name = active[0]
@@ -97,7 +105,10 @@ def fused_lora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) ->
     result = self.base_layer(x)
     storage = getattr(self, MASK_STORAGE_ATTRIBUTE, "bytes")
     hidden = DropoutLinearFunction.apply(x, self.lora_A[name].weight, mask, storage)
-    return (result + self.lora_B[name](hidden) * self.scaling[name]).to(result.dtype)
+    # result + scaling * hidden @ B.T in one pass over the [tokens, out] output
+    flat = torch.addmm(result.reshape(-1, result.shape[-1]), hidden.reshape(-1, hidden.shape[-1]),
+                       self.lora_B[name].weight.t(), alpha=self.scaling[name])
+    return flat.view(result.shape).to(result.dtype)
 
 
 def use_fused_lora(model: nn.Module, mask_storage: str = "bytes") -> int:

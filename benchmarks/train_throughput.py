@@ -9,14 +9,19 @@
 Arm (a) "reference": HF `Trainer` + PEFT LoRA (r, alpha, dropout, targets as mathtune's config),
 fp32, `DataCollatorForSeq2Seq` dynamic padding, completion-only labels, a sequential sampler.
 Arm (b) "mathtune": `mathtune.train.train` with a RunConfig (its defaults; `-s` overrides them), in a
-process under the heap allocator `mathtune train` re-executes itself with (mimalloc on Linux;
-`-s train.allocator=system` for glibc's). The table's last line says which allocator each arm had.
+process set up as `mathtune train` sets up its own: under the heap allocator it re-executes itself
+with (mimalloc on Linux; `-s train.allocator=system` for glibc's) and, for methods that do not
+quantize, without bitsandbytes. The table's last line says which allocator each arm had.
 Both arms get their examples and their batch order from the same code: mathtune's `build_examples`
 and `micro_batch_plan`, so step k of one arm sees exactly the examples of step k of the other.
 
-Each arm runs in a fresh `spawn` child, so its peak RSS (ru_maxrss) is its own. Timing skips the
-first step (allocator and kernel warm-up) in both arms: tokens/s = non-padding tokens of steps
-2..N / their wall time.
+Each arm runs in a fresh `spawn` child, so its peak RSS (ru_maxrss) is its own. The arms run in lock
+step: both children live at once, and this process lets one step of one arm run at a time, in the
+order A B B A A B ..., while the other waits. Step k of both arms is timed within seconds of each
+other, so the machine's slow and fast spells (run-to-run spread of about +-10 % here) fall on both
+arms alike and mostly cancel in the ratio; `--sequential` runs one arm after the other instead.
+Timing skips the first step (allocator and kernel warm-up) in both arms: tokens/s = non-padding
+tokens of steps 2..N / the time spent in those steps.
 
 FLOPs per step (the same "useful work" count for both arms, so padding and full logits are waste):
     linear layers: 4 * N_lin per token for LoRA (2 forward + 2 backward input-grads; frozen weights
@@ -106,7 +111,22 @@ def _window(step_seconds: list[float], step_tokens: list[int]) -> dict[str, floa
     return {"seconds_per_step": sum(timed) / len(timed), "tokens_per_second": sum(tokens) / sum(timed)}
 
 
-def run_reference(args: argparse.Namespace, overrides: dict[str, Any]) -> dict[str, Any]:
+class Gate:
+    """One arm's side of the lock step: wait for its turn before a step, say when the step is done."""
+
+    def __init__(self, turn: Any = None, done: Any = None) -> None:
+        self.turn, self.done = turn, done
+
+    def wait_turn(self) -> None:
+        if self.turn is not None:
+            self.turn.acquire()
+
+    def finished(self) -> None:
+        if self.done is not None:
+            self.done.release()
+
+
+def run_reference(args: argparse.Namespace, overrides: dict[str, Any], gate: Gate) -> dict[str, Any]:
     import torch
     from peft import get_peft_model
     from torch.utils.data import SequentialSampler
@@ -148,10 +168,12 @@ def run_reference(args: argparse.Namespace, overrides: dict[str, Any]) -> dict[s
 
     class Clock(TrainerCallback):
         def on_step_begin(self, *_: Any, **__: Any) -> None:
+            gate.wait_turn()
             marks.append(time.perf_counter())
 
         def on_step_end(self, *_: Any, **__: Any) -> None:
             marks.append(time.perf_counter())
+            gate.finished()
 
         def on_log(self, _args: Any, _state: Any, _control: Any, logs: dict | None = None, **__: Any) -> None:
             if logs and "loss" in logs:
@@ -175,13 +197,15 @@ def run_reference(args: argparse.Namespace, overrides: dict[str, Any]) -> dict[s
             "flops": [flops_per_step(model, [examples[i] for i in micro], cfg.method.name) for micro in plan[:steps]]}
 
 
-def run_mathtune(args: argparse.Namespace, overrides: dict[str, Any]) -> dict[str, Any]:
+def run_mathtune(args: argparse.Namespace, overrides: dict[str, Any], gate: Gate) -> dict[str, Any]:
     import torch
 
     from mathtune import train as train_module
+    from mathtune.cli import become_training_process
     from mathtune.methods.registry import build_method
 
     cfg = bench_config(args, overrides)
+    become_training_process(cfg)  # what `mathtune train` does first (the allocator is already in place)
     seen: dict[str, Any] = {}
     original_plan = train_module.micro_batch_plan
 
@@ -197,14 +221,24 @@ def run_mathtune(args: argparse.Namespace, overrides: dict[str, Any]) -> dict[st
         seen["examples"] = examples
         return examples, stats
 
+    original_step = train_module.train_step
+    step_seconds: list[float] = []
+
+    def gated_step(*a: Any, **k: Any) -> Any:  # train() looks train_step up in its module at each step
+        gate.wait_turn()
+        started = time.perf_counter()
+        result = original_step(*a, **k)
+        step_seconds.append(time.perf_counter() - started)
+        gate.finished()
+        return result
+
     train_module.micro_batch_plan, train_module.build_examples = recording_plan, recording_build
+    train_module.train_step = gated_step
     for lever in args.ablate or []:
         ABLATIONS[lever](train_module)
     with tempfile.TemporaryDirectory(prefix="mt-") as run_dir:
         card = train_module.train(cfg, Path(run_dir), show_progress=False).card
         log = [json.loads(line) for line in (Path(run_dir) / "train_log.jsonl").read_text().splitlines()]
-    cumulative = [0.0] + [row["seconds"] for row in log]
-    step_seconds = [b - a for a, b in zip(cumulative, cumulative[1:], strict=False)]
     tokens = [0] + [row["tokens"] for row in log]
     step_tokens = [b - a for a, b in zip(tokens, tokens[1:], strict=False)]
     examples, plan, steps = seen["examples"], seen["plan"], seen["steps"]
@@ -308,7 +342,7 @@ ABLATIONS = {"full_logits": _full_logits, "unfused_adamw": _unfused_adamw, "grou
 ARMS = {"reference": run_reference, "mathtune": run_mathtune}
 
 
-def _child(arm: str, args: argparse.Namespace, overrides: dict[str, Any], queue: Any) -> None:
+def _child(arm: str, args: argparse.Namespace, overrides: dict[str, Any], queue: Any, gate: Gate) -> None:
     from mathtune.training.allocator import active_allocator
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -317,7 +351,7 @@ def _child(arm: str, args: argparse.Namespace, overrides: dict[str, Any], queue:
 
         torch.set_num_threads(args.threads)
     try:
-        result = ARMS[arm](args, overrides)
+        result = ARMS[arm](args, overrides, gate)
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         result["allocator"] = active_allocator()
         queue.put(result)
@@ -326,12 +360,13 @@ def _child(arm: str, args: argparse.Namespace, overrides: dict[str, Any], queue:
         raise
 
 
-def run_arm(arm: str, args: argparse.Namespace, overrides: dict[str, Any]) -> dict[str, Any]:
+def start_arm(arm: str, args: argparse.Namespace, overrides: dict[str, Any], gate: Gate) -> tuple[Any, Any]:
+    """The arm's child process (started) and the queue its result arrives on."""
     from mathtune.training.allocator import allocator_environment
 
     context = mp.get_context("spawn")
     queue = context.Queue()
-    child = context.Process(target=_child, args=(arm, args, overrides, queue))
+    child = context.Process(target=_child, args=(arm, args, overrides, queue, gate))
     # mathtune's arm runs under the allocator `mathtune train` would re-execute itself with
     # (training/allocator.py); the spawned child inherits this process's environment.
     allocator_env = allocator_environment(bench_config(args, overrides).train.allocator, dict(os.environ)) \
@@ -343,9 +378,34 @@ def run_arm(arm: str, args: argparse.Namespace, overrides: dict[str, Any]) -> di
     finally:
         os.environ.clear()
         os.environ.update(saved)
+    return child, queue
+
+
+def collect(child: Any, queue: Any) -> dict[str, Any]:
     result = queue.get()
     child.join()
     return result
+
+
+def run_sequential(arms: list[str], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    return {arm: collect(*start_arm(arm, args, {}, Gate())) for arm in arms}
+
+
+def run_lock_step(arms: list[str], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Both arms alive; one step of one arm at a time, in the order A B B A A B ... (module docstring)."""
+    context = mp.get_context("spawn")
+    gates = {arm: Gate(context.Semaphore(0), context.Semaphore(0)) for arm in arms}
+    started = {arm: start_arm(arm, args, {}, gates[arm]) for arm in arms}
+    for step in range(args.steps):
+        for arm in (arms if step % 2 == 0 else arms[::-1]):
+            child = started[arm][0]
+            if not child.is_alive():
+                continue
+            gates[arm].turn.release()
+            while not gates[arm].done.acquire(timeout=1.0):  # an arm that failed or ran out of steps
+                if not child.is_alive():
+                    break
+    return {arm: collect(*started[arm]) for arm in arms}
 
 
 def peaks(args: argparse.Namespace) -> dict[str, float]:
@@ -358,7 +418,8 @@ def peaks(args: argparse.Namespace) -> dict[str, float]:
 
 def report(results: dict[str, dict[str, Any]], peak: dict[str, float], args: argparse.Namespace) -> int:
     print(f"\nmodel {args.model}, method {args.method}, {args.rows} rows, max_length {args.max_length}, "
-          f"batch {args.batch_size}, {args.steps} steps (timing: steps 2..N); overrides {args.set or []} "
+          f"batch {args.batch_size}, {args.steps} steps (timing: steps 2..N), arms "
+          f"{'one after the other' if args.sequential else 'in lock step'}; overrides {args.set or []} "
           f"ablate {args.ablate or []}")
     print(f"matmul peak (2048^3, {args.threads or 'default'} threads): bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s, "
           f"fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s")
@@ -436,6 +497,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--arms", default="reference,mathtune")
     parser.add_argument("--set", "-s", action="append", help="RunConfig override for both arms: train.packing=false")
     parser.add_argument("--ablate", action="append", choices=sorted(ABLATIONS), help="Turn a mathtune lever off/on")
+    parser.add_argument("--sequential", action="store_true",
+                        help="Run the arms one after the other, not in lock step (module docstring)")
     parser.add_argument("--check-steps", type=int, default=5, help="Steps whose losses must agree")
     parser.add_argument("--loss-rtol", type=float, default=0.02,
                         help="Tolerance on the mean loss of the checked steps (bf16 vs fp32, other dropout masks)")
@@ -452,7 +515,8 @@ def main(argv: list[str] | None = None) -> int:
         prep_cost(args)
         return 0
     peak = peaks(args)
-    results = {arm: run_arm(arm, args, {}) for arm in args.arms.split(",")}
+    arms = args.arms.split(",")
+    results = run_sequential(arms, args) if args.sequential or len(arms) == 1 else run_lock_step(arms, args)
     return report(results, peak, args)
 
 

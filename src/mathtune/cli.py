@@ -16,6 +16,8 @@ import typer
 
 from mathtune.config import DEFAULT_CONFIG_DIR, RunConfig, build_config, parse_override, read_yaml
 from mathtune.errors import MathtuneError
+from mathtune.methods.registry import hide_unused_bitsandbytes
+from mathtune.training.allocator import ACTIVE_MARKER as ALLOCATOR_MARKER
 from mathtune.training.allocator import reexec_with_allocator
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -53,6 +55,15 @@ def build_run_config(config: Path | None, sets: list[str] | None, **flags: Any) 
     return build_config(tree, overrides)
 
 
+def become_training_process(cfg: Any) -> None:
+    """`train` and `run` re-execute themselves once under the heap allocator (training/allocator.py);
+    the re-executed process exists for this run alone, so it also leaves out bitsandbytes when the
+    method does not quantize (methods/registry.py). In-process callers (tests) keep their imports."""
+    reexec_with_allocator(cfg.train.allocator)
+    if os.environ.get(ALLOCATOR_MARKER):
+        hide_unused_bitsandbytes(cfg.method.name)
+
+
 @app.command("train")
 def train_cmd(config: ConfigOpt = None, set_: SetOpt = None, model: ModelOpt = None, method: MethodOpt = None,
               prompt: PromptOpt = None, data_dir: DataDirOpt = None, output_dir: OutOpt = None,
@@ -63,7 +74,7 @@ def train_cmd(config: ConfigOpt = None, set_: SetOpt = None, model: ModelOpt = N
 
     cfg = build_run_config(config, set_, model=model, method=method, prompt=prompt, data_dir=data_dir,
                            output_dir=output_dir, train_size=train_size, max_steps=max_steps)
-    reexec_with_allocator(cfg.train.allocator)
+    become_training_process(cfg)
     run_dir = train_workflow(cfg, overwrite=overwrite, resume=resume)
     typer.echo(f"adapter written to {run_dir / 'adapter'}")
 
@@ -124,7 +135,7 @@ def run_cmd(config: ConfigOpt = None, set_: SetOpt = None, model: ModelOpt = Non
     cfg = build_run_config(config, set_, model=model, method=method, prompt=prompt, data_dir=data_dir,
                            output_dir=output_dir, train_size=train_size, eval_size=eval_size,
                            max_steps=max_steps)
-    reexec_with_allocator(cfg.train.allocator)
+    become_training_process(cfg)
     typer.echo(f"mathtune run: model {cfg.model.name}, method {cfg.method.name}, prompt {cfg.prompt.strategy}, "
                f"train rows {cfg.data.train_size or 'all'}, test problems {cfg.eval.num_problems} "
                f"(seed {cfg.eval.seed}) -> {cfg.output_dir}", err=True)

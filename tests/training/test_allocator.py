@@ -1,4 +1,5 @@
-"""`mathtune train` re-executes itself under mimalloc on Linux, once, and says so in the run card."""
+"""`mathtune train` re-executes itself under mimalloc on Linux, once, and says so in the run card; a
+process that trains a method without quantization leaves bitsandbytes out."""
 
 import json
 import os
@@ -44,3 +45,13 @@ def test_train_command_runs_under_mimalloc(tiny_models, data_dir, tmp_path):
                           capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((tmp_path / "system" / "train_card.json").read_text())["allocator"] == "system"
+
+
+@pytest.mark.parametrize(("method", "hidden"), [("lora", True), ("qlora", False)])
+def test_a_training_process_leaves_out_bitsandbytes_unless_it_quantizes(method, hidden):
+    code = ("import sys; from mathtune.methods.registry import hide_unused_bitsandbytes as hide; "
+            "h = hide(sys.argv[1]); import peft; from peft.import_utils import is_bnb_available; "
+            "print(h, is_bnb_available(), sys.modules.get('bitsandbytes') is not None)")
+    done = subprocess.run([sys.executable, "-c", code, method], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-3:] == [str(hidden), str(not hidden), str(not hidden)]

@@ -17,8 +17,7 @@ import typer
 from mathtune.config import DEFAULT_CONFIG_DIR, RunConfig, build_config, parse_override, read_yaml
 from mathtune.errors import MathtuneError
 from mathtune.methods.registry import hide_unused_bitsandbytes
-from mathtune.training.allocator import ACTIVE_MARKER as ALLOCATOR_MARKER
-from mathtune.training.allocator import reexec_with_allocator
+from mathtune.training.allocator import reexec_with_allocator, reexecuted
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fine-tune small language models on math word problems and measure them honestly.")
@@ -60,7 +59,7 @@ def become_training_process(cfg: Any) -> None:
     the re-executed process exists for this run alone, so it also leaves out bitsandbytes when the
     method does not quantize (methods/registry.py). In-process callers (tests) keep their imports."""
     reexec_with_allocator(cfg.train.allocator)
-    if os.environ.get(ALLOCATOR_MARKER):
+    if reexecuted():
         hide_unused_bitsandbytes(cfg.method.name)
 
 

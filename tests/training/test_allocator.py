@@ -55,3 +55,11 @@ def test_a_training_process_leaves_out_bitsandbytes_unless_it_quantizes(method, 
     done = subprocess.run([sys.executable, "-c", code, method], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-3:] == [str(hidden), str(not hidden), str(not hidden)]
+
+
+def test_in_process_callers_are_not_the_reexecuted_process(monkeypatch):
+    from mathtune.training.allocator import reexecuted
+
+    assert not reexecuted()  # conftest's "system" marker keeps CLI tests in-process, imports untouched
+    monkeypatch.setenv(ACTIVE_MARKER, "mimalloc")
+    assert reexecuted()

@@ -59,6 +59,12 @@ def reexec_with_allocator(choice: str, module: str = "mathtune.cli") -> None:
         os.execve(sys.executable, [sys.executable, "-m", module, *sys.argv[1:]], env)
 
 
+def reexecuted() -> bool:
+    """Whether this process is the one `reexec_with_allocator` started (tests set the marker to
+    "system" to stay in-process, which does not count)."""
+    return os.environ.get(ACTIVE_MARKER) == "mimalloc"
+
+
 def active_allocator() -> str:
     """What this process allocates with: 'mimalloc' if its library is mapped, else 'system'."""
     try:

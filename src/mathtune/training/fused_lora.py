@@ -1,4 +1,4 @@
-"""LoRA's dropout, A and B around the frozen base projection, in three ops and two autograd nodes.
+"""LoRA's dropout, A and B around the frozen base projection in three autograd nodes.
 
 PEFT computes `base(x) + B(A(dropout(x))) * scaling`. Autograd then keeps, per adapted module, the
 dropped-out input (for A's gradient) and the mask, while q, k and v all read the same x; and the
@@ -6,8 +6,9 @@ dropped-out input (for A's gradient) and the mask, while q, k and v all read the
 `autograd.Function` that keeps x itself (one tensor shared by q, k and v) and the dropout mask (1
 byte or 1 bit per element, or only its seed: `mask_storage`), and rebuilds the dropped-out input in
 backward. Dropout's 1 / (1 - p) multiplies A's [rank, in] weight instead of the [tokens, in] input,
-and B's product, its scaling and the sum with the base output are one `addmm`. The draws are PEFT's
-(the same masks); outputs and gradients agree with PEFT's to rounding (tests/training/test_fused_lora.py).
+and B's product, its scaling and the sum with the base output are one `addmm`. The masks are the ones
+PEFT's path draws through FastDropout; outputs and gradients agree with PEFT's to rounding
+(tests/training/test_fused_lora.py).
 Any other case (merged or disabled adapters, several active adapters, DoRA and other variants,
 adapter biases, mixed-adapter batches, a dropout this module does not know) runs PEFT's own forward.
 """

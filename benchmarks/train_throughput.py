@@ -522,7 +522,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     peak = peaks(args)
     arms = args.arms.split(",")
-    results = run_sequential(arms, args) if args.sequential or len(arms) == 1 else run_lock_step(arms, args, peak)
+    args.sequential = args.sequential or len(arms) == 1  # one arm has nothing to step with
+    results = run_sequential(arms, args) if args.sequential else run_lock_step(arms, args, peak)
     return report(results, peak, args)
 
 

@@ -166,15 +166,18 @@ def run_reference(args: argparse.Namespace, overrides: dict[str, Any], gate: Gat
             return SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
 
     marks: list[float] = []
+    spans: list[list[float]] = []  # wall-clock [start, end] of each step, to check the lock step
     losses: list[float] = []
 
     class Clock(TrainerCallback):
         def on_step_begin(self, *_: Any, **__: Any) -> None:
             gate.wait_turn()
+            spans.append([time.time()])
             marks.append(time.perf_counter())
 
         def on_step_end(self, *_: Any, **__: Any) -> None:
             marks.append(time.perf_counter())
+            spans[-1].append(time.time())
             gate.finished()
 
         def on_log(self, _args: Any, _state: Any, _control: Any, logs: dict | None = None, **__: Any) -> None:
@@ -195,6 +198,7 @@ def run_reference(args: argparse.Namespace, overrides: dict[str, Any], gate: Gat
     step_seconds = [end - begin for begin, end in zip(marks[0::2], marks[1::2], strict=True)]
     step_tokens = [sum(examples[i].num_tokens for i in micro) for micro in plan[:steps]]
     return {"arm": "reference", "losses": losses, "step_seconds": step_seconds, "step_tokens": step_tokens,
+            "step_spans": spans,
             "optim": str(training_args.optim), **_window(step_seconds, step_tokens),
             "flops": [flops_per_step(model, [examples[i] for i in micro], cfg.method.name) for micro in plan[:steps]]}
 
@@ -225,12 +229,14 @@ def run_mathtune(args: argparse.Namespace, overrides: dict[str, Any], gate: Gate
 
     original_step = train_module.train_step
     step_seconds: list[float] = []
+    spans: list[list[float]] = []  # wall-clock [start, end] of each step, to check the lock step
 
     def gated_step(*a: Any, **k: Any) -> Any:  # train() looks train_step up in its module at each step
         gate.wait_turn()
-        started = time.perf_counter()
+        wall, started = time.time(), time.perf_counter()
         result = original_step(*a, **k)
         step_seconds.append(time.perf_counter() - started)
+        spans.append([wall, time.time()])
         gate.finished()
         return result
 
@@ -246,6 +252,7 @@ def run_mathtune(args: argparse.Namespace, overrides: dict[str, Any], gate: Gate
     examples, plan, steps = seen["examples"], seen["plan"], seen["steps"]
     model = _param_model(cfg, build_method, torch)
     return {"arm": "mathtune", "losses": [row["loss"] for row in log], "step_seconds": step_seconds,
+            "step_spans": spans,
             "step_tokens": step_tokens, "compute_dtype": card["compute_dtype"],
             **_window(step_seconds, step_tokens),
             "flops": [flops_per_step(model, [examples[i] for i in micro], cfg.method.name) for micro in plan[:steps]],

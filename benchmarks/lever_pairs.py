@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     from mathtune.training.allocator import active_allocator
 
     sides = {"A": setup(side_config(args, args.a)), "B": setup(side_config(args, args.b))}
-    steps = min(len(s.plan) for s in sides.values())
+    steps = min(s.total_steps for s in sides.values())
     seconds: dict[str, list[float]] = {"A": [], "B": []}
     tokens = 0
     for pair in range(args.pairs + 1):

@@ -114,18 +114,23 @@ def _window(step_seconds: list[float], step_tokens: list[int]) -> dict[str, floa
 
 
 class Gate:
-    """One arm's side of the lock step: wait for its turn before a step, say when the step is done."""
+    """One arm's side of the lock step. A turn ends when the arm asks for its next one (or ends its
+    run), so its work between steps (logging, the next batch; after the last step, saving and
+    reporting) never runs while the other arm's step is timed."""
 
     def __init__(self, turn: Any = None, done: Any = None) -> None:
-        self.turn, self.done = turn, done
+        self.turn, self.done, self.holding = turn, done, False
 
     def wait_turn(self) -> None:
+        self.finished()
         if self.turn is not None:
             self.turn.acquire()
+            self.holding = True
 
     def finished(self) -> None:
-        if self.done is not None:
+        if self.holding:
             self.done.release()
+            self.holding = False
 
 
 def run_reference(args: argparse.Namespace, overrides: dict[str, Any], gate: Gate) -> dict[str, Any]:
@@ -178,7 +183,6 @@ def run_reference(args: argparse.Namespace, overrides: dict[str, Any], gate: Gat
         def on_step_end(self, *_: Any, **__: Any) -> None:
             marks.append(time.perf_counter())
             spans[-1].append(time.time())
-            gate.finished()
 
         def on_log(self, _args: Any, _state: Any, _control: Any, logs: dict | None = None, **__: Any) -> None:
             if logs and "loss" in logs:
@@ -237,7 +241,6 @@ def run_mathtune(args: argparse.Namespace, overrides: dict[str, Any], gate: Gate
         result = original_step(*a, **k)
         step_seconds.append(time.perf_counter() - started)
         spans.append([wall, time.time()])
-        gate.finished()
         return result
 
     train_module.micro_batch_plan, train_module.build_examples = recording_plan, recording_build
@@ -361,6 +364,7 @@ def _child(arm: str, args: argparse.Namespace, overrides: dict[str, Any], queue:
         torch.set_num_threads(args.threads)
     try:
         result = ARMS[arm](args, overrides, gate)
+        gate.finished()  # the last turn ends here, after saving and reporting
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         result["allocator"] = active_allocator()
         queue.put(result)

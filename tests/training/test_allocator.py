@@ -63,3 +63,16 @@ def test_in_process_callers_are_not_the_reexecuted_process(monkeypatch):
     assert not reexecuted()  # conftest's "system" marker keeps CLI tests in-process, imports untouched
     monkeypatch.setenv(ACTIVE_MARKER, "mimalloc")
     assert reexecuted()
+
+
+def test_a_quantized_or_unknown_checkpoint_keeps_bitsandbytes(tmp_path):
+    from mathtune.models.loading import may_store_quantized_weights
+
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (tmp_path / "bnb").mkdir()
+    (tmp_path / "bnb" / "config.json").write_text(json.dumps({"quantization_config": {"load_in_4bit": True}}))
+    assert not may_store_quantized_weights("smollm2-135m")  # embedded GGUF: dequantized on load
+    assert not may_store_quantized_weights(str(tmp_path / "plain"))
+    assert may_store_quantized_weights(str(tmp_path / "bnb"))
+    assert may_store_quantized_weights("someone/some-model")  # a hub id is not looked up

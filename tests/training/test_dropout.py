@@ -51,3 +51,7 @@ def test_masks_pack_to_bits_and_back(shape):
     assert torch.equal(unpack_mask(packed, keep.shape), keep)
     assert torch.equal(unpack_mask(pack_mask(torch.ones(shape, dtype=torch.bool)), keep.shape).sum(),
                        torch.tensor(keep.numel()))
+
+
+def test_an_empty_input_gets_an_empty_mask():
+    assert FastDropout(0.1).train()(torch.randn(0, 8)).shape == (0, 8)

@@ -114,3 +114,20 @@ def test_fused_lora_saves_less_for_backward():
     assert fused - saved(model) == 3 * 200 * 32 * 7 // 8  # the three masks at 1 bit per element
     use_fused_lora(model, mask_storage="seed")
     assert fused - saved(model) == 3 * 200 * 32  # the three masks are gone
+
+
+def test_fused_lora_on_a_bf16_base_with_fp32_adapters_without_autocast():
+    """PEFT's default upcasts adapters to fp32; without autocast its forward casts the input to them
+    and adds in fp32. The fused path must do the same, not fail on mixed dtypes."""
+    peft_model = tiny_lora_model(torch.bfloat16, 0.0)
+    for module in peft_model.modules():
+        if hasattr(module, "cast_input_dtype_enabled"):
+            module.cast_input_dtype_enabled = True
+    assert next(p for n, p in peft_model.named_parameters() if "lora_A" in n).dtype == torch.float32
+    fused = copy.deepcopy(peft_model)
+    use_fused_lora(fused, "bits")
+    ids = torch.randint(0, 64, (2, 19))
+    want_logits, want = run(peft_model, ids, False)
+    got_logits, got = run(fused, ids, False)
+    torch.testing.assert_close(got_logits, want_logits, rtol=2e-2, atol=2e-2 * want_logits.abs().max().item())
+    assert relative_error((got_logits, got), (want_logits.float(), want))[1] < 0.05

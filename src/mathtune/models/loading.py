@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -67,6 +68,19 @@ def resolve_source(name: str, gguf_file: str | None = None) -> ModelSource:
     if path.exists() or name.startswith((".", "/", "~")):
         raise MathtuneError(f"model path {path} is not a directory, .gguf file or embedded name")
     return ModelSource(name, gguf_file=gguf_file, label=name)
+
+
+def may_store_quantized_weights(name: str) -> bool:
+    """Whether loading `name` may need a quantization backend such as bitsandbytes: a local checkpoint
+    whose config.json has a `quantization_config`, or a hub id (not looked up here). GGUF files and
+    the embedded models are dequantized to float when loaded."""
+    if name in EMBEDDED_MODELS or name.endswith(".gguf"):
+        return False
+    config = Path(name).expanduser() / "config.json"
+    try:
+        return "quantization_config" in json.loads(config.read_text())
+    except (OSError, ValueError):
+        return True
 
 
 def _file_key(path: Path) -> str:

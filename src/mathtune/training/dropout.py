@@ -44,6 +44,8 @@ def keep_mask(shape: torch.Size, device: torch.device, threshold: int, seed: int
     the draws, so a backward pass can make the same mask again instead of keeping it."""
     count = shape.numel()
     words = (count + 3) // 4
+    if count == 0:
+        return torch.zeros(shape, dtype=torch.bool, device=device)
     if torch.device(device).type == "cpu":
         # numpy's SFC64 makes 64-bit words about twice as fast as torch's CPU generator, mt19937
         # (214 vs 426 us for 125k words; docs/performance.md)

@@ -8,7 +8,7 @@ backward of cross-entropy), so only the [tokens, hidden] input gradient is kept 
 the float32 working set. The head's matmuls take 128 rows at a time: each one streams the whole
 head weight (56 MB in bf16 on SmolLM2), which at ~43 rows made them run at ~230 GFLOP/s against
 ~360 at 128 (docs/performance.md). The softmax then works on ~43-row float32 blocks of those
-logits (8 MB), so the float32 working set stays what it was. The same idea as Liger-Kernel's fused
+logits (8 MB), so in bf16 training the float32 working set stays what it was. The same idea as Liger-Kernel's fused
 linear cross-entropy, in plain PyTorch so it runs on CPU and CUDA.
 """
 

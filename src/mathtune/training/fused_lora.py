@@ -106,8 +106,9 @@ def fused_lora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) ->
     result = self.base_layer(x)
     storage = getattr(self, MASK_STORAGE_ATTRIBUTE, "bytes")
     hidden = DropoutLinearFunction.apply(x, self.lora_A[name].weight, mask, storage)
-    # result + scaling * hidden @ B.T in one pass over the [tokens, out] output
-    flat = torch.addmm(result.reshape(-1, result.shape[-1]), hidden.reshape(-1, hidden.shape[-1]),
+    # result + scaling * hidden @ B.T in one pass over the [tokens, out] output, in the adapter's
+    # dtype as PEFT adds it (the same dtype under autocast; fp32 adapters on a bf16 base without it)
+    flat = torch.addmm(result.reshape(-1, result.shape[-1]).to(hidden.dtype), hidden.reshape(-1, hidden.shape[-1]),
                        self.lora_B[name].weight.t(), alpha=self.scaling[name])
     return flat.view(result.shape).to(result.dtype)
 

@@ -17,7 +17,6 @@ is not per side here; `train_throughput.py --arms mathtune -s ...` gives each se
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -44,21 +43,11 @@ def side_config(args: argparse.Namespace, overrides: list[str]) -> Any:
     return bench_config(args, dict(parse_override(item) for item in overrides))
 
 
-def in_training_process(args: argparse.Namespace) -> None:
-    """Re-execute under the heap allocator and leave out bitsandbytes, as `mathtune train` does."""
-    from mathtune.methods.registry import hide_unused_bitsandbytes
-    from mathtune.training.allocator import allocator_environment
-
-    cfg = side_config(args, args.a)
-    env = allocator_environment(cfg.train.allocator, dict(os.environ))
-    if env is not None:
-        os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]], env)
-    hide_unused_bitsandbytes(cfg.method.name)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    in_training_process(args)
+    from mathtune.cli import become_training_process
+
+    become_training_process(side_config(args, args.a), (__file__,))  # allocator and imports as `mathtune train`
     from mathtune.train import setup, train_step
     from mathtune.training.allocator import active_allocator
 

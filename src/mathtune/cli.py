@@ -54,14 +54,14 @@ def build_run_config(config: Path | None, sets: list[str] | None, **flags: Any) 
     return build_config(tree, overrides)
 
 
-def become_training_process(cfg: Any) -> None:
+def become_training_process(cfg: Any, program: tuple[str, ...] = ("-m", "mathtune.cli")) -> None:
     """`train` and `run` re-execute themselves once under the heap allocator (training/allocator.py);
     the re-executed process exists for this run alone, so it also leaves out bitsandbytes when neither
     the method nor the checkpoint is quantized (methods/registry.py). In-process callers (tests) keep
     their imports."""
     from mathtune.models.loading import may_store_quantized_weights
 
-    reexec_with_allocator(cfg.train.allocator)
+    reexec_with_allocator(cfg.train.allocator, program)
     if reexecuted() and not may_store_quantized_weights(cfg.model.name):
         hide_unused_bitsandbytes(cfg.method.name)
 

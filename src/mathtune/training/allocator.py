@@ -50,13 +50,13 @@ def allocator_environment(choice: str, environ: dict[str, str]) -> dict[str, str
             ACTIVE_MARKER: "mimalloc"}
 
 
-def reexec_with_allocator(choice: str, module: str = "mathtune.cli") -> None:
-    """Replace this process by `python -m <module> <same arguments>` under the chosen allocator."""
+def reexec_with_allocator(choice: str, program: tuple[str, ...] = ("-m", "mathtune.cli")) -> None:
+    """Replace this process by `python <program> <same arguments>` under the chosen allocator."""
     env = allocator_environment(choice, dict(os.environ))
     if env is not None:
         sys.stdout.flush()
         sys.stderr.flush()
-        os.execve(sys.executable, [sys.executable, "-m", module, *sys.argv[1:]], env)
+        os.execve(sys.executable, [sys.executable, *program, *sys.argv[1:]], env)
 
 
 def reexecuted() -> bool:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mathtune.training.dropout import FastDropout, draw_seed, keep_mask, pack_mask, unpack_mask
+from mathtune.training.dropout import FastDropout, draw_seed, keep_mask, masked, pack_mask, unpack_mask
 
 MASK_STORAGE_ATTRIBUTE = "mathtune_dropout_mask_storage"
 
@@ -42,7 +42,7 @@ class DropoutLinearFunction(torch.autograd.Function):
         ctx.save_for_backward(x, weight, kept)
         ctx.dtype, ctx.mask, ctx.mask_storage = dtype, mask, mask_storage
         with torch.autocast(device, enabled=False):
-            return F.linear(_masked(x.to(dtype), keep), _scaled(weight, mask).to(dtype))
+            return F.linear(masked(x.to(dtype), keep), _scaled(weight, mask).to(dtype))
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
@@ -55,9 +55,9 @@ class DropoutLinearFunction(torch.autograd.Function):
         grad = grad.to(ctx.dtype)
         grad_x = grad_weight = None
         if ctx.needs_input_grad[0]:
-            grad_x = _masked(grad @ _scaled(weight, mask).to(ctx.dtype), keep).to(x.dtype)
+            grad_x = masked(grad @ _scaled(weight, mask).to(ctx.dtype), keep).to(x.dtype)
         if ctx.needs_input_grad[1]:
-            dropped = _masked(x.to(ctx.dtype), keep)
+            dropped = masked(x.to(ctx.dtype), keep)
             grad_weight = grad.reshape(-1, grad.shape[-1]).T @ dropped.reshape(-1, dropped.shape[-1])
             grad_weight = _scaled(grad_weight.to(weight.dtype), mask)
         return grad_x, grad_weight, None, None
@@ -70,11 +70,6 @@ class MaskSpec:
     threshold: int
     scale: float
     seed: int
-
-
-def _masked(x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-    # read as uint8: on CPU, bool operands take a slow path (dropout.masked_scale)
-    return x if keep is None else x * keep.view(torch.uint8)
 
 
 def _scaled(weight: torch.Tensor, mask: MaskSpec | None) -> torch.Tensor:

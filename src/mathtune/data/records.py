@@ -12,10 +12,15 @@ from mathtune.errors import MathtuneError
 MAX_LINE_BYTES = 1_000_000  # a GSM8K row is ~1 KB; a megabyte line is corrupt input, not a problem
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+def _data_file(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():
         raise MathtuneError(f"data file not found: {path}")
+    return path
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    path = _data_file(path)
     rows: list[dict[str, Any]] = []
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
@@ -38,9 +43,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 
 def read_json_list(path: str | Path) -> list[dict[str, Any]]:
-    path = Path(path)
-    if not path.is_file():
-        raise MathtuneError(f"data file not found: {path}")
+    path = _data_file(path)
     try:
         rows = json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
@@ -53,9 +56,7 @@ def read_json_list(path: str | Path) -> list[dict[str, Any]]:
 
 
 def read_csv(path: str | Path) -> list[dict[str, Any]]:
-    path = Path(path)
-    if not path.is_file():
-        raise MathtuneError(f"data file not found: {path}")
+    path = _data_file(path)
     try:
         with open(path, encoding="utf-8", newline="") as handle:
             rows = list(csv.DictReader(handle))

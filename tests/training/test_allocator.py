@@ -8,7 +8,13 @@ import sys
 
 import pytest
 
-from mathtune.training.allocator import ACTIVE_MARKER, active_allocator, allocator_environment, mimalloc_library
+from mathtune.training.allocator import (
+    ACTIVE_MARKER,
+    PRIMITIVE_CACHE,
+    active_allocator,
+    allocator_environment,
+    mimalloc_library,
+)
 
 linux_with_mimalloc = pytest.mark.skipif(mimalloc_library() is None, reason="cmeel-mimalloc is Linux-only")
 
@@ -26,6 +32,8 @@ def test_environment_preloads_mimalloc_and_keeps_other_preloads():
     assert first.endswith("libmimalloc.so") and os.path.isfile(first) and second == "/opt/other.so"
     assert env["MIMALLOC_PURGE_DELAY"] == "-1" and env[ACTIVE_MARKER] == "mimalloc" and env["PATH"] == "/bin"
     assert allocator_environment("mimalloc", {"MIMALLOC_PURGE_DELAY": "100"})["MIMALLOC_PURGE_DELAY"] == "100"
+    assert env[PRIMITIVE_CACHE] == "64"
+    assert allocator_environment("mimalloc", {PRIMITIVE_CACHE: "1024"})[PRIMITIVE_CACHE] == "1024"  # the user's wins
 
 
 def test_this_process_reports_the_system_allocator():

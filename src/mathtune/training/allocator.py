@@ -5,6 +5,9 @@ micro-batch longer than the ones before grows the heap again: a 20-step LoRA run
 peaked at 1,922-1,967 MB under glibc and at 1,645-1,651 MB under mimalloc, at the same speed within
 noise (docs/performance.md). Purging is off (`MIMALLOC_PURGE_DELAY=-1`): freed pages stay with the
 process and are reused; with mimalloc's default 10 ms purge the run was 10 % slower.
+The re-executed process also caps oneDNN's primitive cache at 64 entries (ONEDNN_PRIMITIVE_CACHE_CAPACITY;
+default 1,024): a 50-step LoRA run then peaked at 1,533-1,555 MB instead of 1,796-1,824, at the same
+speed within noise (docs/performance.md).
 
 How: an allocator has to be in place before the first allocation, so `mathtune train` / `run`
 re-execute themselves once with `LD_PRELOAD` set, as PyTorch's CPU launcher
@@ -21,6 +24,10 @@ from pathlib import Path
 
 ACTIVE_MARKER = "MATHTUNE_ALLOCATOR"  # set in the re-executed process, so it never re-executes again
 LIBRARY_NAME = "libmimalloc.so"
+# oneDNN (PyTorch's bf16 matmuls on CPU) keeps every matmul primitive it built, up to 1,024, each
+# holding memory; packed rows give each step new shapes, so that cache grew the heap step after step.
+# 64 holds a step's shapes (about 30 per micro-batch length) and lets older steps' go.
+PRIMITIVE_CACHE, PRIMITIVE_CACHE_ENTRIES = "ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64"
 
 
 def mimalloc_library() -> Path | None:
@@ -47,7 +54,7 @@ def allocator_environment(choice: str, environ: dict[str, str]) -> dict[str, str
         return None
     preload = " ".join(filter(None, [str(library), environ.get("LD_PRELOAD", "")]))
     return {**environ, "LD_PRELOAD": preload, "MIMALLOC_PURGE_DELAY": environ.get("MIMALLOC_PURGE_DELAY", "-1"),
-            ACTIVE_MARKER: "mimalloc"}
+            PRIMITIVE_CACHE: environ.get(PRIMITIVE_CACHE, PRIMITIVE_CACHE_ENTRIES), ACTIVE_MARKER: "mimalloc"}
 
 
 def reexec_with_allocator(choice: str, program: tuple[str, ...] = ("-m", "mathtune.cli")) -> None:

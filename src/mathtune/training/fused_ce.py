@@ -5,9 +5,10 @@ log-softmax over them, keeps them for backward and makes a second tensor of that
 SmolLM2's 49k vocabulary that is ~200 MB per 1,000 loss tokens. Here each chunk of rows is
 projected, reduced to its loss and turned into its gradient at once (softmax - one-hot is the whole
 backward of cross-entropy), so only the [tokens, hidden] input gradient is kept and a chunk bounds
-the float32 working set. The head's matmuls take up to 256 rows at a time, the rows split evenly
-over the chunks: each matmul streams the whole head weight (56 MB in bf16 on SmolLM2), which ran
-at ~230 GFLOP/s at ~43 rows, ~310-345 at 128 and ~360-385 at 256 (docs/performance.md). The
+the float32 working set. The head's matmuls take 256 rows at a time: each one streams the whole
+head weight (56 MB in bf16 on SmolLM2), which ran at ~230 GFLOP/s at ~43 rows, ~310-345 at 128 and
+~360-385 at 256 (docs/performance.md). The chunk has one size for every step (not the rows split
+evenly), so its buffer is the same allocation each time and is reused. The
 softmax then works on ~43-row float32 blocks of those logits (8 MB), so in bf16 training the
 float32 working set stays what it was. The same idea as Liger-Kernel's fused
 linear cross-entropy, in plain PyTorch so it runs on CPU and CUDA.
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-ROWS_PER_MATMUL = 256  # most rows of one head projection (and of its gradient's matmul)
+ROWS_PER_MATMUL = 256  # rows of one head projection (and of its gradient's matmul)
 SOFTMAX_ELEMENTS = 1 << 21  # float32 logits worked on at once (8 MB): ~43 rows on a 49k vocabulary
 
 
@@ -28,9 +29,7 @@ class LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 labels: torch.Tensor) -> torch.Tensor:
         rows, vocab = hidden.shape[0], weight.shape[0]
-        # 300 rows as 150 + 150, not 256 + 44: a matmul of few rows streams the weight for little work
-        pieces = max(1, -(-rows // ROWS_PER_MATMUL))
-        chunk, block = max(1, -(-rows // pieces)), max(1, SOFTMAX_ELEMENTS // vocab)
+        chunk, block = max(1, min(ROWS_PER_MATMUL, rows)), max(1, SOFTMAX_ELEMENTS // vocab)
         head = weight.to(hidden.dtype)
         grad_hidden = torch.empty_like(hidden)
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if ctx.needs_input_grad[1] \

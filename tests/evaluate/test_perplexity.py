@@ -5,6 +5,7 @@ import torch
 
 from mathtune.data.batching import causal_example, seq2seq_example
 from mathtune.evaluate.generation import HFBackend
+from mathtune.models import heads
 from mathtune.models.loading import load_model, load_tokenizer, resolve_source
 
 PAIRS = [("Q: 2 + 3?\nA:", " 2 + 3 = <<2+3=5>>5\n#### 5"), ("Q: Tom has 7 pens and buys 4 more?\nA:", " 11\n#### 11"),
@@ -12,7 +13,10 @@ PAIRS = [("Q: 2 + 3?\nA:", " 2 + 3 = <<2+3=5>>5\n#### 5"), ("Q: Tom has 7 pens a
 
 
 @pytest.mark.parametrize("arch", ["llama", "phi", "t5"])
-def test_target_nll_matches_full_logits(arch, tiny_models):
+@pytest.mark.parametrize("rows_per_projection", [256, 3])
+def test_target_nll_matches_full_logits(arch, rows_per_projection, tiny_models, monkeypatch):
+    # 3: the labelled positions of a batch span several head projections
+    monkeypatch.setattr(heads, "NLL_ROWS", rows_per_projection)
     source = resolve_source(str(tiny_models[arch]))
     tokenizer = load_tokenizer(source)
     model = load_model(source, dtype=torch.float32).eval()

@@ -16,7 +16,7 @@ import torch
 
 from mathtune.data.batching import IGNORE
 from mathtune.models.attention import use_varlen_sdpa
-from mathtune.models.heads import logits_at_labels
+from mathtune.models.heads import nll_at_labels
 
 
 @dataclass(frozen=True)
@@ -159,9 +159,9 @@ class HFBackend:
             logits = self.model(**batch).logits
             keep = labels != IGNORE
             logits, targets, rows = logits[keep], labels[keep], keep.nonzero()[:, 0]
+            token_nll = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
         else:
-            logits, targets, rows = logits_at_labels(self.model, batch)
-        token_nll = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
+            token_nll, rows = nll_at_labels(self.model, batch)
         nll = torch.zeros(len(pairs), device=token_nll.device).index_add_(0, rows, token_nll)
         counts = torch.bincount(rows, minlength=len(pairs))
         return [(float(n), int(c)) for n, c in zip(nll, counts, strict=True)]

@@ -41,7 +41,7 @@ def nll_at_labels(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Ten
 
     The head projects NLL_ROWS positions at a time: a 16-problem perplexity batch has ~2,000 labelled
     positions, whose bf16 logits, their float32 copy and the log-softmax made ~1 GB at once and set
-    `mathtune eval`'s peak (2.0 GB against ~0.8 GB while decoding; docs/performance.md)."""
+    `mathtune eval`'s peak (2.1-2.2 GB, against ~0.8 GB while decoding; now 1.25 GB; docs/performance.md)."""
     hidden, labels, rows, head = hidden_at_labels(model, batch)
     pieces = [torch.nn.functional.cross_entropy(head(part).float(), goal, reduction="none")
               for part, goal in zip(hidden.split(NLL_ROWS), labels.split(NLL_ROWS), strict=True)]

@@ -7,8 +7,8 @@ projected, reduced to its loss and turned into its gradient at once (softmax - o
 backward of cross-entropy), so only the [tokens, hidden] input gradient is kept and a chunk bounds
 the float32 working set. The head's matmuls take 256 rows at a time: each one streams the whole
 head weight (56 MB in bf16 on SmolLM2), which ran at ~230 GFLOP/s at ~43 rows, ~310-345 at 128 and
-~360-385 at 256 (docs/performance.md). The chunk has one size for every step (not the rows split
-evenly), so its buffer is the same allocation each time and is reused. The
+~360-385 at 256 (docs/performance.md). The chunk is 256 rows whenever a step has that many: a version
+that split the rows evenly over the chunks (a buffer of another size each step) ran slower. The
 softmax then works on ~43-row float32 blocks of those logits (8 MB), so in bf16 training the
 float32 working set stays what it was. The same idea as Liger-Kernel's fused
 linear cross-entropy, in plain PyTorch so it runs on CPU and CUDA.

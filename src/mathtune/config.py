@@ -81,6 +81,10 @@ class TrainConfig(Section):
         "bits", description="How fused LoRA keeps dropout masks for backward: 1 byte or 1 bit per element, or "
         "only the seed (the mask is drawn again)"
     )
+    cpu_kernels: bool = Field(
+        True, description="On CPU, LoRA's dropout + A and dropout masks in C kernels built on first use "
+        "(needs a C compiler; without one, torch ops do the same)"
+    )
     gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory")
     allocator: Literal["mimalloc", "system"] = Field(
         "mimalloc", description="Heap allocator of `mathtune train/run` on Linux (mimalloc: faster, less RSS)"

@@ -36,6 +36,7 @@ from mathtune.prompts import get_strategy
 from mathtune.runcard import peak_cuda_mb, peak_rss_mb, provenance
 from mathtune.training.allocator import active_allocator
 from mathtune.training.checkpoints import latest_checkpoint, restore_checkpoint, save_checkpoint
+from mathtune.training.cpu_kernels import load_cpu_kernels
 from mathtune.training.distributed import launched_distributed, make_accelerator, maybe_no_sync, rank_shard
 from mathtune.training.dropout import use_fast_dropout
 from mathtune.training.fused_lora import use_fused_lora
@@ -156,10 +157,11 @@ def setup(cfg: RunConfig) -> Session:
     if cfg.train.packing and cfg.train.varlen_attention:
         use_varlen_sdpa(loaded.model)
     model = method.apply(loaded.model)
+    kernels = load_cpu_kernels() if cfg.train.cpu_kernels and placement.device.type == "cpu" else None
     if cfg.train.fast_dropout:
-        use_fast_dropout(model)
+        use_fast_dropout(model, kernels)
     if cfg.train.fused_lora:
-        use_fused_lora(model, cfg.train.dropout_mask_storage)
+        use_fused_lora(model, cfg.train.dropout_mask_storage, kernels)
     if cfg.train.fused_ops:  # after method.apply: only frozen modules are fused
         use_fused_ops(model)
     if placement.autocast:

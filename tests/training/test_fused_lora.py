@@ -9,8 +9,15 @@ from helpers import saved_bytes
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from mathtune.training.cpu_kernels import CpuKernels, load_cpu_kernels
 from mathtune.training.dropout import use_fast_dropout
 from mathtune.training.fused_lora import use_fused_lora
+
+
+def built_kernels() -> CpuKernels:
+    kernels = load_cpu_kernels()
+    assert kernels is not None, "the C kernels did not build (a C compiler is part of the dev set-up)"
+    return kernels
 
 
 def tiny_llama() -> LlamaForCausalLM:
@@ -56,14 +63,18 @@ def test_fused_lora_matches_peft_in_fp32(dropout, mask_storage):
         assert (got[name] - grad).abs().max().item() <= 1e-5 * grad.abs().max().item(), name
 
 
-@pytest.mark.parametrize("mask_storage", ["bytes", "bits"])
+@pytest.mark.parametrize("mask_storage", ["bytes", "bits", "kernels"])
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
 def test_fused_lora_in_bf16_is_as_close_to_fp32_as_peft(dropout, mask_storage):
     """PEFT and the fused path round at different ops under autocast, so neither equals the other;
-    both are held against the same model run in float32 (same weights, same dropout masks)."""
+    both are held against the same model run in float32 (same weights, same dropout masks).
+    "kernels": the C kernels' forward and backward (cpu_kernels.c), which keep no mask."""
     peft_model = tiny_lora_model(torch.bfloat16, dropout)
     fused = copy.deepcopy(peft_model)
-    use_fused_lora(fused, mask_storage)
+    if mask_storage == "kernels":
+        use_fused_lora(fused, "bits", built_kernels())
+    else:
+        use_fused_lora(fused, mask_storage)
     exact = tiny_lora_model(torch.float32, dropout)
     exact.load_state_dict({k: v.float() for k, v in peft_model.state_dict().items()})
     ids = torch.randint(0, 64, (2, 19))

@@ -5,30 +5,40 @@ for a 870 x 576 bf16 activation; a LoRA step on SmolLM2-135M makes 120 of them, 
 one 64-bit draw is split into four 16-bit lanes, and an element is kept when its lane is at or
 above a threshold. The drop probability is thus p rounded to a multiple of 1/65,536 (0.1 becomes
 0.100006) and kept values are scaled by 1 / (1 - that p), so the expected output is exactly the
-input, as with `nn.Dropout` (measured 1.4 ms forward for the same tensor). Backward keeps only the
-boolean mask; the fused LoRA node (fused_lora.py) keeps it as bits, or only its seed and draws it again.
+input, as with `nn.Dropout`.
+
+The draws are the splitmix64 stream of the mask's seed, word w being its (w + 1)-th output: a
+counter-based generator, so any part of a mask can be made again from the seed alone, in any order.
+`cpu_kernels.c` makes the same masks (on CPU, when it is built); here they are made with int64 torch
+ops, on any device. The fused LoRA node (fused_lora.py) keeps a mask as bits, or only its seed.
 """
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from mathtune.training.cpu_kernels import CpuKernels
 
 LANES = 1 << 16
 
 
 class FastDropout(nn.Module):
-    def __init__(self, p: float) -> None:
+    def __init__(self, p: float, kernels: CpuKernels | None = None) -> None:
         super().__init__()
         self.threshold = round(p * LANES)  # lanes below it are dropped
         self.p = self.threshold / LANES
         self.scale = 1.0 / (1.0 - self.p)
+        self.kernels = kernels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.threshold == 0:
             return x
-        return masked_scale(x, keep_mask(x.shape, x.device, self.threshold, draw_seed()), self.scale)
+        keep = keep_mask(x.shape, x.device, self.threshold, draw_seed(), self.kernels)
+        return masked_scale(x, keep, self.scale)
 
     def extra_repr(self) -> str:
         return f"p={self.p:.6f}"
@@ -39,23 +49,37 @@ def draw_seed() -> int:
     return int(torch.randint(0, 2**62, ()))
 
 
-def keep_mask(shape: torch.Size, device: torch.device, threshold: int, seed: int) -> torch.Tensor:
-    """Lanes at or above `threshold` (of 65,536) are kept. A private generator seeded with `seed` makes
-    the draws, so a backward pass can make the same mask again instead of keeping it."""
+def keep_mask(shape: torch.Size, device: torch.device, threshold: int, seed: int,
+              kernels: CpuKernels | None = None) -> torch.Tensor:
+    """Lanes at or above `threshold` (of 65,536) are kept. The draws come from `seed` alone, so a backward
+    pass can make the same mask again instead of keeping it. `kernels` (CPU only) make it in one pass."""
     count = shape.numel()
-    words = (count + 3) // 4
+    if kernels is not None and torch.device(device).type == "cpu":
+        return kernels.keep_mask(count, seed, threshold - LANES // 2).view(shape)
     if count == 0:
         return torch.zeros(shape, dtype=torch.bool, device=device)
-    if torch.device(device).type == "cpu":
-        # numpy's SFC64 makes 64-bit words about twice as fast as torch's CPU generator, mt19937
-        # (214 vs 426 us for 125k words; docs/performance.md)
-        draws = torch.from_numpy(np.random.SFC64(seed).random_raw(words).view(np.int64))
-    else:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(seed)
-        # from=-2^63, to=None is the full 64-bit range: no modulo per draw
-        draws = torch.empty(words, dtype=torch.int64, device=device).random_(-(2**63), None, generator=generator)
+    draws = splitmix64_words((count + 3) // 4, seed, device)
     return draws.view(torch.int16)[:count].view(shape) >= threshold - LANES // 2
+
+
+def _signed(constant: int) -> int:
+    return constant - (1 << 64) if constant >= 1 << 63 else constant
+
+
+_GAMMA, _MIX1, _MIX2 = (_signed(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
+
+
+def splitmix64_words(count: int, seed: int, device: torch.device) -> torch.Tensor:
+    """Outputs 1..count of splitmix64 seeded with `seed`, as int64 (torch's int64 arithmetic wraps)."""
+    z = torch.arange(1, count + 1, dtype=torch.int64, device=device).mul_(_GAMMA).add_(_signed(seed % (1 << 64)))
+    for shift, multiplier in ((30, _MIX1), (27, _MIX2)):
+        z = z.bitwise_xor_(_shift_right(z, shift)).mul_(multiplier)
+    return z.bitwise_xor_(_shift_right(z, 31))
+
+
+def _shift_right(z: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical (unsigned) shift: torch shifts int64 arithmetically, so the sign's copies are masked off."""
+    return (z >> bits).bitwise_and_((1 << (64 - bits)) - 1)
 
 
 # Eight 0/1 bytes read as one little-endian int64 become one byte of bits with a multiply and a shift
@@ -92,12 +116,12 @@ def masked_scale(x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Ten
     return masked(x, keep).mul_(scale)
 
 
-def use_fast_dropout(model: nn.Module) -> int:
+def use_fast_dropout(model: nn.Module, kernels: CpuKernels | None = None) -> int:
     """Replace every `nn.Dropout` with p > 0 by a `FastDropout` of the same p; returns how many."""
     swaps = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
              if type(child) is nn.Dropout and child.p > 0]
     for parent, name, child in swaps:
-        replacement = FastDropout(child.p)
+        replacement = FastDropout(child.p, kernels)
         replacement.train(child.training)
         setattr(parent, name, replacement)
     return len(swaps)

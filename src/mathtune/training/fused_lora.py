@@ -9,6 +9,8 @@ backward. Dropout's 1 / (1 - p) multiplies A's [rank, in] weight instead of the 
 and B's product, its scaling and the sum with the base output are one `addmm`. The masks are the ones
 PEFT's path draws through FastDropout; outputs and gradients agree with PEFT's to rounding
 (tests/training/test_fused_lora.py).
+On CPU in bf16, with the C kernels built (cpu_kernels.py), forward and backward are one pass each over
+x that makes the mask from its seed on the way: no mask is drawn ahead, stored or read back.
 Any other case (merged or disabled adapters, several active adapters, DoRA and other variants,
 adapter biases, mixed-adapter batches, a dropout this module does not know) runs PEFT's own forward.
 """
@@ -22,9 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mathtune.training.dropout import FastDropout, draw_seed, keep_mask, masked, pack_mask, unpack_mask
+from mathtune.training.cpu_kernels import CpuKernels
+from mathtune.training.dropout import LANES, FastDropout, draw_seed, keep_mask, masked, pack_mask, unpack_mask
 
 MASK_STORAGE_ATTRIBUTE = "mathtune_dropout_mask_storage"
+KERNELS_ATTRIBUTE = "mathtune_cpu_kernels"
 
 
 class DropoutLinearFunction(torch.autograd.Function):
@@ -63,6 +67,46 @@ class DropoutLinearFunction(torch.autograd.Function):
         return grad_x, grad_weight, None, None
 
 
+class KernelDropoutLinearFunction(torch.autograd.Function):
+    """DropoutLinearFunction's math for bf16 x on CPU, in the C kernels: saves x and the weight only."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, mask: MaskSpec | None,
+                kernels: CpuKernels) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1]).contiguous()
+        low = None if mask is None else mask.threshold - LANES // 2
+        out = kernels.lora_a_forward(rows, _kernel_weight(weight, mask), 0 if mask is None else mask.seed, low)
+        ctx.save_for_backward(x, weight)
+        ctx.mask, ctx.kernels = mask, kernels
+        return out.to(torch.bfloat16).view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
+        x, weight = ctx.saved_tensors
+        mask = ctx.mask
+        low = None if mask is None else mask.threshold - LANES // 2
+        grad_x, grad_weight = ctx.kernels.lora_a_backward(
+            x.reshape(-1, x.shape[-1]).contiguous(), _kernel_weight(weight, mask),
+            grad.reshape(-1, weight.shape[0]).float().contiguous(), 0 if mask is None else mask.seed, low,
+            ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        if grad_x is not None:
+            grad_x = grad_x.view(x.shape)
+        if grad_weight is not None:
+            grad_weight = _scaled(grad_weight, mask).to(weight.dtype)
+        return grad_x, grad_weight, None, None
+
+
+def _kernel_weight(weight: torch.Tensor, mask: MaskSpec | None) -> torch.Tensor:
+    """The scaled weight rounded to bf16, as DropoutLinearFunction multiplies by it, widened for the kernel."""
+    return _scaled(weight, mask).to(torch.bfloat16).float().contiguous()
+
+
+def _kernel_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    autocast_bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    return (x.device.type == "cpu" and x.dtype == torch.bfloat16 and x.shape[-1] == weight.shape[-1]
+            and (autocast_bf16 or weight.dtype == torch.bfloat16))
+
+
 @dataclass(frozen=True)
 class MaskSpec:
     """What makes one dropout mask: FastDropout's threshold and scale, and the draw's seed."""
@@ -99,8 +143,12 @@ def fused_lora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) ->
     if not known:
         return type(self).forward(self, x)
     result = self.base_layer(x)
-    storage = getattr(self, MASK_STORAGE_ATTRIBUTE, "bytes")
-    hidden = DropoutLinearFunction.apply(x, self.lora_A[name].weight, mask, storage)
+    weight = self.lora_A[name].weight
+    kernels = getattr(self, KERNELS_ATTRIBUTE, None)
+    if kernels is not None and _kernel_applies(x, weight):
+        hidden = KernelDropoutLinearFunction.apply(x, weight, mask, kernels)
+    else:
+        hidden = DropoutLinearFunction.apply(x, weight, mask, getattr(self, MASK_STORAGE_ATTRIBUTE, "bytes"))
     # result + scaling * hidden @ B.T in one pass over the [tokens, out] output, in the adapter's
     # dtype as PEFT adds it (the same dtype under autocast; fp32 adapters on a bf16 base without it)
     flat = torch.addmm(result.reshape(-1, result.shape[-1]).to(hidden.dtype), hidden.reshape(-1, hidden.shape[-1]),
@@ -108,9 +156,10 @@ def fused_lora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) ->
     return flat.view(result.shape).to(result.dtype)
 
 
-def use_fused_lora(model: nn.Module, mask_storage: str = "bytes") -> int:
+def use_fused_lora(model: nn.Module, mask_storage: str = "bytes", kernels: CpuKernels | None = None) -> int:
     """Bind the fused forward to every plain PEFT LoRA Linear (not quantized ones); returns how many.
-    `mask_storage`: how each dropout mask waits for backward ("bytes", "bits" or "seed")."""
+    `mask_storage`: how each dropout mask waits for backward ("bytes", "bits" or "seed") where the C
+    `kernels` are not used (None, or not CPU bf16); they keep only the seed."""
     from peft.tuners.lora.layer import Linear
 
     swapped = 0
@@ -118,5 +167,6 @@ def use_fused_lora(model: nn.Module, mask_storage: str = "bytes") -> int:
         if type(module) is Linear:
             module.forward = fused_lora_forward.__get__(module)
             setattr(module, MASK_STORAGE_ATTRIBUTE, mask_storage)
+            setattr(module, KERNELS_ATTRIBUTE, kernels)
             swapped += 1
     return swapped

@@ -1,0 +1,117 @@
+"""Builds `cpu_kernels.c` with the machine's C compiler on first use and calls it through ctypes.
+
+The build (`cc -O3 -march=native -fopenmp`, under a second) goes to a cache directory named by the
+hash of the source, flags, compiler and CPU, written to a temporary file and renamed, so processes
+that build at once (DDP ranks) do not read a half-written library. Without a compiler, on another
+OS, or when the build or load fails, `load_cpu_kernels` returns None (with one warning) and callers
+run the same math in torch ops: the masks are the same either way (tests/training/test_cpu_kernels.py).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("cpu_kernels.c")
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
+CACHE_ENV = "MATHTUNE_KERNEL_CACHE"
+
+
+class CpuKernels:
+    """Typed wrappers around the library's functions; tensors must be CPU and contiguous."""
+
+    def __init__(self, library: ctypes.CDLL) -> None:
+        i64, u64, i32, ptr = ctypes.c_int64, ctypes.c_uint64, ctypes.c_int32, ctypes.c_void_p
+        library.keep_mask.argtypes = [ptr, i64, u64, i32]
+        library.lora_a_forward.argtypes = [ptr, ptr, ptr, i64, i64, i64, u64, i32, ctypes.c_int]
+        library.lora_a_backward.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, i64, i64, u64, i32, ctypes.c_int]
+        self.library = library
+
+    def __deepcopy__(self, memo: dict) -> CpuKernels:  # a model copy shares the loaded library
+        return self
+
+    def __reduce__(self) -> tuple:  # and a pickled model loads it again
+        return load_cpu_kernels, ()
+
+    def keep_mask(self, count: int, seed: int, low: int) -> torch.Tensor:
+        keep = torch.empty(count, dtype=torch.bool)
+        self.library.keep_mask(keep.data_ptr(), count, seed, low)
+        return keep
+
+    def lora_a_forward(self, x: torch.Tensor, a: torch.Tensor, seed: int, low: int | None) -> torch.Tensor:
+        """x [rows, in] bf16, a [rank, in] float32 -> float32 [rows, rank] of dropout(x) @ a.T (low None: no mask)."""
+        rows, width = x.shape
+        out = torch.empty(rows, a.shape[0], dtype=torch.float32)
+        self.library.lora_a_forward(x.data_ptr(), a.data_ptr(), out.data_ptr(), rows, width, a.shape[0],
+                                    seed, low or 0, low is not None)
+        return out
+
+    def lora_a_backward(self, x: torch.Tensor, a: torch.Tensor, grad: torch.Tensor, seed: int, low: int | None,
+                        want_x: bool, want_a: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The gradients of `lora_a_forward` for its float32 output gradient: x's as bf16, a's as float32."""
+        rows, width = x.shape
+        grad_x = torch.empty(rows, width, dtype=torch.bfloat16) if want_x else None
+        grad_a = torch.empty(a.shape, dtype=torch.float32) if want_a else None
+        self.library.lora_a_backward(x.data_ptr(), a.data_ptr(), grad.data_ptr(), _pointer(grad_x), _pointer(grad_a),
+                                     rows, width, a.shape[0], seed, low or 0, low is not None)
+        return grad_x, grad_a
+
+
+def _pointer(tensor: torch.Tensor | None) -> int | None:
+    return None if tensor is None else tensor.data_ptr()
+
+
+@functools.cache
+def load_cpu_kernels() -> CpuKernels | None:
+    """The built kernels, or None where they cannot be built or loaded here (a warning says why)."""
+    if sys.platform != "linux" or platform.machine() not in ("x86_64", "aarch64"):
+        return None
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        warnings.warn("mathtune: no C compiler found; CPU kernels off, torch ops used instead", stacklevel=2)
+        return None
+    try:
+        return CpuKernels(ctypes.CDLL(str(_build(compiler))))
+    except (OSError, subprocess.SubprocessError) as error:
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        warnings.warn(f"mathtune: CPU kernels not built ({first_line}); torch ops used instead", stacklevel=2)
+        return None
+
+
+def _build(compiler: str) -> Path:
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    key = hashlib.sha256("\n".join([SOURCE.read_text(), " ".join(FLAGS), version, _cpu_flags()]).encode())
+    cache = Path(os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+                 / "mathtune" / "kernels")
+    library = cache / f"cpu_kernels-{key.hexdigest()[:16]}.so"
+    if library.exists():
+        return library
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as scratch:
+        built = Path(scratch) / library.name
+        result = subprocess.run([compiler, *FLAGS, "-o", str(built), str(SOURCE)], capture_output=True, text=True,
+                                timeout=300)
+        if result.returncode != 0:
+            raise subprocess.SubprocessError(result.stderr.strip() or f"{compiler} exited with {result.returncode}")
+        os.replace(built, library)
+    return library
+
+
+def _cpu_flags() -> str:
+    """The CPU's feature flags: a library built with -march=native elsewhere may not run here."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor()
+    return next((line for line in info.splitlines() if line.startswith(("flags", "Features"))), "")

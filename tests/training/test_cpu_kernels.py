@@ -1,0 +1,96 @@
+"""The C kernels make the masks torch ops make, compute LoRA's dropout + A as the torch path does, and a
+failed build leaves torch ops in charge instead of failing the run."""
+
+import shutil
+import warnings
+
+import pytest
+import torch
+
+from mathtune.training import cpu_kernels
+from mathtune.training.cpu_kernels import load_cpu_kernels
+from mathtune.training.dropout import LANES, FastDropout, keep_mask, splitmix64_words
+from mathtune.training.fused_lora import DropoutLinearFunction, KernelDropoutLinearFunction, MaskSpec
+
+
+@pytest.fixture(scope="module")
+def kernels() -> cpu_kernels.CpuKernels:
+    assert shutil.which("cc") or shutil.which("gcc"), "a C compiler is part of the dev set-up"
+    built = load_cpu_kernels()
+    assert built is not None, "the C kernels did not build"
+    return built
+
+
+def test_the_draws_are_splitmix64():
+    # splitmix64 seeded with 0: its published first outputs (e.g. the reference in Vigna's xoshiro code)
+    first = splitmix64_words(3, 0, torch.device("cpu"))
+    assert [w % (1 << 64) for w in first.tolist()] == [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4, 0x06C45D188009454F]
+
+
+@pytest.mark.parametrize("shape", [(5,), (8,), (3, 7), (789, 576), (2, 3, 13), (0, 4), (10_001,)])
+@pytest.mark.parametrize("seed", [0, 1, 2**62 - 1])
+def test_kernel_masks_are_the_torch_masks(kernels, shape, seed):
+    for threshold in (1, 6554, 32768, 65535):
+        want = keep_mask(torch.Size(shape), torch.device("cpu"), threshold, seed)
+        assert torch.equal(keep_mask(torch.Size(shape), torch.device("cpu"), threshold, seed, kernels), want)
+
+
+def test_fast_dropout_with_kernels_drops_the_same_elements(kernels):
+    x = torch.ones(300, 77)
+    torch.manual_seed(5)
+    want = FastDropout(0.25).train()(x)
+    torch.manual_seed(5)
+    assert torch.equal(FastDropout(0.25, kernels).train()(x), want)
+    assert abs((want == 0).float().mean().item() - 0.25) < 0.01
+
+
+def lora_a(function: type, x: torch.Tensor, weight: torch.Tensor, mask: MaskSpec | None, last: object,
+           grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    x, weight = x.detach().requires_grad_(x.requires_grad), weight.detach().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = function.apply(x, weight, mask, last)
+    out.backward(grad)
+    return out, weight.grad, x.grad
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+@pytest.mark.parametrize("x_grad", [True, False])
+def test_kernel_lora_a_matches_the_torch_path(kernels, dropout, x_grad):
+    torch.manual_seed(0)
+    x = torch.randn(3, 57, 40, dtype=torch.bfloat16, requires_grad=x_grad)  # 40: rows not word-aligned
+    weight, grad = torch.randn(8, 40) * 0.2, torch.randn(3, 57, 8, dtype=torch.bfloat16)
+    threshold = round(dropout * LANES)
+    mask = MaskSpec(threshold, 1 / (1 - threshold / LANES), 1234) if dropout else None
+    want = lora_a(DropoutLinearFunction, x, weight, mask, "seed", grad)
+    got = lora_a(KernelDropoutLinearFunction, x, weight, mask, kernels, grad)
+    assert got[0].dtype == want[0].dtype == torch.bfloat16
+    # both sum bf16 products in float32, in different orders, and round the output to bf16
+    torch.testing.assert_close(got[0], want[0], rtol=1e-2, atol=1e-2)
+    # the torch path rounds A's gradient to bf16 first; the kernel keeps float32
+    torch.testing.assert_close(got[1], want[1], rtol=1e-2, atol=1e-2 * want[1].abs().max().item())
+    if x_grad:
+        assert torch.equal(got[2] == 0, want[2] == 0)  # the same elements dropped
+        torch.testing.assert_close(got[2], want[2], rtol=1e-2, atol=1e-3)
+    else:
+        assert got[2] is None and want[2] is None
+
+
+def test_kernel_gradients_are_deterministic(kernels):
+    torch.manual_seed(1)
+    x = torch.randn(1000, 64, dtype=torch.bfloat16, requires_grad=True)
+    weight, grad = torch.randn(4, 64), torch.randn(1000, 4, dtype=torch.bfloat16)
+    mask = MaskSpec(6554, 1 / (1 - 6554 / LANES), 99)
+    first = lora_a(KernelDropoutLinearFunction, x, weight, mask, kernels, grad)
+    second = lora_a(KernelDropoutLinearFunction, x, weight, mask, kernels, grad)
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_failed_build_falls_back_with_one_warning(monkeypatch, tmp_path):
+    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
+    monkeypatch.setenv(cpu_kernels.CACHE_ENV, str(tmp_path))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert load_cpu_kernels.__wrapped__() is None
+    assert len(caught) == 1 and "torch ops used instead" in str(caught[0].message)
+    assert list(tmp_path.iterdir()) == []  # no half-written library left behind

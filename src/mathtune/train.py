@@ -163,7 +163,7 @@ def setup(cfg: RunConfig) -> Session:
     if cfg.train.fused_lora:
         use_fused_lora(model, cfg.train.dropout_mask_storage, kernels)
     if cfg.train.fused_ops:  # after method.apply: only frozen modules are fused
-        use_fused_ops(model)
+        use_fused_ops(model, kernels)
     if placement.autocast:
         keep_adapter_inputs_in_compute_dtype(model)
     model.train()

@@ -76,13 +76,16 @@ class PackedCausalAttention(torch.autograd.Function):
     def forward(ctx: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 spans: tuple[tuple[int, int], ...], scale: float | None) -> torch.Tensor:
         flash = getattr(torch.ops.aten, FLASH_CPU)
-        pieces, logsumexps = [], []
+        # one float32 copy of each input for the row, read by the kernel through per-example views,
+        # and each example's output cast into its slice of the row's output: no per-piece casts, no cat
+        query32, key32, value32 = query.float(), key.float(), value.float()
+        output = query.new_empty(query.shape[0], query.shape[2], query.shape[1], value.shape[3])
+        logsumexps = []
         for start, end in spans:
-            out, logsumexp = flash(query[:, :, start:end].float(), key[:, :, start:end].float(),
-                                   value[:, :, start:end].float(), 0.0, True, scale=scale)
-            pieces.append(out.transpose(1, 2))
+            out, logsumexp = flash(query32[:, :, start:end], key32[:, :, start:end], value32[:, :, start:end],
+                                   0.0, True, scale=scale)
+            output[:, start:end].copy_(out.transpose(1, 2))
             logsumexps.append(logsumexp)
-        output = torch.cat(pieces, dim=1).to(query.dtype)
         ctx.save_for_backward(query, key, value, output, *logsumexps)
         ctx.spans, ctx.scale = spans, scale
         return output
@@ -91,15 +94,16 @@ class PackedCausalAttention(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None, None]:
         query, key, value, output, *logsumexps = ctx.saved_tensors
         flash_backward = getattr(torch.ops.aten, FLASH_CPU + "_backward")
-        grads: list[list[torch.Tensor]] = [[], [], []]
+        inputs32 = [t.float() for t in (query, key, value)]
+        grad32, output32 = grad.float().transpose(1, 2), output.float().transpose(1, 2)
+        grads = [torch.empty_like(t) for t in (query, key, value)]
         for (start, end), logsumexp in zip(ctx.spans, logsumexps, strict=True):
             pieces = flash_backward(
-                grad[:, start:end].transpose(1, 2).float(), query[:, :, start:end].float(),
-                key[:, :, start:end].float(), value[:, :, start:end].float(),
-                output[:, start:end].transpose(1, 2).float(), logsumexp, 0.0, True, scale=ctx.scale)
+                grad32[:, :, start:end], *(t[:, :, start:end] for t in inputs32), output32[:, :, start:end],
+                logsumexp, 0.0, True, scale=ctx.scale)
             for collected, piece in zip(grads, pieces, strict=True):
-                collected.append(piece)
-        return (*(torch.cat(g, dim=2).to(t.dtype) for g, t in zip(grads, (query, key, value), strict=True)), None, None)
+                collected[:, :, start:end].copy_(piece)
+        return (*grads, None, None)
 
 
 def register_varlen_sdpa() -> str:

@@ -148,3 +148,45 @@ void lora_a_backward(const uint16_t *x, const float *a, const float *g, uint16_t
     free(partials);
   }
 }
+
+/* exp(x) for float x, vectorizable (no libm call): x = n ln2 + r with |r| <= ln2 / 2, e^r by its degree-6
+ * Taylor polynomial (truncation error < 2e-7 relative there), times 2^n made in the exponent bits. Inputs are
+ * clamped to [-87, 88], where 2^n stays a normal float; outside it silu and its gradient are already
+ * 0 or x in float precision. */
+static inline float exp_approx(float x) {
+  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  /* n = round(x / ln2): adding 1.5 * 2^23 rounds to an integer (floorf would not vectorize here) */
+  float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  float r = x - n * 0.693145751953125f - n * 1.42860682030941723e-6f; /* ln2 split in two: exact n * hi */
+  float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720))))));
+  int32_t bits = ((int32_t)n + 127) << 23;
+  float scale;
+  memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+/* out = silu(gate) * up for bf16 tensors of `count` elements, rounding where torch's two ops round:
+ * silu(gate) to bf16, then the product to bf16. */
+void silu_mul_forward(const uint16_t *gate, const uint16_t *up, uint16_t *out, int64_t count) {
+  #pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < count; i++) {
+    float g = bf16_to_float(gate[i]);
+    float silu = bf16_to_float(float_to_bf16(g / (1.0f + exp_approx(-g))));
+    out[i] = float_to_bf16(silu * bf16_to_float(up[i]));
+  }
+}
+
+/* Gradients of silu_mul_forward for `grad` (bf16), as torch computes them for silu(gate) * up:
+ * grad_up = grad * silu(gate), grad_gate = silu'(gate) * (grad * up), each product rounded to bf16. */
+void silu_mul_backward(const uint16_t *grad, const uint16_t *gate, const uint16_t *up, uint16_t *grad_gate,
+                       uint16_t *grad_up, int64_t count) {
+  #pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < count; i++) {
+    float g = bf16_to_float(gate[i]), dy = bf16_to_float(grad[i]);
+    float sigmoid = 1.0f / (1.0f + exp_approx(-g));
+    float silu = bf16_to_float(float_to_bf16(g * sigmoid));
+    float dy_up = bf16_to_float(float_to_bf16(dy * bf16_to_float(up[i])));
+    grad_gate[i] = float_to_bf16(dy_up * sigmoid * (1.0f + g * (1.0f - sigmoid)));
+    grad_up[i] = float_to_bf16(dy * silu);
+  }
+}

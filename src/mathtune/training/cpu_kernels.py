@@ -26,6 +26,7 @@ import torch
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 CACHE_ENV = "MATHTUNE_KERNEL_CACHE"
+KERNELS_ATTRIBUTE = "mathtune_cpu_kernels"  # where a module that may use the kernels holds them (or None)
 
 
 class CpuKernels:
@@ -36,6 +37,8 @@ class CpuKernels:
         library.keep_mask.argtypes = [ptr, i64, u64, i32]
         library.lora_a_forward.argtypes = [ptr, ptr, ptr, i64, i64, i64, u64, i32, ctypes.c_int]
         library.lora_a_backward.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, i64, i64, u64, i32, ctypes.c_int]
+        library.silu_mul_forward.argtypes = [ptr, ptr, ptr, i64]
+        library.silu_mul_backward.argtypes = [ptr, ptr, ptr, ptr, ptr, i64]
         self.library = library
 
     def __deepcopy__(self, memo: dict) -> CpuKernels:  # a model copy shares the loaded library
@@ -66,6 +69,20 @@ class CpuKernels:
         self.library.lora_a_backward(x.data_ptr(), a.data_ptr(), grad.data_ptr(), _pointer(grad_x), _pointer(grad_a),
                                      rows, width, a.shape[0], seed, low or 0, low is not None)
         return grad_x, grad_a
+
+
+    def silu_mul_forward(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        """silu(gate) * up for contiguous bf16 tensors of one shape."""
+        out = torch.empty_like(gate)
+        self.library.silu_mul_forward(gate.data_ptr(), up.data_ptr(), out.data_ptr(), gate.numel())
+        return out
+
+    def silu_mul_backward(self, grad: torch.Tensor, gate: torch.Tensor,
+                          up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        grad_gate, grad_up = torch.empty_like(gate), torch.empty_like(up)
+        self.library.silu_mul_backward(grad.data_ptr(), gate.data_ptr(), up.data_ptr(), grad_gate.data_ptr(),
+                                       grad_up.data_ptr(), gate.numel())
+        return grad_gate, grad_up
 
 
 def _pointer(tensor: torch.Tensor | None) -> int | None:

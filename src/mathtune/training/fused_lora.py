@@ -24,11 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mathtune.training.cpu_kernels import CpuKernels
+from mathtune.training.cpu_kernels import KERNELS_ATTRIBUTE, CpuKernels
 from mathtune.training.dropout import LANES, FastDropout, draw_seed, keep_mask, masked, pack_mask, unpack_mask
 
 MASK_STORAGE_ATTRIBUTE = "mathtune_dropout_mask_storage"
-KERNELS_ATTRIBUTE = "mathtune_cpu_kernels"
 
 
 class DropoutLinearFunction(torch.autograd.Function):

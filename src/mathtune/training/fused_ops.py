@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mathtune.training.cpu_kernels import KERNELS_ATTRIBUTE, CpuKernels
+
 
 class RMSNormFunction(torch.autograd.Function):
     @staticmethod
@@ -42,21 +44,31 @@ class RMSNormFunction(torch.autograd.Function):
 
 
 class SiluMulFunction(torch.autograd.Function):
-    """silu(gate) * up, saving gate and up only."""
+    """silu(gate) * up, saving gate and up only. With `kernels` (CPU, bf16) forward and backward are one
+    pass each in C, rounding where torch's ops round (to rounding of exp: tests/training/test_fused_ops.py)."""
 
     @staticmethod
-    def forward(ctx: Any, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, gate: torch.Tensor, up: torch.Tensor, kernels: CpuKernels | None = None) -> torch.Tensor:
         ctx.save_for_backward(gate, up)
+        ctx.kernels = kernels if _kernels_apply(gate, up) else None
+        if ctx.kernels is not None:
+            return ctx.kernels.silu_mul_forward(gate.contiguous(), up.contiguous())
         return F.silu(gate) * up
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        gate, up = ctx.saved_tensors
+        if ctx.kernels is not None and grad.dtype == torch.bfloat16:
+            return (*ctx.kernels.silu_mul_backward(grad.contiguous(), gate.contiguous(), up.contiguous()), None)
         # The ops autograd would run for F.silu(gate) * up, in the same dtype, plus one silu to
         # recompute: gradients bit-identical to the unfused module's.
-        gate, up = ctx.saved_tensors
         grad_gate = torch.ops.aten.silu_backward(grad * up, gate) if ctx.needs_input_grad[0] else None
         grad_up = grad * F.silu(gate) if ctx.needs_input_grad[1] else None
-        return grad_gate, grad_up
+        return grad_gate, grad_up, None
+
+
+def _kernels_apply(gate: torch.Tensor, up: torch.Tensor) -> bool:
+    return gate.device.type == "cpu" and gate.dtype == up.dtype == torch.bfloat16 and gate.shape == up.shape
 
 
 def fused_rms_norm_forward(self: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -64,7 +76,8 @@ def fused_rms_norm_forward(self: nn.Module, hidden_states: torch.Tensor) -> torc
 
 
 def fused_swiglu_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return self.down_proj(SiluMulFunction.apply(self.gate_proj(x), self.up_proj(x)))
+    kernels = getattr(self, KERNELS_ATTRIBUTE, None)
+    return self.down_proj(SiluMulFunction.apply(self.gate_proj(x), self.up_proj(x), kernels))
 
 
 # Classes whose forward is, line for line, transformers' LlamaRMSNorm / LlamaMLP (Gemma's (1 + weight)
@@ -73,8 +86,9 @@ LLAMA_STYLE_NORMS = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMS
 LLAMA_STYLE_MLPS = {"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP"}
 
 
-def use_fused_ops(model: nn.Module) -> int:
+def use_fused_ops(model: nn.Module, kernels: CpuKernels | None = None) -> int:
     """Bind the fused forwards to every frozen Llama-style RMSNorm and SwiGLU MLP; returns how many.
+    `kernels`: the C kernels, for SwiGLU on CPU in bf16.
 
     Modules whose own weights train (full fine-tuning) keep transformers' forward: there the fused
     nodes saved ~0.25 GB but ran ~10 % slower (docs/performance.md)."""
@@ -88,6 +102,7 @@ def use_fused_ops(model: nn.Module) -> int:
             swapped += 1
         elif kind in LLAMA_STYLE_MLPS and type(module.act_fn).__name__ == "SiLUActivation":
             module.forward = fused_swiglu_forward.__get__(module)
+            setattr(module, KERNELS_ATTRIBUTE, kernels)
             swapped += 1
     return swapped
 

@@ -111,3 +111,20 @@ def saved_bytes(run: Callable[[], Any], weights: Any) -> int:
         built = run()
     assert built is not None
     return sum(storages.values())
+
+
+def built_cpu_kernels() -> Any:
+    """The C kernels. Skips where there is no C compiler (torch ops then run instead); fails where there is
+    one and the build does not work."""
+    import shutil
+    import sys
+
+    import pytest
+
+    from mathtune.training.cpu_kernels import load_cpu_kernels
+
+    if sys.platform != "linux" or not (shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("no C compiler here: the torch path runs instead of the C kernels")
+    kernels = load_cpu_kernels()
+    assert kernels is not None, "a C compiler is here but the C kernels did not build"
+    return kernels

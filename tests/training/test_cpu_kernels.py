@@ -1,11 +1,11 @@
 """The C kernels make the masks torch ops make, compute LoRA's dropout + A as the torch path does, and a
 failed build leaves torch ops in charge instead of failing the run."""
 
-import shutil
 import warnings
 
 import pytest
 import torch
+from helpers import built_cpu_kernels
 
 from mathtune.training import cpu_kernels
 from mathtune.training.cpu_kernels import load_cpu_kernels
@@ -15,10 +15,7 @@ from mathtune.training.fused_lora import DropoutLinearFunction, KernelDropoutLin
 
 @pytest.fixture(scope="module")
 def kernels() -> cpu_kernels.CpuKernels:
-    assert shutil.which("cc") or shutil.which("gcc"), "a C compiler is part of the dev set-up"
-    built = load_cpu_kernels()
-    assert built is not None, "the C kernels did not build"
-    return built
+    return built_cpu_kernels()
 
 
 def test_the_draws_are_splitmix64():

@@ -5,19 +5,12 @@ import copy
 
 import pytest
 import torch
-from helpers import saved_bytes
+from helpers import built_cpu_kernels, saved_bytes
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from mathtune.training.cpu_kernels import CpuKernels, load_cpu_kernels
 from mathtune.training.dropout import use_fast_dropout
 from mathtune.training.fused_lora import use_fused_lora
-
-
-def built_kernels() -> CpuKernels:
-    kernels = load_cpu_kernels()
-    assert kernels is not None, "the C kernels did not build (a C compiler is part of the dev set-up)"
-    return kernels
 
 
 def tiny_llama() -> LlamaForCausalLM:
@@ -72,7 +65,7 @@ def test_fused_lora_in_bf16_is_as_close_to_fp32_as_peft(dropout, mask_storage):
     peft_model = tiny_lora_model(torch.bfloat16, dropout)
     fused = copy.deepcopy(peft_model)
     if mask_storage == "kernels":
-        use_fused_lora(fused, "bits", built_kernels())
+        use_fused_lora(fused, "bits", built_cpu_kernels())
     else:
         use_fused_lora(fused, mask_storage)
     exact = tiny_lora_model(torch.float32, dropout)

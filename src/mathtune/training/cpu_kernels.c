@@ -16,6 +16,7 @@
 #include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
 
 static inline uint64_t splitmix64(uint64_t seed, uint64_t word) {
@@ -188,5 +189,45 @@ void silu_mul_backward(const uint16_t *grad, const uint16_t *gate, const uint16_
     float dy_up = bf16_to_float(float_to_bf16(dy * bf16_to_float(up[i])));
     grad_gate[i] = float_to_bf16(dy_up * sigmoid * (1.0f + g * (1.0f - sigmoid)));
     grad_up[i] = float_to_bf16(dy * silu);
+  }
+}
+
+/* RMSNorm of bf16 rows: rstd[t] = 1 / sqrt(mean(x[t]^2) + eps) in float, out = weight * bf16(x * rstd), rounding
+ * where the module's ops round (training/fused_ops.py). */
+void rms_norm_forward(const uint16_t *x, const uint16_t *weight, uint16_t *out, float *rstd, int64_t rows,
+                      int64_t width, float eps) {
+  #pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < rows; t++) {
+    const uint16_t *xt = x + t * width;
+    float squares = 0.0f;
+    #pragma omp simd reduction(+ : squares)
+    for (int64_t j = 0; j < width; j++) squares += bf16_to_float(xt[j]) * bf16_to_float(xt[j]);
+    float r = 1.0f / sqrtf(squares / (float)width + eps);
+    rstd[t] = r;
+    uint16_t *ot = out + t * width;
+    #pragma omp simd
+    for (int64_t j = 0; j < width; j++)
+      ot[j] = float_to_bf16(bf16_to_float(weight[j]) * bf16_to_float(float_to_bf16(bf16_to_float(xt[j]) * r)));
+  }
+}
+
+/* The input's gradient of rms_norm_forward (the weight is frozen): with g = bf16(grad * weight) and n = x * rstd,
+ * grad_x = rstd * (g - n * mean(g * n)). */
+void rms_norm_backward(const uint16_t *grad, const uint16_t *x, const uint16_t *weight, const float *rstd,
+                       uint16_t *grad_x, int64_t rows, int64_t width) {
+  #pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < rows; t++) {
+    const uint16_t *gt = grad + t * width, *xt = x + t * width;
+    float r = rstd[t], dot = 0.0f;
+    #pragma omp simd reduction(+ : dot)
+    for (int64_t j = 0; j < width; j++)
+      dot += bf16_to_float(float_to_bf16(bf16_to_float(gt[j]) * bf16_to_float(weight[j]))) * bf16_to_float(xt[j]) * r;
+    dot /= (float)width;
+    uint16_t *out = grad_x + t * width;
+    #pragma omp simd
+    for (int64_t j = 0; j < width; j++) {
+      float g = bf16_to_float(float_to_bf16(bf16_to_float(gt[j]) * bf16_to_float(weight[j])));
+      out[j] = float_to_bf16(r * (g - bf16_to_float(xt[j]) * r * dot));
+    }
   }
 }

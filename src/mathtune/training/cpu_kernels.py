@@ -39,6 +39,8 @@ class CpuKernels:
         library.lora_a_backward.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, i64, i64, u64, i32, ctypes.c_int]
         library.silu_mul_forward.argtypes = [ptr, ptr, ptr, i64]
         library.silu_mul_backward.argtypes = [ptr, ptr, ptr, ptr, ptr, i64]
+        library.rms_norm_forward.argtypes = [ptr, ptr, ptr, ptr, i64, i64, ctypes.c_float]
+        library.rms_norm_backward.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, i64]
         self.library = library
 
     def __deepcopy__(self, memo: dict) -> CpuKernels:  # a model copy shares the loaded library
@@ -83,6 +85,24 @@ class CpuKernels:
         self.library.silu_mul_backward(grad.data_ptr(), gate.data_ptr(), up.data_ptr(), grad_gate.data_ptr(),
                                        grad_up.data_ptr(), gate.numel())
         return grad_gate, grad_up
+
+
+    def rms_norm_forward(self, x: torch.Tensor, weight: torch.Tensor,
+                         eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """RMSNorm of contiguous bf16 x over its last dim, with a bf16 weight: (output, float32 1/rms per row)."""
+        width = weight.shape[0]
+        out, rstd = torch.empty_like(x), torch.empty(*x.shape[:-1], 1, dtype=torch.float32)
+        self.library.rms_norm_forward(x.data_ptr(), weight.data_ptr(), out.data_ptr(), rstd.data_ptr(),
+                                      x.numel() // width, width, eps)
+        return out, rstd
+
+    def rms_norm_backward(self, grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                          rstd: torch.Tensor) -> torch.Tensor:
+        width = weight.shape[0]
+        grad_x = torch.empty_like(x)
+        self.library.rms_norm_backward(grad.data_ptr(), x.data_ptr(), weight.data_ptr(), rstd.data_ptr(),
+                                       grad_x.data_ptr(), x.numel() // width, width)
+        return grad_x
 
 
 def _pointer(tensor: torch.Tensor | None) -> int | None:

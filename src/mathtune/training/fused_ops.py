@@ -7,6 +7,10 @@ that saves its inputs (and RMSNorm's per-token 1/rms) and recomputes the rest in
 is a few elementwise ops on tensors already in cache. The forward is the same sequence of ops as
 the module's, so outputs are bit-identical; gradients agree to rounding (SwiGLU's are bit-identical;
 tests/training/test_fused_ops.py).
+
+On CPU in bf16 with the C kernels (cpu_kernels.c), each forward and backward is one pass over its
+rows that rounds to bf16 where these ops round; sums run in another order and exp is the kernels'
+own, so a value can differ by one bf16 step.
 """
 
 from __future__ import annotations
@@ -22,15 +26,25 @@ from mathtune.training.cpu_kernels import KERNELS_ATTRIBUTE, CpuKernels
 
 class RMSNormFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, eps: float,
+                kernels: CpuKernels | None = None) -> torch.Tensor:
+        if kernels is not None and _norm_kernels_apply(x, weight):
+            out, rstd = kernels.rms_norm_forward(x.contiguous(), weight.contiguous(), eps)
+            ctx.save_for_backward(x, weight, rstd)
+            ctx.kernels = kernels
+            return out
         x32 = x.to(torch.promote_types(x.dtype, torch.float32))  # float32, as the module (float64 stays)
         rstd = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
         ctx.save_for_backward(x, weight, rstd)
+        ctx.kernels = None
         return weight * (x32 * rstd).to(x.dtype)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
         x, weight, rstd = ctx.saved_tensors
+        if ctx.kernels is not None and grad.dtype == torch.bfloat16:  # the weight is frozen here
+            grad_x = ctx.kernels.rms_norm_backward(grad.contiguous(), x.contiguous(), weight.contiguous(), rstd)
+            return grad_x if ctx.needs_input_grad[0] else None, None, None, None
         normed = x.to(rstd.dtype) * rstd
         grad_weight = None
         if ctx.needs_input_grad[1]:
@@ -40,7 +54,12 @@ class RMSNormFunction(torch.autograd.Function):
             grad_normed = (grad * weight).to(rstd.dtype)
             # d/dx of x * rsqrt(mean(x^2) + eps): rstd * (g - normed * mean(g * normed))
             grad_x = (rstd * (grad_normed - normed * (grad_normed * normed).mean(-1, keepdim=True))).to(x.dtype)
-        return grad_x, grad_weight, None
+        return grad_x, grad_weight, None, None
+
+
+def _norm_kernels_apply(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.bfloat16 and not weight.requires_grad
+            and weight.dim() == 1 and x.shape[-1] == weight.shape[0])
 
 
 class SiluMulFunction(torch.autograd.Function):
@@ -72,7 +91,8 @@ def _kernels_apply(gate: torch.Tensor, up: torch.Tensor) -> bool:
 
 
 def fused_rms_norm_forward(self: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
-    return RMSNormFunction.apply(hidden_states, self.weight, self.variance_epsilon)
+    kernels = getattr(self, KERNELS_ATTRIBUTE, None)
+    return RMSNormFunction.apply(hidden_states, self.weight, self.variance_epsilon, kernels)
 
 
 def fused_swiglu_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -88,7 +108,7 @@ LLAMA_STYLE_MLPS = {"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP"}
 
 def use_fused_ops(model: nn.Module, kernels: CpuKernels | None = None) -> int:
     """Bind the fused forwards to every frozen Llama-style RMSNorm and SwiGLU MLP; returns how many.
-    `kernels`: the C kernels, for SwiGLU on CPU in bf16.
+    `kernels`: the C kernels, for both on CPU in bf16.
 
     Modules whose own weights train (full fine-tuning) keep transformers' forward: there the fused
     nodes saved ~0.25 GB but ran ~10 % slower (docs/performance.md)."""
@@ -99,6 +119,7 @@ def use_fused_ops(model: nn.Module, kernels: CpuKernels | None = None) -> int:
             continue
         if kind in LLAMA_STYLE_NORMS:
             module.forward = fused_rms_norm_forward.__get__(module)
+            setattr(module, KERNELS_ATTRIBUTE, kernels)
             swapped += 1
         elif kind in LLAMA_STYLE_MLPS and type(module.act_fn).__name__ == "SiLUActivation":
             module.forward = fused_swiglu_forward.__get__(module)

@@ -76,10 +76,10 @@ class TrainConfig(Section):
     fused_loss: bool = Field(True, description="Cross-entropy through the head chunk by chunk, gradient in forward")
     fast_dropout: bool = Field(True, description="Dropout masks from 16-bit random lanes (p rounded to 1/65536)")
     fused_ops: bool = Field(True, description="Llama-style RMSNorm and SwiGLU as single autograd nodes (less memory)")
-    fused_lora: bool = Field(True, description="LoRA dropout + A as one autograd node keeping x and a 1-byte mask")
+    fused_lora: bool = Field(True, description="LoRA dropout + A as one autograd node keeping x and a mask or seed")
     dropout_mask_storage: Literal["bytes", "bits", "seed"] = Field(
-        "bits", description="How fused LoRA keeps dropout masks for backward: 1 byte or 1 bit per element, or "
-        "only the seed (the mask is drawn again)"
+        "bits", description="How fused LoRA keeps dropout masks for backward where the C kernels do not run: "
+        "1 byte or 1 bit per element, or only the seed (the mask is drawn again; the kernels always do this)"
     )
     cpu_kernels: bool = Field(
         True, description="On CPU, LoRA's dropout + A and dropout masks in C kernels built on first use "

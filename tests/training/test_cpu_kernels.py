@@ -2,13 +2,14 @@
 failed build leaves torch ops in charge instead of failing the run."""
 
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 from helpers import built_cpu_kernels
 
 from mathtune.training import cpu_kernels
-from mathtune.training.cpu_kernels import load_cpu_kernels
+from mathtune.training.cpu_kernels import KERNELS_ATTRIBUTE, load_cpu_kernels
 from mathtune.training.dropout import LANES, FastDropout, keep_mask, splitmix64_words
 from mathtune.training.fused_lora import DropoutLinearFunction, KernelDropoutLinearFunction, MaskSpec
 
@@ -91,3 +92,35 @@ def test_a_failed_build_falls_back_with_one_warning(monkeypatch, tmp_path):
         assert load_cpu_kernels.__wrapped__() is None
     assert len(caught) == 1 and "torch ops used instead" in str(caught[0].message)
     assert list(tmp_path.iterdir()) == []  # no half-written library left behind
+
+
+def test_training_with_and_without_kernels_learns_the_same(tiny_models, data_dir, tmp_path):
+    """A bf16 LoRA run with dropout through `train`: with kernels on they are wired in, with them off none
+    are, and the losses agree to bf16 rounding step by step (masks and gradients: the tests above)."""
+    import json
+
+    from mathtune.config import build_config
+    from mathtune.train import setup, train
+
+    built_cpu_kernels()
+
+    def tree(out: Path, kernels: bool) -> dict:
+        return {"model": {"name": str(tiny_models["llama"])}, "data": {"data_dir": str(data_dir), "train_size": 16},
+                "method": {"name": "lora", "dropout": 0.1},
+                "train": {"max_steps": 3, "batch_size": 4, "precision": "bf16", "lr": 2e-3, "log_every": 1,
+                          "cpu_kernels": kernels},
+                "output_dir": str(out)}
+
+    off = setup(build_config(tree(tmp_path / "off", False)))
+    assert not any(getattr(m, KERNELS_ATTRIBUTE, None) for m in off.model.modules())
+    on = setup(build_config(tree(tmp_path / "on", True)))
+    assert sum(getattr(m, KERNELS_ATTRIBUTE, None) is not None for m in on.model.modules()) > 0
+    losses = {}
+    for kernels in (True, False):
+        out = tmp_path / str(kernels)
+        train(build_config(tree(out, kernels)), out, show_progress=False)
+        rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+        losses[kernels] = [row["loss"] for row in rows if "loss" in row]
+    assert len(losses[True]) == len(losses[False]) == 3
+    for got, want in zip(losses[True], losses[False], strict=True):
+        assert abs(got - want) <= 0.01 * abs(want), losses

@@ -94,7 +94,7 @@ def test_a_failed_build_falls_back_with_one_warning(monkeypatch, tmp_path):
     assert list(tmp_path.iterdir()) == []  # no half-written library left behind
 
 
-def test_training_with_and_without_kernels_learns_the_same(tiny_models, data_dir, tmp_path):
+def test_training_with_and_without_kernels_learns_the_same(tiny_models, data_dir, tmp_path, monkeypatch):
     """A bf16 LoRA run with dropout through `train`: with kernels on they are wired in, with them off none
     are, and the losses agree to bf16 rounding step by step (masks and gradients: the tests above)."""
     import json
@@ -115,12 +115,29 @@ def test_training_with_and_without_kernels_learns_the_same(tiny_models, data_dir
     assert not any(getattr(m, KERNELS_ATTRIBUTE, None) for m in off.model.modules())
     on = setup(build_config(tree(tmp_path / "on", True)))
     assert sum(getattr(m, KERNELS_ATTRIBUTE, None) is not None for m in on.model.modules()) > 0
+    calls: dict[str, int] = {}
+
+    def counting(name: str) -> object:
+        kernel = getattr(cpu_kernels.CpuKernels, name)
+
+        def counted(self, *args, **kwargs):
+            calls[name] = calls.get(name, 0) + 1
+            return kernel(self, *args, **kwargs)
+        return counted
+
+    for name in ("lora_a_forward", "lora_a_backward", "rms_norm_forward", "rms_norm_backward",
+                 "silu_mul_forward", "silu_mul_backward"):
+        monkeypatch.setattr(cpu_kernels.CpuKernels, name, counting(name))
     losses = {}
     for kernels in (True, False):
         out = tmp_path / str(kernels)
         train(build_config(tree(out, kernels)), out, show_progress=False)
         rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
         losses[kernels] = [row["loss"] for row in rows if "loss" in row]
+        if kernels:  # every kernel ran in the bf16 steps, and none runs with them off
+            assert len(calls) == 6 and min(calls.values()) > 0, calls
+            calls.clear()
+    assert not calls
     assert len(losses[True]) == len(losses[False]) == 3
     for got, want in zip(losses[True], losses[False], strict=True):
         assert abs(got - want) <= 0.01 * abs(want), losses

@@ -113,6 +113,22 @@ def saved_bytes(run: Callable[[], Any], weights: Any) -> int:
     return sum(storages.values())
 
 
+class CountingKernels:
+    """The C kernels, counting the calls to each (a test can then tell that they really ran)."""
+
+    def __init__(self, kernels: Any) -> None:
+        self.kernels, self.calls = kernels, {}
+
+    def __getattr__(self, name: str) -> Any:
+        function = getattr(self.kernels, name)
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] = self.calls.get(name, 0) + 1
+            return function(*args, **kwargs)
+
+        return counted
+
+
 def built_cpu_kernels() -> Any:
     """The C kernels. Skips where there is no C compiler (torch ops then run instead); fails where there is
     one and the build does not work."""

@@ -5,7 +5,7 @@ import copy
 
 import pytest
 import torch
-from helpers import built_cpu_kernels, saved_bytes
+from helpers import CountingKernels, built_cpu_kernels, saved_bytes
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -64,8 +64,9 @@ def test_fused_lora_in_bf16_is_as_close_to_fp32_as_peft(dropout, mask_storage):
     "kernels": the C kernels' forward and backward (cpu_kernels.c), which keep no mask."""
     peft_model = tiny_lora_model(torch.bfloat16, dropout)
     fused = copy.deepcopy(peft_model)
-    if mask_storage == "kernels":
-        use_fused_lora(fused, "bits", built_cpu_kernels())
+    kernels = CountingKernels(built_cpu_kernels()) if mask_storage == "kernels" else None
+    if kernels is not None:
+        use_fused_lora(fused, "bits", kernels)
     else:
         use_fused_lora(fused, mask_storage)
     exact = tiny_lora_model(torch.float32, dropout)
@@ -75,6 +76,8 @@ def test_fused_lora_in_bf16_is_as_close_to_fp32_as_peft(dropout, mask_storage):
     errors = [relative_error(run(model, ids, True), truth) for model in (peft_model, fused)]
     assert errors[1][0] <= 1.5 * errors[0][0] + 1e-3, errors  # logits
     assert errors[1][1] <= 1.5 * errors[0][1] + 1e-3, errors  # gradients
+    if kernels is not None:  # every adapted projection ran in the kernels, both ways
+        assert kernels.calls == {"lora_a_forward": 2 * 4, "lora_a_backward": 2 * 4}
 
 
 def relative_error(got: tuple[torch.Tensor, dict], want: tuple[torch.Tensor, dict]) -> tuple[float, float]:

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from helpers import built_cpu_kernels, saved_bytes
+from helpers import CountingKernels, built_cpu_kernels, saved_bytes
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from mathtune.training.fused_ops import RMSNormFunction, SiluMulFunction, use_fused_ops
@@ -85,7 +85,7 @@ def test_swiglu_gradients_are_bit_identical_in_bf16():
 def test_swiglu_kernels_round_where_torch_rounds():
     """The C kernels compute exp their own way, so a value may land one bf16 step from torch's (when the
     float result sits on a rounding boundary); they must agree everywhere else, on a wide range of inputs."""
-    kernels = built_cpu_kernels()
+    kernels = CountingKernels(built_cpu_kernels())
     torch.manual_seed(3)
     gate = (torch.randn(300, 1536) * 4).bfloat16().requires_grad_()  # silu's whole range, both tails
     gate.data[0, :6] = torch.tensor([-100.0, -88.0, 0.0, 88.0, 100.0, 1e-30])
@@ -99,11 +99,12 @@ def test_swiglu_kernels_round_where_torch_rounds():
         one_step = (w.float().abs() * 2**-7).clamp_min(1e-30)  # a bf16 step at w's magnitude
         assert ((g.float() - w.float()).abs() <= one_step).all()
         assert (g != w).float().mean().item() < 0.01
+    assert kernels.calls == {"silu_mul_forward": 1, "silu_mul_backward": 1}
 
 
 @pytest.mark.parametrize("shape", [(3, 57, 576), (1, 40)])
 def test_rms_norm_kernels_round_where_torch_rounds(shape):
-    kernels = built_cpu_kernels()
+    kernels = CountingKernels(built_cpu_kernels())
     torch.manual_seed(4)
     x = (torch.randn(shape) * 3).bfloat16().requires_grad_()
     weight = (1 + 0.1 * torch.randn(shape[-1])).bfloat16()
@@ -116,3 +117,4 @@ def test_rms_norm_kernels_round_where_torch_rounds(shape):
         assert g.dtype == w.dtype == torch.bfloat16 and g.shape == w.shape
         torch.testing.assert_close(g, w, rtol=2**-7, atol=1e-3 * w.abs().max().item())
         assert (g != w).float().mean().item() < 0.05
+    assert kernels.calls == {"rms_norm_forward": 1, "rms_norm_backward": 1}

@@ -45,6 +45,9 @@ def varlen_sdpa_forward(
     for name in ("cu_seq_lens_k", "max_length_q", "max_length_k", "is_causal"):
         kwargs.pop(name, None)
     edges = boundaries.tolist()
+    if edges[0] != 0 or edges[-1] != query.shape[2] or any(a > b for a, b in zip(edges, edges[1:], strict=False)):
+        # every position must belong to one example: the outputs are written example by example
+        raise ValueError(f"packed row boundaries {edges} do not cover its {query.shape[2]} positions")
     dtype = query.dtype
     if query.device.type == "cpu" and torch.is_grad_enabled():  # training: float32 is faster (module docstring)
         if not kwargs.get("dropout") and not kwargs.get("softcap") and hasattr(torch.ops.aten, FLASH_CPU):

@@ -14,6 +14,7 @@ import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -34,13 +35,15 @@ class CpuKernels:
 
     def __init__(self, library: ctypes.CDLL) -> None:
         i64, u64, i32, ptr = ctypes.c_int64, ctypes.c_uint64, ctypes.c_int32, ctypes.c_void_p
-        library.keep_mask.argtypes = [ptr, i64, u64, i32]
-        library.lora_a_forward.argtypes = [ptr, ptr, ptr, i64, i64, i64, u64, i32, ctypes.c_int]
-        library.lora_a_backward.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, i64, i64, u64, i32, ctypes.c_int]
-        library.silu_mul_forward.argtypes = [ptr, ptr, ptr, i64]
-        library.silu_mul_backward.argtypes = [ptr, ptr, ptr, ptr, ptr, i64]
-        library.rms_norm_forward.argtypes = [ptr, ptr, ptr, ptr, i64, i64, ctypes.c_float]
-        library.rms_norm_backward.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, i64]
+        flag = ctypes.c_int  # the last argument of each: the thread count torch uses
+        library.keep_mask.argtypes = [ptr, i64, u64, i32, flag]
+        library.lora_a_forward.argtypes = [ptr, ptr, ptr, i64, i64, i64, u64, i32, flag, flag]
+        library.lora_a_backward.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, i64, i64, u64, i32, flag, flag]
+        library.lora_a_forward.restype = library.lora_a_backward.restype = ctypes.c_int  # 1: out of memory
+        library.silu_mul_forward.argtypes = [ptr, ptr, ptr, i64, flag]
+        library.silu_mul_backward.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, flag]
+        library.rms_norm_forward.argtypes = [ptr, ptr, ptr, ptr, i64, i64, ctypes.c_float, flag]
+        library.rms_norm_backward.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, i64, flag]
         self.library = library
 
     def __deepcopy__(self, memo: dict) -> CpuKernels:  # a model copy shares the loaded library
@@ -51,15 +54,15 @@ class CpuKernels:
 
     def keep_mask(self, count: int, seed: int, low: int) -> torch.Tensor:
         keep = torch.empty(count, dtype=torch.bool)
-        self.library.keep_mask(keep.data_ptr(), count, seed, low)
+        self.library.keep_mask(keep.data_ptr(), count, seed, low, torch.get_num_threads())
         return keep
 
     def lora_a_forward(self, x: torch.Tensor, a: torch.Tensor, seed: int, low: int | None) -> torch.Tensor:
         """x [rows, in] bf16, a [rank, in] float32 -> float32 [rows, rank] of dropout(x) @ a.T (low None: no mask)."""
         rows, width = x.shape
         out = torch.empty(rows, a.shape[0], dtype=torch.float32)
-        self.library.lora_a_forward(x.data_ptr(), a.data_ptr(), out.data_ptr(), rows, width, a.shape[0],
-                                    seed, low or 0, low is not None)
+        _check(self.library.lora_a_forward(x.data_ptr(), a.data_ptr(), out.data_ptr(), rows, width, a.shape[0],
+                                           seed, low or 0, low is not None, torch.get_num_threads()))
         return out
 
     def lora_a_backward(self, x: torch.Tensor, a: torch.Tensor, grad: torch.Tensor, seed: int, low: int | None,
@@ -68,22 +71,24 @@ class CpuKernels:
         rows, width = x.shape
         grad_x = torch.empty(rows, width, dtype=torch.bfloat16) if want_x else None
         grad_a = torch.empty(a.shape, dtype=torch.float32) if want_a else None
-        self.library.lora_a_backward(x.data_ptr(), a.data_ptr(), grad.data_ptr(), _pointer(grad_x), _pointer(grad_a),
-                                     rows, width, a.shape[0], seed, low or 0, low is not None)
+        _check(self.library.lora_a_backward(x.data_ptr(), a.data_ptr(), grad.data_ptr(), _pointer(grad_x),
+                                            _pointer(grad_a), rows, width, a.shape[0], seed, low or 0, low is not None,
+                                            torch.get_num_threads()))
         return grad_x, grad_a
 
 
     def silu_mul_forward(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         """silu(gate) * up for contiguous bf16 tensors of one shape."""
         out = torch.empty_like(gate)
-        self.library.silu_mul_forward(gate.data_ptr(), up.data_ptr(), out.data_ptr(), gate.numel())
+        self.library.silu_mul_forward(gate.data_ptr(), up.data_ptr(), out.data_ptr(), gate.numel(),
+                                      torch.get_num_threads())
         return out
 
     def silu_mul_backward(self, grad: torch.Tensor, gate: torch.Tensor,
                           up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         grad_gate, grad_up = torch.empty_like(gate), torch.empty_like(up)
         self.library.silu_mul_backward(grad.data_ptr(), gate.data_ptr(), up.data_ptr(), grad_gate.data_ptr(),
-                                       grad_up.data_ptr(), gate.numel())
+                                       grad_up.data_ptr(), gate.numel(), torch.get_num_threads())
         return grad_gate, grad_up
 
 
@@ -93,7 +98,7 @@ class CpuKernels:
         width = weight.shape[0]
         out, rstd = torch.empty_like(x), torch.empty(*x.shape[:-1], 1, dtype=torch.float32)
         self.library.rms_norm_forward(x.data_ptr(), weight.data_ptr(), out.data_ptr(), rstd.data_ptr(),
-                                      x.numel() // width, width, eps)
+                                      x.numel() // width, width, eps, torch.get_num_threads())
         return out, rstd
 
     def rms_norm_backward(self, grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
@@ -101,8 +106,13 @@ class CpuKernels:
         width = weight.shape[0]
         grad_x = torch.empty_like(x)
         self.library.rms_norm_backward(grad.data_ptr(), x.data_ptr(), weight.data_ptr(), rstd.data_ptr(),
-                                       grad_x.data_ptr(), x.numel() // width, width)
+                                       grad_x.data_ptr(), x.numel() // width, width, torch.get_num_threads())
         return grad_x
+
+
+def _check(status: int) -> None:
+    if status:
+        raise MemoryError("mathtune CPU kernels: out of memory for their scratch buffers")
 
 
 def _pointer(tensor: torch.Tensor | None) -> int | None:
@@ -114,20 +124,25 @@ def load_cpu_kernels() -> CpuKernels | None:
     """The built kernels, or None where they cannot be built or loaded here (a warning says why)."""
     if sys.platform != "linux" or platform.machine() not in ("x86_64", "aarch64"):
         return None
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
+    compiler = shlex.split(os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or "")
+    if not compiler:
         warnings.warn("mathtune: no C compiler found; CPU kernels off, torch ops used instead", stacklevel=2)
         return None
     try:
-        return CpuKernels(ctypes.CDLL(str(_build(compiler))))
-    except (OSError, subprocess.SubprocessError) as error:
+        library = _build(compiler)
+        try:
+            return CpuKernels(ctypes.CDLL(str(library)))
+        except OSError:  # a cached library that no longer loads (a changed system): build it once more
+            library.unlink(missing_ok=True)
+            return CpuKernels(ctypes.CDLL(str(_build(compiler))))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as error:
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         warnings.warn(f"mathtune: CPU kernels not built ({first_line}); torch ops used instead", stacklevel=2)
         return None
 
 
-def _build(compiler: str) -> Path:
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+def _build(compiler: list[str]) -> Path:
+    version = subprocess.run([*compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     key = hashlib.sha256("\n".join([SOURCE.read_text(), " ".join(FLAGS), version, _cpu_flags()]).encode())
     cache = Path(os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
                  / "mathtune" / "kernels")
@@ -137,10 +152,10 @@ def _build(compiler: str) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as scratch:
         built = Path(scratch) / library.name
-        result = subprocess.run([compiler, *FLAGS, "-o", str(built), str(SOURCE)], capture_output=True, text=True,
+        result = subprocess.run([*compiler, *FLAGS, "-o", str(built), str(SOURCE)], capture_output=True, text=True,
                                 timeout=300)
         if result.returncode != 0:
-            raise subprocess.SubprocessError(result.stderr.strip() or f"{compiler} exited with {result.returncode}")
+            raise subprocess.SubprocessError(result.stderr.strip() or f"{compiler[0]} exited with {result.returncode}")
         os.replace(built, library)
     return library
 

@@ -69,6 +69,38 @@ void keep_mask(uint8_t *keep, int64_t count, uint64_t seed, int32_t low, int thr
   }
 }
 
+/* One thread's scratch for a row of `in` elements: the row as floats, its keep flags, and mask lanes. */
+typedef struct {
+  float *row;
+  uint8_t *keep;
+  uint16_t *lanes;
+} row_scratch;
+
+/* Called by each thread of a parallel region: 1 if all three were allocated, else 0 and *failed is set. */
+static int scratch_alloc(row_scratch *s, int64_t in, int *failed) {
+  s->row = malloc(in * sizeof(float));
+  s->keep = malloc(in);
+  s->lanes = malloc((in + 8) * sizeof(uint16_t));
+  int ok = s->row && s->keep && s->lanes;
+  if (!ok) {
+    #pragma omp atomic write
+    *failed = 1;
+  }
+  return ok;
+}
+
+static void scratch_free(row_scratch *s) {
+  free(s->row);
+  free(s->keep);
+  free(s->lanes);
+}
+
+/* s->keep for row t of a [rows, in] tensor (all kept without a mask) */
+static void row_keep(row_scratch *s, int64_t t, int64_t in, uint64_t seed, int32_t low, int use_mask) {
+  if (use_mask) keep_span(s->keep, s->lanes, t * in, in, seed, low);
+  else memset(s->keep, 1, in);
+}
+
 /* out[t, k] = sum_j keep(t, j) * x[t, j] * a[k, j]: x [rows, in] bf16, a [rank, in] float, out [rows, rank].
  * Rows are split over threads; each row is summed by one thread in one order. Returns 0, or 1 if scratch
  * memory could not be allocated. */
@@ -77,20 +109,15 @@ int lora_a_forward(const uint16_t *x, const float *a, float *out, int64_t rows, 
   int failed = 0;
   #pragma omp parallel num_threads(threads)
   {
-    float *row = malloc(in * sizeof(float));
-    uint8_t *keep = malloc(in);
-    uint16_t *lanes = malloc((in + 8) * sizeof(uint16_t));
-    int ok = row && keep && lanes;
-    if (!ok) {
-      #pragma omp atomic write
-      failed = 1;
-    }
+    row_scratch scratch;
+    int ok = scratch_alloc(&scratch, in, &failed);
+    float *row = scratch.row;
+    const uint8_t *keep = scratch.keep;
     #pragma omp for schedule(static)
     for (int64_t t = 0; t < rows; t++) {
       if (!ok) continue;
       const uint16_t *xt = x + t * in;
-      if (use_mask) keep_span(keep, lanes, t * in, in, seed, low);
-      else memset(keep, 1, in);
+      row_keep(&scratch, t, in, seed, low, use_mask);
       for (int64_t j = 0; j < in; j++) row[j] = keep[j] ? bf16_to_float(xt[j]) : 0.0f;
       for (int64_t k = 0; k < rank; k++) {
         const float *ak = a + k * in;
@@ -100,9 +127,7 @@ int lora_a_forward(const uint16_t *x, const float *a, float *out, int64_t rows, 
         out[t * rank + k] = sum;
       }
     }
-    free(row);
-    free(keep);
-    free(lanes);
+    scratch_free(&scratch);
   }
   return failed;
 }
@@ -116,24 +141,20 @@ int lora_a_forward(const uint16_t *x, const float *a, float *out, int64_t rows, 
 int lora_a_backward(const uint16_t *x, const float *a, const float *g, uint16_t *grad_x, float *grad_a,
                     int64_t rows, int64_t in, int64_t rank, uint64_t seed, int32_t low, int use_mask, int threads) {
   float *partials = grad_a ? calloc((size_t)threads * rank * in, sizeof(float)) : NULL;
-  int failed = grad_a && !partials;
-  #pragma omp parallel num_threads(threads) if (!failed)
+  if (grad_a && !partials) return 1;
+  int failed = 0;
+  #pragma omp parallel num_threads(threads)
   {
-    float *row = malloc(in * sizeof(float));
-    uint8_t *keep = malloc(in);
-    uint16_t *lanes = malloc((in + 8) * sizeof(uint16_t));
     float *partial = partials ? partials + (size_t)omp_get_thread_num() * rank * in : NULL;
-    int ok = row && keep && lanes;
-    if (!ok) {
-      #pragma omp atomic write
-      failed = 1;
-    }
+    row_scratch scratch;
+    int ok = scratch_alloc(&scratch, in, &failed);
+    float *row = scratch.row;
+    const uint8_t *keep = scratch.keep;
     #pragma omp for schedule(static)
     for (int64_t t = 0; t < rows; t++) {
       if (!ok) continue;
       const float *gt = g + t * rank;
-      if (use_mask) keep_span(keep, lanes, t * in, in, seed, low);
-      else memset(keep, 1, in);
+      row_keep(&scratch, t, in, seed, low, use_mask);
       if (grad_x) {
         for (int64_t j = 0; j < in; j++) row[j] = 0.0f;
         for (int64_t k = 0; k < rank; k++) {
@@ -156,9 +177,7 @@ int lora_a_backward(const uint16_t *x, const float *a, const float *g, uint16_t 
         }
       }
     }
-    free(row);
-    free(keep);
-    free(lanes);
+    scratch_free(&scratch);
   }
   if (partials && !failed) {
     memcpy(grad_a, partials, rank * in * sizeof(float));

@@ -82,8 +82,8 @@ class TrainConfig(Section):
         "1 byte or 1 bit per element, or only the seed (the mask is drawn again; the kernels always do this)"
     )
     cpu_kernels: bool = Field(
-        True, description="On CPU, LoRA's dropout + A and dropout masks in C kernels built on first use "
-        "(needs a C compiler; without one, torch ops do the same)"
+        True, description="On CPU in bf16, LoRA's dropout + A, RMSNorm, SwiGLU and dropout masks in C kernels "
+        "built on first use (needs a C compiler; without one, torch ops do the same)"
     )
     gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory")
     allocator: Literal["mimalloc", "system"] = Field(

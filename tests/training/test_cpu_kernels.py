@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import built_cpu_kernels
+from helpers import CountingKernels, built_cpu_kernels
 
 from mathtune.training import cpu_kernels
 from mathtune.training.cpu_kernels import KERNELS_ATTRIBUTE, load_cpu_kernels
@@ -109,10 +109,11 @@ def test_training_with_and_without_kernels_learns_the_same(tiny_models, data_dir
     are, and the losses agree to bf16 rounding step by step (masks and gradients: the tests above)."""
     import json
 
+    import mathtune.train as train_module
     from mathtune.config import build_config
     from mathtune.train import setup, train
 
-    built_cpu_kernels()
+    counting = CountingKernels(built_cpu_kernels())  # skips where no C compiler is found
 
     def tree(out: Path, kernels: bool) -> dict:
         return {"model": {"name": str(tiny_models["llama"])}, "data": {"data_dir": str(data_dir), "train_size": 16},
@@ -125,19 +126,8 @@ def test_training_with_and_without_kernels_learns_the_same(tiny_models, data_dir
     assert not any(getattr(m, KERNELS_ATTRIBUTE, None) for m in off.model.modules())
     on = setup(build_config(tree(tmp_path / "on", True)))
     assert sum(getattr(m, KERNELS_ATTRIBUTE, None) is not None for m in on.model.modules()) > 0
-    calls: dict[str, int] = {}
-
-    def counting(name: str) -> object:
-        kernel = getattr(cpu_kernels.CpuKernels, name)
-
-        def counted(self, *args, **kwargs):
-            calls[name] = calls.get(name, 0) + 1
-            return kernel(self, *args, **kwargs)
-        return counted
-
-    for name in ("lora_a_forward", "lora_a_backward", "rms_norm_forward", "rms_norm_backward",
-                 "silu_mul_forward", "silu_mul_backward"):
-        monkeypatch.setattr(cpu_kernels.CpuKernels, name, counting(name))
+    calls = counting.calls
+    monkeypatch.setattr(train_module, "load_cpu_kernels", lambda: counting)
     losses = {}
     for kernels in (True, False):
         out = tmp_path / str(kernels)

@@ -1,5 +1,6 @@
-/* CPU kernels for LoRA's dropout + A projection, and for dropout masks (training/cpu_kernels.py builds
- * and loads this file; training/dropout.py holds the same mask in torch ops, the definition).
+/* CPU kernels for LoRA's dropout + A projection, RMSNorm and SwiGLU (forward and backward each), and for
+ * dropout masks (training/cpu_kernels.py builds and loads this file; training/dropout.py holds the same mask
+ * in torch ops, the definition).
  *
  * Why C: on CPU, dropout(x) @ A.T for a rank-8 adapter is ~8 small torch ops per call (draw, compare,
  * pack, mask, matmul, and their backward), each a pass over the [tokens, in] input with its own

@@ -76,7 +76,6 @@ class CpuKernels:
                                             torch.get_num_threads()))
         return grad_x, grad_a
 
-
     def silu_mul_forward(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         """silu(gate) * up for contiguous bf16 tensors of one shape."""
         out = torch.empty_like(gate)
@@ -90,7 +89,6 @@ class CpuKernels:
         self.library.silu_mul_backward(grad.data_ptr(), gate.data_ptr(), up.data_ptr(), grad_gate.data_ptr(),
                                        grad_up.data_ptr(), gate.numel(), torch.get_num_threads())
         return grad_gate, grad_up
-
 
     def rms_norm_forward(self, x: torch.Tensor, weight: torch.Tensor,
                          eps: float) -> tuple[torch.Tensor, torch.Tensor]:

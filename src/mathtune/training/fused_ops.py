@@ -43,8 +43,10 @@ class RMSNormFunction(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
         x, weight, rstd = ctx.saved_tensors
         if ctx.kernels is not None and grad.dtype == torch.bfloat16:  # the weight is frozen here
-            grad_x = ctx.kernels.rms_norm_backward(grad.contiguous(), x.contiguous(), weight.contiguous(), rstd)
-            return grad_x if ctx.needs_input_grad[0] else None, None, None, None
+            if not ctx.needs_input_grad[0]:  # the first layer's norm, over the frozen embeddings
+                return None, None, None, None
+            return ctx.kernels.rms_norm_backward(grad.contiguous(), x.contiguous(), weight.contiguous(), rstd), \
+                None, None, None
         normed = x.to(rstd.dtype) * rstd
         grad_weight = None
         if ctx.needs_input_grad[1]:
@@ -69,7 +71,7 @@ class SiluMulFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, gate: torch.Tensor, up: torch.Tensor, kernels: CpuKernels | None = None) -> torch.Tensor:
         ctx.save_for_backward(gate, up)
-        ctx.kernels = kernels if _kernels_apply(gate, up) else None
+        ctx.kernels = kernels if _swiglu_kernels_apply(gate, up) else None
         if ctx.kernels is not None:
             return ctx.kernels.silu_mul_forward(gate.contiguous(), up.contiguous())
         return F.silu(gate) * up
@@ -86,7 +88,7 @@ class SiluMulFunction(torch.autograd.Function):
         return grad_gate, grad_up, None
 
 
-def _kernels_apply(gate: torch.Tensor, up: torch.Tensor) -> bool:
+def _swiglu_kernels_apply(gate: torch.Tensor, up: torch.Tensor) -> bool:
     return gate.device.type == "cpu" and gate.dtype == up.dtype == torch.bfloat16 and gate.shape == up.shape
 
 
@@ -108,7 +110,7 @@ LLAMA_STYLE_MLPS = {"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP"}
 
 def use_fused_ops(model: nn.Module, kernels: CpuKernels | None = None) -> int:
     """Bind the fused forwards to every frozen Llama-style RMSNorm and SwiGLU MLP; returns how many.
-    `kernels`: the C kernels, for both on CPU in bf16.
+    `kernels`: the C kernels, used by both on CPU in bf16.
 
     Modules whose own weights train (full fine-tuning) keep transformers' forward: there the fused
     nodes saved ~0.25 GB but ran ~10 % slower (docs/performance.md)."""

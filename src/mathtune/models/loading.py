@@ -145,6 +145,10 @@ def load_model(source: ModelSource, architecture: str = "auto", dtype: Any = Non
     config = source_config(source)
     seq2seq = is_seq2seq(config) if architecture == "auto" else architecture == "seq2seq"
     auto_class = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
+    # Since transformers 5.25 hub kernels are on by default: every `model.train()`/`eval()` re-kernelizes
+    # and drops mathtune's own fused forwards (training/fused_ops.py), and on GPUs it would fetch code
+    # from the hub. mathtune's numbers come from transformers' own modules plus its measured fast paths.
+    kwargs.setdefault("use_kernels", False)
     try:
         return _from_pretrained(auto_class, source, config=config, dtype=dtype, **kwargs)
     except ValueError as exc:

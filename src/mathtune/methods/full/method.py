@@ -29,4 +29,4 @@ class FullMethod:
         model.save_pretrained(out_dir)
 
     def load(self, base_model: nn.Module, saved_dir: Path) -> nn.Module:
-        return type(base_model).from_pretrained(saved_dir, dtype=base_model.dtype)
+        return type(base_model).from_pretrained(saved_dir, dtype=base_model.dtype, use_kernels=False)

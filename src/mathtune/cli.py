@@ -102,12 +102,30 @@ def eval_cmd(run_dirs: Annotated[list[Path] | None, typer.Argument(
         return
     run_dir = run_dirs[0] if run_dirs else None
     default = (run_dir / "eval" / "tuned") if run_dir and not base else Path(cfg.output_dir) / "eval" / "base"
+    if cfg.eval.perturbed:  # never mixed with the original problems' predictions (same ids)
+        default = default.with_name(default.name + "-perturbed")
     preflight(tuned_config(cfg, run_dir) if run_dir and not base else cfg, (cfg.eval.split,), training=False)
     # An existing eval dir is resumed: finished predictions are kept and skipped.
     with output_dir_guard(Path(output_dir) if output_dir else default, overwrite, resume=not overwrite) as out:
         metrics = eval_workflow(cfg, run_dir, base, out)
     _print_scores(metrics)
     typer.echo(f"predictions and metrics written to {out}")
+
+
+@app.command("augment")
+def augment_cmd(output: Annotated[Path, typer.Option("--output", "-o", help="JSONL file to write")],
+                variants: Annotated[int, typer.Option(min=1, max=32, help="Variants asked for per problem")] = 3,
+                seed: Annotated[int, typer.Option(help="Seed of the new numbers")] = 0,
+                include_original: Annotated[bool, typer.Option(help="Write the original rows too")] = False,
+                config: ConfigOpt = None, set_: SetOpt = None, data_dir: DataDirOpt = None,
+                train_size: TrainSizeOpt = None, overwrite: OverwriteOpt = False) -> None:
+    """New train problems with new numbers and recomputed, verified answers (never from the test split)."""
+    from mathtune.workflows import augment_workflow
+
+    cfg = build_run_config(config, set_, data_dir=data_dir, train_size=train_size)
+    report = augment_workflow(cfg, output, variants, seed, include_original, overwrite)
+    typer.echo(f"{report['kept']} variants of {report['problems']} problems ({report['requested']} asked for; "
+               f"dropped: {report['dropped'] or 'none'}); {report['rows']} rows written to {output}")
 
 
 @app.command("compare")

@@ -112,6 +112,10 @@ class EvalConfig(Section):
     samples: int = Field(1, ge=1, le=64, description="k > 1: also sample k solutions and report maj@k")
     temperature: float = Field(0.7, gt=0, description="Sampling temperature for maj@k")
     perplexity: bool = Field(True, description="Perplexity of the reference solution under the model")
+    perturbed: bool = Field(
+        False, description="Robustness check: each drawn problem with new numbers and a recomputed answer "
+        "(data/augment.py, seeded by `seed`); problems with no clean variant are left out"
+    )
     text_metrics: bool = Field(False, description="ROUGE-1 and semantic similarity vs reference solutions")
 
 

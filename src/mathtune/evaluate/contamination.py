@@ -35,7 +35,7 @@ def _containing(gram: tuple[str, ...], train_texts: Iterable[tuple[str, str]]) -
 
 
 def contamination_report(train: Sequence[tuple[str, str]], evaluation: Sequence[tuple[str, str]],
-                         n: int = DEFAULT_N) -> dict[str, Any]:
+                         n: int = DEFAULT_N, max_listed: int | None = MAX_LISTED) -> dict[str, Any]:
     """Which evaluation questions share an n-gram with a training question.
 
     `train` and `evaluation` are (id, question) pairs. Returns counts, the flagged fraction and up to
@@ -56,7 +56,7 @@ def contamination_report(train: Sequence[tuple[str, str]], evaluation: Sequence[
             flagged.append({"eval_id": eval_id, "train_id": hit})
     total = len(evaluation)
     return {"n": n, "train_questions": len(train), "eval_questions": total, "contaminated": len(flagged),
-            "fraction": len(flagged) / total if total else 0.0, "examples": flagged[:MAX_LISTED]}
+            "fraction": len(flagged) / total if total else 0.0, "examples": flagged[:max_listed]}
 
 
 def problems_report(train_problems: Sequence[Any], eval_problems: Sequence[Any], n: int = DEFAULT_N) -> dict[str, Any]:

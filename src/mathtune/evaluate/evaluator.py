@@ -36,7 +36,12 @@ SCORES = ("strict-match", "flexible-extract", "numeric-match")
 
 def eval_problems(cfg: RunConfig) -> list[Problem]:
     problems = load_split(cfg.data, cfg.resolved_data_dir(), cfg.eval.split)
-    return sample_problems(problems, cfg.eval.num_problems, cfg.eval.seed)
+    drawn = sample_problems(problems, cfg.eval.num_problems, cfg.eval.seed)
+    if cfg.eval.perturbed:  # same ids, new numbers: pairs with the original evaluation in `compare`
+        from mathtune.data.augment import perturbed_copies
+
+        drawn, _ = perturbed_copies(drawn, cfg.eval.seed)
+    return drawn
 
 
 def build_prompts(cfg: RunConfig, problems: list[Problem]) -> tuple[list[str], dict[str, Any]]:
@@ -182,8 +187,9 @@ def evaluate(cfg: RunConfig, backend: Backend, out_dir: Path, label: str, tokeni
         "generated_tokens_per_second": round(new_tokens / max(wall, 1e-9), 1),
         "peak_rss_mb": round(peak_rss_mb(), 1), "peak_cuda_mb": peak_cuda_mb(),
         "reproducibility": {
-            "prompt": prompt_record, "problems": {"split": cfg.eval.split, "n": len(problems),
-                                                  "seed": cfg.eval.seed, "ids": [p.id for p in problems]},
+            "prompt": prompt_record,
+            "problems": {"split": cfg.eval.split, "n": len(problems), "perturbed": cfg.eval.perturbed,
+                         "seed": cfg.eval.seed, "ids": [p.id for p in problems]},
             "extraction": {name: {"regex": f.pattern, "group_select": f.group_select}
                            for name, f in FILTERS.items()},
             "generation": {"greedy": True, "max_new_tokens": cfg.eval.max_new_tokens, "stop": list(stop),

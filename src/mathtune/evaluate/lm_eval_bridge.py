@@ -169,6 +169,8 @@ def lm_eval_workflow(cfg: Any, run_dir: Path | None, base: bool, out_dir: Path, 
 
     if cfg.data.dataset != "gsm8k":
         raise MathtuneError(f"lm-eval tasks here are GSM8K tasks; data.dataset is {cfg.data.dataset}")
+    if cfg.eval.perturbed:
+        raise MathtuneError("lm-eval scores the original test problems; eval.perturbed is for `mathtune eval`")
     adapter_dir = None
     if not base:
         if run_dir is None:

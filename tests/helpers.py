@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,13 @@ from typing import Any
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 NAMES = ["Tom", "Ann", "Raj", "Mia", "Lee", "Zoe"]
 THINGS = ["apples", "pens", "books", "coins", "cards"]
+
+
+def console_script() -> str:
+    """The installed `mathtune` script of the Python running the tests: beside its interpreter (a
+    virtualenv need not be on PATH), else on PATH."""
+    beside = Path(sys.executable).parent / "mathtune"
+    return str(beside) if beside.is_file() else shutil.which("mathtune") or "mathtune"
 
 
 def synthetic_problem(rng: random.Random) -> dict[str, str]:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from helpers import console_script
 
 from mathtune.io import run_lock
 from mathtune.methods.registry import METHODS
@@ -273,7 +273,7 @@ def test_real_process_exit_code_and_stderr(name, env):
     before = snapshot(env.out)
     child_env = {k: v for k, v in os.environ.items() if k != "MATHTUNE_DATA_DIR"}
     child_env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    entry = shutil.which("mathtune") or "mathtune"  # the installed console script: mathtune.cli:main
+    entry = console_script()  # the installed console script: mathtune.cli:main
     proc = subprocess.run([entry, *case.argv],
                           capture_output=True, text=True, cwd=env.tmp, env=child_env, timeout=300)
     assert_one_line_error(proc.returncode, proc.stderr, case.says)

@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from helpers import console_script
 from safetensors.torch import load_file
 
 # Measured on 2 CPU cores with OMP_NUM_THREADS=1 in every run: the resumed adapter equals the
@@ -28,7 +28,7 @@ TRAIN_STEPS = 40
 
 
 def mathtune(*argv: str) -> list[str]:
-    return [shutil.which("mathtune") or "mathtune", *argv]
+    return [console_script(), *argv]
 
 
 @pytest.fixture

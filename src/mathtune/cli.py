@@ -87,27 +87,36 @@ def eval_cmd(run_dirs: Annotated[list[Path] | None, typer.Argument(
              = None, base: Annotated[bool, typer.Option(help="Evaluate the base model instead")] = False,
              config: ConfigOpt = None, set_: SetOpt = None, model: ModelOpt = None, prompt: PromptOpt = None,
              data_dir: DataDirOpt = None, eval_size: EvalSizeOpt = None,
+             dataset: Annotated[str | None, typer.Option(
+                 help="Benchmark to test on (gsm8k, svamp, jsonl with data.test_file); a run's model is "
+                      "tested on it instead of the run's own data, into eval/<dataset>/")] = None,
              output_dir: OutOpt = None, overwrite: OverwriteOpt = False) -> None:
     """Evaluate a base model or runs' tuned models; writes predictions.jsonl and metrics.json."""
     from mathtune.io import output_dir_guard
     from mathtune.workflows import eval_adapters_workflow, eval_workflow, preflight, tuned_config
 
-    cfg = build_run_config(config, set_, model=model, prompt=prompt, data_dir=data_dir, eval_size=eval_size)
+    sets = [*(set_ or []), *([f"data.dataset={dataset}"] if dataset else [])]
+    cfg = build_run_config(config, sets, model=model, prompt=prompt, data_dir=data_dir, eval_size=eval_size)
     if run_dirs and len(run_dirs) > 1 and not base:
         if output_dir:
             raise MathtuneError("--output-dir takes one run; with several, each run's eval/tuned is written")
+        if dataset:
+            raise MathtuneError("--dataset takes one run at a time")
         for metrics, out in eval_adapters_workflow(cfg, run_dirs, overwrite):
             _print_scores(metrics)
             typer.echo(f"predictions and metrics written to {out}")
         return
     run_dir = run_dirs[0] if run_dirs else None
-    default = (run_dir / "eval" / "tuned") if run_dir and not base else Path(cfg.output_dir) / "eval" / "base"
+    root = (run_dir if run_dir and not base else Path(cfg.output_dir)) / "eval"
+    default = (root / dataset if dataset else root) / ("tuned" if run_dir and not base else "base")
     if cfg.eval.perturbed:  # never mixed with the original problems' predictions (same ids)
         default = default.with_name(default.name + "-perturbed")
-    preflight(tuned_config(cfg, run_dir) if run_dir and not base else cfg, (cfg.eval.split,), training=False)
+    own_data = dataset is None
+    preflight(tuned_config(cfg, run_dir, own_data) if run_dir and not base else cfg, (cfg.eval.split,),
+              training=False)
     # An existing eval dir is resumed: finished predictions are kept and skipped.
     with output_dir_guard(Path(output_dir) if output_dir else default, overwrite, resume=not overwrite) as out:
-        metrics = eval_workflow(cfg, run_dir, base, out)
+        metrics = eval_workflow(cfg, run_dir, base, out, own_data)
     _print_scores(metrics)
     typer.echo(f"predictions and metrics written to {out}")
 

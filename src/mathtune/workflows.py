@@ -116,13 +116,15 @@ def train_workflow(cfg: RunConfig, overwrite: bool = False, resume: bool = False
     return run_dir
 
 
-def eval_workflow(cfg: RunConfig, run_dir: Path | None, base: bool, out_dir: Path) -> dict[str, Any]:
-    """Evaluate the base model, or the tuned model of a finished run dir (its config wins)."""
+def eval_workflow(cfg: RunConfig, run_dir: Path | None, base: bool, out_dir: Path,
+                  own_data: bool = True) -> dict[str, Any]:
+    """Evaluate the base model, or the tuned model of a finished run dir (its config wins; with
+    `own_data=False` the benchmark is this call's `data` section instead of the run's)."""
     if base:
         return evaluate_model(cfg, out_dir, "base")
     if run_dir is None:
         raise MathtuneError("pass a run directory to evaluate its tuned model, or --base")
-    return evaluate_model(tuned_config(cfg, run_dir), out_dir, "tuned", adapter_dir=run_dir / "adapter")
+    return evaluate_model(tuned_config(cfg, run_dir, own_data), out_dir, "tuned", adapter_dir=run_dir / "adapter")
 
 
 def eval_adapters_workflow(cfg: RunConfig, run_dirs: list[Path], overwrite: bool = False
@@ -151,9 +153,11 @@ def eval_adapters_workflow(cfg: RunConfig, run_dirs: list[Path], overwrite: bool
     return results
 
 
-def tuned_config(cfg: RunConfig, run_dir: Path) -> RunConfig:
-    """A finished run's own config (model, method, data, prompt) with this call's eval settings."""
-    return load_config(run_dir / "config.yaml", None).model_copy(update={"eval": cfg.eval})
+def tuned_config(cfg: RunConfig, run_dir: Path, own_data: bool = True) -> RunConfig:
+    """A finished run's own config (model, method, data, prompt) with this call's eval settings, and
+    this call's data section too when the run is tested on another benchmark (`own_data=False`)."""
+    update: dict[str, Any] = {"eval": cfg.eval} if own_data else {"eval": cfg.eval, "data": cfg.data}
+    return load_config(run_dir / "config.yaml", None).model_copy(update=update)
 
 
 def run_workflow(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:

@@ -190,3 +190,19 @@ def test_robustness_eval_on_a_tiny_model(tiny_models, data_dir, tmp_path):
         row = json.loads(line)
         assert row["question"] != rows[row["id"]]["question"]
         assert row["reference_answer"] == parse_reference_answer(row["reference"])
+
+
+def test_a_run_is_tested_on_another_benchmark_with_its_own_model_and_prompt(tmp_path):
+    """`mathtune eval RUN --dataset D`: model, method and prompt from the run, the data from the call."""
+    from mathtune.config import config_to_yaml
+    from mathtune.workflows import tuned_config
+
+    run_cfg = build_config({"model": {"name": "some-model"}, "prompt": {"strategy": "program"},
+                            "data": {"train_size": 8}, "method": {"name": "full"}})
+    (tmp_path / "config.yaml").write_text(config_to_yaml(run_cfg))
+    call = build_config({"data": {"dataset": "svamp", "data_dir": "/data"}, "eval": {"num_problems": 5}})
+    other = tuned_config(call, tmp_path, own_data=False)
+    own = tuned_config(call, tmp_path)
+    assert (other.model.name, other.prompt.strategy, other.method.name) == ("some-model", "program", "full")
+    assert other.data.dataset == "svamp" and other.data.data_dir == "/data" and other.eval.num_problems == 5
+    assert own.data.dataset == "gsm8k" and own.data.train_size == 8 and own.eval.num_problems == 5

@@ -32,7 +32,8 @@ def _load_entry(label: str, eval_dir: Path) -> dict[str, Any]:
         metrics = json.loads((eval_dir / "metrics.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise MathtuneError(f"unreadable metrics in {eval_dir}: {exc}") from None
-    run_dir = eval_dir.parents[1] if eval_dir.parent.name == "eval" else eval_dir
+    # RUN/eval/tuned, or RUN/eval/<dataset>/tuned for another benchmark
+    run_dir = next((parent.parent for parent in eval_dir.parents if parent.name == "eval"), eval_dir)
     train_card = {}
     if eval_dir.name != "base" and (run_dir / "train_card.json").is_file():
         train_card = json.loads((run_dir / "train_card.json").read_text())

@@ -40,7 +40,7 @@ from mathtune.training.cpu_kernels import load_cpu_kernels
 from mathtune.training.distributed import launched_distributed, make_accelerator, maybe_no_sync, rank_shard
 from mathtune.training.dropout import use_fast_dropout
 from mathtune.training.fused_lora import use_fused_lora
-from mathtune.training.fused_ops import use_fused_ops
+from mathtune.training.fused_ops import check_fused_ops_kept, use_fused_ops
 from mathtune.training.loss import LossModule, loss_tokens, make_batch
 from mathtune.training.optim import make_optimizer
 
@@ -158,15 +158,19 @@ def setup(cfg: RunConfig) -> Session:
         use_varlen_sdpa(loaded.model)
     model = method.apply(loaded.model)
     kernels = load_cpu_kernels() if cfg.train.cpu_kernels and placement.device.type == "cpu" else None
+    fast_paths = {"cpu_kernels": kernels is not None}
     if cfg.train.fast_dropout:
-        use_fast_dropout(model, kernels)
+        fast_paths["fast_dropout"] = use_fast_dropout(model, kernels)
     if cfg.train.fused_lora:
-        use_fused_lora(model, cfg.train.dropout_mask_storage, kernels)
+        fast_paths["fused_lora"] = use_fused_lora(model, cfg.train.dropout_mask_storage, kernels)
     if cfg.train.fused_ops:  # after method.apply: only frozen modules are fused
-        use_fused_ops(model, kernels)
+        fast_paths["fused_ops"] = use_fused_ops(model, kernels)
     if placement.autocast:
         keep_adapter_inputs_in_compute_dtype(model)
     model.train()
+    if cfg.train.fused_ops:
+        fast_paths["fused_ops"] = check_fused_ops_kept(model, fast_paths["fused_ops"])
+    data_stats["fast_paths"] = fast_paths  # into the train card: what actually ran
     plan, total_steps = micro_batch_plan(len(examples), cfg, world)
     optimizer, scheduler = make_optimizer(model, cfg, total_steps)
     loss_fn = LossModule(model, loaded.seq2seq, cfg.train.fused_loss)

@@ -141,3 +141,22 @@ def test_training_with_and_without_kernels_learns_the_same(tiny_models, data_dir
     assert len(losses[True]) == len(losses[False]) == 3
     for got, want in zip(losses[True], losses[False], strict=True):
         assert abs(got - want) <= 0.01 * abs(want), losses
+
+
+def test_fused_forwards_survive_model_train_and_are_recorded(tiny_models, data_dir, tmp_path):
+    """transformers 5.25 re-kernelizes hub-kernel layers (RMSNorm) on every `train()`/`eval()` unless a
+    model loads with `use_kernels=False`; the fused forwards must still be bound after both, and the
+    train card must say how many ran."""
+    from mathtune.config import build_config
+    from mathtune.train import setup
+    from mathtune.training.fused_ops import check_fused_ops_kept
+
+    cfg = build_config({"model": {"name": str(tiny_models["llama"])}, "data": {"data_dir": str(data_dir),
+                        "train_size": 4}, "method": {"name": "lora"},
+                        "train": {"max_steps": 1, "precision": "bf16"}, "output_dir": str(tmp_path)})
+    session = setup(cfg)
+    bound = session.data_stats["fast_paths"]["fused_ops"]
+    assert bound == 7  # 2 layers x (2 norms + 1 MLP) + the final norm
+    session.model.eval()
+    session.model.train()
+    assert check_fused_ops_kept(session.model, bound) == bound

@@ -134,3 +134,19 @@ def _trains_own_weights(module: nn.Module) -> bool:
     if type(module).__name__ in LLAMA_STYLE_MLPS:  # its projections (or, under PEFT, their base layers)
         return any(getattr(module, name).weight.requires_grad for name in ("gate_proj", "up_proj", "down_proj"))
     return any(p.requires_grad for p in module.parameters(recurse=False))
+
+
+def check_fused_ops_kept(model: nn.Module, bound: int) -> int:
+    """How many of the `bound` fused forwards are still in place after `model.train()`; warns once when
+    a library removed some (transformers 5.25 re-kernelizes hub-kernel layers on every train()/eval()
+    unless models load with `use_kernels=False`, which models/loading.py does)."""
+    fused = (fused_rms_norm_forward, fused_swiglu_forward)
+    kept = sum(1 for module in model.modules() if getattr(vars(module).get("forward"), "__func__", None) in fused)
+    if kept < bound:
+        import logging
+
+        logging.getLogger("mathtune").warning(
+            "fused RMSNorm/SwiGLU forwards: %d of %d were replaced by the model library; training runs "
+            "without them (slower, same math)", bound - kept, bound)
+    return kept
+

@@ -51,8 +51,14 @@ def _pair(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
                 "reference_answer": first["predictions"][i]["reference_answer"],
                 first["label"]: first["predictions"][i]["output"], second["label"]: second["predictions"][i]["output"]}
                for i in differing]
+    # Strict-match rewards the '#### N' format as well as the number; the other filters show whether a
+    # gain is more than format (a base model that never writes '####' scores 0 strict).
+    by_score = {name: mcnemar_exact([bool(first["predictions"][i]["correct"][name]) for i in common],
+                                    [bool(second["predictions"][i]["correct"][name]) for i in common])
+                for name in ("flexible-extract", "numeric-match")} if common else {}
     return {"first": first["label"], "second": second["label"], "n_common": len(common),
-            "mcnemar": mcnemar_exact(a, b) if common else None, "samples": samples}
+            "mcnemar": mcnemar_exact(a, b) if common else None, "mcnemar_by_score": by_score,
+            "samples": samples}
 
 
 def compare_runs(eval_dirs: list[Path], labels: list[str] | None = None) -> dict[str, Any]:
@@ -112,6 +118,9 @@ def _pair_markdown(pair: dict[str, Any]) -> list[str]:
     if test:
         lines.append(f"Exact McNemar test on strict-match outcomes: only {pair['first']} right: {test['b']}, "
                      f"only {pair['second']} right: {test['c']}, two-sided p = {test['p_value']:.4g}.")
+        for name, other in pair.get("mcnemar_by_score", {}).items():
+            lines.append(f"On {name}: only {pair['first']} right: {other['b']}, only {pair['second']} right: "
+                         f"{other['c']}, p = {other['p_value']:.4g}.")
     for sample in pair["samples"]:
         lines.append(f"\n### Problem {sample['id']} (reference answer {sample['reference_answer']})\n")
         lines.append(f"> {sample['question']}\n")

@@ -50,3 +50,10 @@ def test_yaml_errors(tmp_path: Path):
         load_config(tmp_path / "bad.yaml")
     with pytest.raises(MathtuneError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_an_override_can_set_null():
+    """`-s data.train_size=null` on a config that sets 600 means all rows, not 'leave it at 600'."""
+    cfg = build_config({"data": {"train_size": 600}, "eval": {"num_problems": 200}},
+                       dict([parse_override("data.train_size=null"), parse_override("eval.num_problems=null")]))
+    assert cfg.data.train_size is None and cfg.eval.num_problems is None

@@ -213,8 +213,7 @@ def build_config(tree: dict[str, Any], overrides: dict[str, Any] | None = None) 
     """Validate a config tree with dotted overrides applied on top."""
     tree = yaml.safe_load(yaml.safe_dump(tree))  # deep copy with plain types
     for key, value in (overrides or {}).items():
-        if value is not None:
-            _set_dotted(tree, key, value)
+        _set_dotted(tree, key, value)  # None too: `-s data.train_size=null` means "all rows"
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as exc:

@@ -88,10 +88,11 @@ def eval_cmd(run_dirs: Annotated[list[Path] | None, typer.Argument(
              config: ConfigOpt = None, set_: SetOpt = None, model: ModelOpt = None, prompt: PromptOpt = None,
              data_dir: DataDirOpt = None, eval_size: EvalSizeOpt = None,
              dataset: Annotated[str | None, typer.Option(
-                 help="Benchmark to test on (gsm8k, svamp, jsonl with data.test_file); a run's model is "
-                      "tested on it instead of the run's own data, into eval/<dataset>/")] = None,
+                 help="Benchmark to test on (gsm8k, svamp, math, arc-challenge, jsonl with data.test_file); a "
+                      "run's model is tested on it instead of the run's own data, into eval/<benchmark>/")] = None,
              output_dir: OutOpt = None, overwrite: OverwriteOpt = False) -> None:
     """Evaluate a base model or runs' tuned models; writes predictions.jsonl and metrics.json."""
+    from mathtune.data.problems import benchmark_name
     from mathtune.io import output_dir_guard
     from mathtune.workflows import eval_adapters_workflow, eval_workflow, preflight, tuned_config
 
@@ -107,11 +108,17 @@ def eval_cmd(run_dirs: Annotated[list[Path] | None, typer.Argument(
             typer.echo(f"predictions and metrics written to {out}")
         return
     run_dir = run_dirs[0] if run_dirs else None
+    # A run's model is tested on its own data unless the call names a benchmark (--dataset or any
+    # -s data.* key but the data folder); then the results go to eval/<benchmark>/, apart from the
+    # run's own.
+    own_data = not dataset and not any(key.startswith("data.") and key != "data.data_dir"
+                                       for key, _ in map(parse_override, set_ or []))
     root = (run_dir if run_dir and not base else Path(cfg.output_dir)) / "eval"
-    default = (root / dataset if dataset else root) / ("tuned" if run_dir and not base else "base")
+    if run_dir and not base and not own_data:
+        root = root / benchmark_name(cfg.data)
+    default = root / ("tuned" if run_dir and not base else "base")
     if cfg.eval.perturbed:  # never mixed with the original problems' predictions (same ids)
         default = default.with_name(default.name + "-perturbed")
-    own_data = dataset is None
     preflight(tuned_config(cfg, run_dir, own_data) if run_dir and not base else cfg, (cfg.eval.split,),
               training=False)
     # An existing eval dir is resumed: finished predictions are kept and skipped.

@@ -20,10 +20,12 @@ def find_eval_dirs(paths: list[Path]) -> list[tuple[str, Path]]:
         if (path / "metrics.json").is_file():
             found.append((path.name if path.parent.name != "eval" else f"{path.parents[1].name}/{path.name}", path))
             continue
+        # eval/base, eval/tuned, and eval/<benchmark>/tuned for other benchmarks
         subdirs = [d for d in sorted((path / "eval").glob("*")) if (d / "metrics.json").is_file()]
+        subdirs += [d for d in sorted((path / "eval").glob("*/*")) if (d / "metrics.json").is_file()]
         if not subdirs:
             raise MathtuneError(f"{path} holds no evaluation (no metrics.json, no eval/*/metrics.json)")
-        found += [(f"{path.name}/{d.name}", d) for d in subdirs]
+        found += [(f"{path.name}/{d.relative_to(path / 'eval')}", d) for d in subdirs]
     return found
 
 
@@ -46,6 +48,8 @@ def _pair(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
     common = [i for i in first["predictions"] if i in second["predictions"]]
     a = [bool(first["predictions"][i]["correct"]["strict-match"]) for i in common]
     b = [bool(second["predictions"][i]["correct"]["strict-match"]) for i in common]
+    others = [name for name in first["metrics"]["scores"]
+              if name != "strict-match" and name in second["metrics"]["scores"]]
     differing = [i for i, x, y in zip(common, a, b, strict=True) if x != y][:SAMPLES_SHOWN]
     samples = [{"id": i, "question": first["predictions"][i]["question"],
                 "reference_answer": first["predictions"][i]["reference_answer"],
@@ -53,9 +57,9 @@ def _pair(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
                for i in differing]
     # Strict-match rewards the '#### N' format as well as the number; the other filters show whether a
     # gain is more than format (a base model that never writes '####' scores 0 strict).
-    by_score = {name: mcnemar_exact([bool(first["predictions"][i]["correct"][name]) for i in common],
-                                    [bool(second["predictions"][i]["correct"][name]) for i in common])
-                for name in ("flexible-extract", "numeric-match")} if common else {}
+    by_score = {name: mcnemar_exact([bool(first["predictions"][i]["correct"].get(name)) for i in common],
+                                    [bool(second["predictions"][i]["correct"].get(name)) for i in common])
+                for name in others} if common else {}
     return {"first": first["label"], "second": second["label"], "n_common": len(common),
             "mcnemar": mcnemar_exact(a, b) if common else None, "mcnemar_by_score": by_score,
             "samples": samples}
@@ -65,14 +69,26 @@ def compare_runs(eval_dirs: list[Path], labels: list[str] | None = None) -> dict
     named = list(zip(labels, eval_dirs, strict=True)) if labels else find_eval_dirs(eval_dirs)
     entries = [_load_entry(label, path) for label, path in named]
     rows = [_table_row(e) for e in entries]
-    pairs = [_pair(entries[0], other) for other in entries[1:]]
+    # Models are paired only on the same benchmark: the first entry of each benchmark against the rest.
+    by_benchmark: dict[str, list[dict[str, Any]]] = {}
+    for entry in entries:
+        by_benchmark.setdefault(_benchmark(entry["metrics"]), []).append(entry)
+    pairs = [_pair(group[0], other) for group in by_benchmark.values() for other in group[1:]]
     return {"rows": rows, "pairs": pairs}
+
+
+def _benchmark(metrics: dict[str, Any]) -> str:
+    """The benchmark an evaluation ran on (metrics written before it was recorded: from the dataset)."""
+    if "benchmark" in metrics:
+        return metrics["benchmark"]
+    dataset = metrics.get("reproducibility", {}).get("dataset", {})
+    return str(dataset.get("dataset", "gsm8k")) + ("-" + dataset["test_file"] if dataset.get("test_file") else "")
 
 
 def _table_row(entry: dict[str, Any]) -> dict[str, Any]:
     metrics, card = entry["metrics"], entry["train"]
     return {
-        "label": entry["label"], "n": metrics["n"], "scores": metrics["scores"],
+        "label": entry["label"], "benchmark": _benchmark(metrics), "n": metrics["n"], "scores": metrics["scores"],
         "perplexity": metrics.get("perplexity"), "rouge1": metrics.get("rouge1"),
         "semantic_similarity": metrics.get("semantic_similarity"),
         "trainable_params": card.get("trainable_params"), "peak_train_rss_mb": card.get("peak_rss_mb"),
@@ -91,22 +107,25 @@ def format_value(value: Any, digits: int = 2) -> str:
 
 
 def _score(row: dict[str, Any], name: str) -> str:
-    score = row["scores"][name]
-    return f"{100 * score['exact_match']:.1f} ± {100 * score['stderr']:.1f}"
+    score = row["scores"].get(name)
+    return "–" if score is None else f"{100 * score['exact_match']:.1f} ± {100 * score['stderr']:.1f}"
 
 
 def render_markdown(comparison: dict[str, Any]) -> str:
-    lines = ["| model | n | EM strict % | EM flexible % | numeric-match % | perplexity | ROUGE-1 | sem. sim. "
-             "| trainable params | train peak RSS MB | train s | train tok/s | eval s |",
-             "|" + "---|" * 13]
+    lines = ["| model | benchmark | n | EM strict % | EM flexible % | numeric-match % | math-verify % | perplexity "
+             "| ROUGE-1 | sem. sim. | trainable params | train peak RSS MB | train s | train tok/s | eval s |",
+             "|" + "---|" * 15]
     for row in comparison["rows"]:
         lines.append(
-            f"| {row['label']} | {row['n']} | {_score(row, 'strict-match')} | {_score(row, 'flexible-extract')} "
-            f"| {_score(row, 'numeric-match')} | {format_value(row['perplexity'])} | {format_value(row['rouge1'], 3)} "
+            f"| {row['label']} | {row.get('benchmark', '–')} | {row['n']} | {_score(row, 'strict-match')} "
+            f"| {_score(row, 'flexible-extract')} | {_score(row, 'numeric-match')} | {_score(row, 'math-verify')} "
+            f"| {format_value(row['perplexity'])} | {format_value(row['rouge1'], 3)} "
             f"| {format_value(row['semantic_similarity'], 3)} | {format_value(row['trainable_params'])} "
             f"| {format_value(row['peak_train_rss_mb'], 0)} | {format_value(row['train_seconds'], 0)} "
             f"| {format_value(row['train_tokens_per_second'], 0)} | {format_value(row['eval_seconds'], 0)} |")
-    lines.append("\nEM: exact match (lm-eval-harness filters), ± one standard error.")
+    lines.append("\nEM: exact match (lm-eval-harness filters), ± one standard error; math-verify: symbolic "
+                 "equality by the math-verify library; '–': the score does not apply (ARC: letters only). Models "
+                 "are paired only on the same benchmark.")
     for pair in comparison["pairs"]:
         lines += _pair_markdown(pair)
     return "\n".join(lines) + "\n"

@@ -36,13 +36,22 @@ class ModelConfig(Section):
 
 
 class DataConfig(Section):
-    dataset: Literal["gsm8k", "svamp", "jsonl"] = Field("gsm8k", description="Benchmark to train and test on")
+    dataset: Literal["gsm8k", "svamp", "math", "arc-challenge", "jsonl"] = Field(
+        "gsm8k", description="Benchmark to train and test on (math: answers checked by math-verify; "
+        "arc-challenge: by the choice's letter)")
     subset: Literal["main", "socratic"] = Field("main", description="GSM8K config: main or socratic")
     data_dir: str | None = Field(
         None, description="Folder holding gsm8k/ and svamp/ (env MATHTUNE_DATA_DIR); else the hub"
     )
-    train_file: str | None = Field(None, description="JSONL/CSV train file (dataset: jsonl)")
-    test_file: str | None = Field(None, description="JSONL/CSV test file (dataset: jsonl)")
+    train_file: str | None = Field(
+        None, description="JSONL/CSV train file (jsonl; math and arc-challenge: a local copy with the hub's fields)")
+    test_file: str | None = Field(
+        None, description="JSONL/CSV test file (jsonl; math and arc-challenge: a local copy with the hub's fields)")
+    svamp_test: Literal["holdout", "all"] = Field(
+        "holdout", description="SVAMP is one file: 'holdout' tests on a seeded 300 and trains on the other 700; "
+        "'all' tests on all 1,000 (for a model trained on another dataset)")
+    allow_test_overlap: bool = Field(
+        False, description="Allow training on problems that are also test problems (refused otherwise)")
     question_field: str = Field("question", description="Field holding the question (jsonl)")
     answer_field: str = Field("answer", description="Field holding the solution ending in '#### N' (jsonl)")
     train_size: int | None = Field(None, ge=1, description="Train rows used (first N after shuffle); all if null")

@@ -82,6 +82,23 @@ def per_problem_prefixes(
     return prefixes
 
 
+def render_prompts(tokenizer: Any, prompts: list[str], chat_template: bool) -> list[str]:
+    """`prompt.chat_template`: each prompt as the user turn of the tokenizer's chat template, ready
+    for the assistant's answer. The one place this happens, so training, evaluation, the dev-slice
+    check and the app see the same text (the lm-eval bridge asks lm-eval for the same template)."""
+    if not chat_template:
+        return prompts
+    check_chat_template(tokenizer)
+    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                          add_generation_prompt=True) for p in prompts]
+
+
+def check_chat_template(tokenizer: Any) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        raise MathtuneError("prompt.chat_template is on but this model's tokenizer has no chat template; "
+                            "set -s prompt.chat_template=false")
+
+
 def extract_program(output: str) -> str:
     """The code a model wrote: inside a ```python block if there is one, else the output up to its
     first closing fence (the `program` prompt opens the block, so the model writes only code)."""

@@ -32,7 +32,7 @@ from mathtune.methods.registry import build_method
 from mathtune.models.attention import use_varlen_sdpa
 from mathtune.models.device import choose_placement
 from mathtune.models.setup import LoadedModel, load_for_run
-from mathtune.prompts import get_strategy
+from mathtune.prompts import get_strategy, render_prompts
 from mathtune.runcard import peak_cuda_mb, peak_rss_mb, provenance
 from mathtune.training.allocator import active_allocator
 from mathtune.training.checkpoints import latest_checkpoint, restore_checkpoint, save_checkpoint
@@ -69,8 +69,9 @@ def build_examples(cfg: RunConfig, problems: list[Problem], loaded: LoadedModel)
         }
         problems = [p for p in problems if p.id in programs]
     examples = []
-    for problem in problems:
-        prompt = strategy.format_prompt(problem.question)
+    prompts = render_prompts(loaded.tokenizer, [strategy.format_prompt(p.question) for p in problems],
+                             cfg.prompt.chat_template)
+    for problem, prompt in zip(problems, prompts, strict=True):
         target = strategy.format_target(problem, programs.get(problem.id))
         if loaded.seq2seq:
             examples.append(seq2seq_example(loaded.tokenizer, prompt, target, cfg.data.max_length))

@@ -63,12 +63,32 @@ def evaluate_model(cfg: RunConfig, out_dir: Path, label: str, adapter_dir: Path 
 
 def preflight(cfg: RunConfig, splits: tuple[str, ...] = ("train", "test"), training: bool = True) -> None:
     """Fail on bad data or an unknown model before any output dir is touched."""
-    for split in splits:
-        load_split(cfg.data, cfg.resolved_data_dir(), split)
-    source_config(resolve_source(cfg.model.name, cfg.model.gguf_file))
+    loaded = {split: load_split(cfg.data, cfg.resolved_data_dir(), split) for split in splits}
+    if training:
+        check_no_test_problems_in_training(cfg, loaded.get("test"))
+    source = resolve_source(cfg.model.name, cfg.model.gguf_file)
+    source_config(source)
+    if cfg.prompt.chat_template:
+        from mathtune.prompts import check_chat_template
+
+        check_chat_template(load_tokenizer(source))
     method = build_method(cfg.method)
     if training and hasattr(method, "check"):  # e.g. stacked-lora: its stage-1 adapter must exist
         method.check()
+
+
+def check_no_test_problems_in_training(cfg: RunConfig, test: list[Any] | None = None) -> None:
+    """The rows a run trains on must not be test problems (SVAMP with `svamp_test: all`, a jsonl
+    train file that is its test file), unless `data.allow_test_overlap` says it is meant."""
+    from mathtune.data.problems import check_train_test_disjoint
+    from mathtune.train import load_train_problems
+
+    if test is None:
+        try:
+            test = load_split(cfg.data, cfg.resolved_data_dir(), "test")
+        except MathtuneError:
+            return  # no test split (a jsonl run with only a train file): nothing to overlap with
+    check_train_test_disjoint(load_train_problems(cfg), test, cfg.data.allow_test_overlap)
 
 
 def augment_workflow(cfg: RunConfig, output: Path, variants: int, seed: int, include_original: bool = False,

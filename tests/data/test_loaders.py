@@ -29,7 +29,7 @@ def _svamp_dir(root: Path, rows=SVAMP_ROWS) -> Path:
 
 
 def test_svamp_local_file(tmp_path):
-    cfg = build_config({"data": {"dataset": "svamp", "data_dir": str(_svamp_dir(tmp_path))}})
+    cfg = build_config({"data": {"dataset": "svamp", "data_dir": str(_svamp_dir(tmp_path)), "svamp_test": "all"}})
     problems = load_split(cfg.data, cfg.resolved_data_dir(), "test")
     assert [p.id for p in problems] == ["chal-1", "chal-2"]
     assert problems[0].question.endswith("on each pack How much do you have to pay to buy each pack?")

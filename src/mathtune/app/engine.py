@@ -109,10 +109,11 @@ class Engine:
             return self._backends[key]
 
     def prompt_for(self, cfg: RunConfig, question: str, tokenizer: Any) -> str:
-        from mathtune.evaluate.evaluator import apply_chat_template, build_prompts
+        from mathtune.evaluate.evaluator import build_prompts
+        from mathtune.prompts import render_prompts
 
         prompts, _ = build_prompts(cfg, [Problem(id="app", question=question, solution="", answer="")])
-        return apply_chat_template(tokenizer, prompts)[0] if cfg.prompt.chat_template else prompts[0]
+        return render_prompts(tokenizer, prompts, cfg.prompt.chat_template)[0]
 
     def stream(self, cfg: RunConfig, run_name: str | None, question: str) -> Iterator[str]:
         """Yield the answer text so far, token by token, cut at the strategy's stop strings."""

@@ -50,7 +50,7 @@ def math_problems(rows: list[dict[str, Any]], source: str, numeric_only: bool = 
             continue
         answer = number if number is not None else answer
         problems.append(Problem(id=str(row.get("id", index)), question=question.strip(),
-                                solution=f"{solution.strip()}\n{ANSWER_MARK} {answer}", answer=answer))
+                                solution=f"{solution.strip()}\n{ANSWER_MARK} {answer}", answer=answer, kind="latex"))
     return problems
 
 
@@ -67,7 +67,7 @@ def arc_problems(rows: list[dict[str, Any]], source: str) -> list[Problem]:
         if key not in choices["label"]:
             raise MathtuneError(f"{source} row {index + 1}: answerKey {key!r} is not one of {choices['label']}")
         problems.append(Problem(id=str(row.get("id", index)), question=question, solution=f"{ANSWER_MARK} {key}",
-                                answer=key))
+                                answer=key, kind="choice"))
     return problems
 
 

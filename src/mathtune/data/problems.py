@@ -1,7 +1,8 @@
-"""Math word problems from GSM8K, SVAMP or any JSONL/CSV file, as `Problem` rows.
+"""Math word problems from GSM8K, SVAMP, MATH, ARC-Challenge or any JSONL/CSV file, as `Problem` rows.
 
-Local copies come first (`data.data_dir` or `MATHTUNE_DATA_DIR`); without one, GSM8K comes from
-the hub (`openai/gsm8k`) and SVAMP from `ChilleD/SVAMP`.
+Local copies come first (`data.data_dir` or `MATHTUNE_DATA_DIR`; `data.train_file`/`test_file` for
+jsonl, MATH and ARC); without one, GSM8K comes from the hub (`openai/gsm8k`), SVAMP from
+`ChilleD/SVAMP`, MATH and ARC as `data/hub_sets.py` says.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import random
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from mathtune.data.records import read_json_list, read_records
 from mathtune.errors import MathtuneError
@@ -25,7 +26,10 @@ class Problem:
     id: str
     question: str
     solution: str  # full reference solution, ending in "#### N"
-    answer: str  # the number after ####, commas removed
+    answer: str  # the number after ####, commas removed (MATH: LaTeX; ARC: a letter)
+    # How the answer is checked (evaluate/extraction.py): a number, a LaTeX expression (MATH, by
+    # math-verify) or a multiple-choice letter (ARC).
+    kind: Literal["number", "latex", "choice"] = "number"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,6 +110,11 @@ def _gsm8k_file(data_dir: Path, subset: str, split: str) -> Path:
 
 def load_split(data_cfg: Any, data_dir: Path | None, split: str) -> list[Problem]:
     """All problems of one split ('train' or 'test') for the configured dataset."""
+    if data_cfg.dataset in ("math", "arc-challenge"):
+        from mathtune.data.hub_sets import load_hub_set
+
+        local = data_cfg.train_file if split == "train" else data_cfg.test_file
+        return load_hub_set(data_cfg.dataset, split, local)
     if data_cfg.dataset == "jsonl":
         path = data_cfg.train_file if split == "train" else data_cfg.test_file
         if not path:
@@ -113,7 +122,7 @@ def load_split(data_cfg: Any, data_dir: Path | None, split: str) -> list[Problem
         rows = read_records(path)
         return problems_from_rows(rows, str(path), data_cfg.question_field, data_cfg.answer_field)
     if data_cfg.dataset == "svamp":
-        return _load_svamp(data_dir, split)
+        return _svamp_split(_load_svamp(data_dir), split, data_cfg.svamp_test)
     local = _gsm8k_file(data_dir, data_cfg.subset, split) if data_dir else None
     if local is not None and local.is_file():
         return problems_from_rows(read_records(local), str(local))
@@ -126,14 +135,59 @@ def load_split(data_cfg: Any, data_dir: Path | None, split: str) -> list[Problem
     return problems_from_rows(_hub_rows("openai/gsm8k", data_cfg.subset, split), f"openai/gsm8k {split}")
 
 
-def _load_svamp(data_dir: Path | None, split: str) -> list[Problem]:
-    """SVAMP ships one file of 1,000 problems; we use it whole as a test set (train = the same file)."""
+SVAMP_TEST_FRACTION = 0.3  # ChilleD/SVAMP's split: 300 of the 1,000 problems test, 700 train
+SVAMP_SPLIT_SEED = 0
+
+
+def _load_svamp(data_dir: Path | None) -> list[Problem]:
+    """All 1,000 SVAMP problems: the local `svamp/SVAMP.json`, else both hub splits."""
     local = data_dir / "svamp" / "SVAMP.json" if data_dir else None
     if local is not None and local.is_file():
         return _svamp_problems(read_json_list(local), str(local))
     if local is not None:
         raise MathtuneError(f"SVAMP file missing: {local}")
-    return _svamp_problems(_hub_rows("ChilleD/SVAMP", None, split), "ChilleD/SVAMP")
+    rows = _hub_rows("ChilleD/SVAMP", None, "train") + _hub_rows("ChilleD/SVAMP", None, "test")
+    return _svamp_problems(rows, "ChilleD/SVAMP")
+
+
+def _svamp_split(problems: list[Problem], split: str, test: str) -> list[Problem]:
+    """SVAMP ships as one file, so train and test are carved from it: a seeded 700/300 split by
+    problem id (the hub's sizes; the same on every machine), or with `test: all` every problem is
+    test and train (a model trained elsewhere tested on all 1,000; training on it is refused as
+    training on the test set, `check_train_test_disjoint`)."""
+    if test == "all":
+        return problems
+    ordered = sorted(problems, key=lambda p: p.id)
+    size = max(1, round(SVAMP_TEST_FRACTION * len(ordered)))
+    test_ids = {p.id for p in random.Random(SVAMP_SPLIT_SEED).sample(ordered, size)}
+    return [p for p in problems if (p.id in test_ids) == (split == "test")]
+
+
+def check_train_test_disjoint(train: list[Problem], test: list[Problem], allowed: bool = False) -> None:
+    """Refuse to train on problems that are also test problems (same question once lower-cased and
+    reduced to its words): every score on them would measure memory, not math."""
+    def key(question: str) -> str:
+        return " ".join(re.findall(r"\w+", question.lower()))
+
+    test_keys = {key(p.question): p.id for p in test}
+    shared = [(p.id, test_keys[key(p.question)]) for p in train if key(p.question) in test_keys]
+    if shared and not allowed:
+        train_id, test_id = shared[0]
+        raise MathtuneError(
+            f"{len(shared)} train problem(s) are also test problems (first: train {train_id} = test {test_id}); "
+            f"train on another split, or set data.allow_test_overlap=true to do it knowingly")
+
+
+def benchmark_name(data_cfg: Any) -> str:
+    """A folder name for the benchmark a data section tests on: gsm8k, gsm8k-socratic, svamp,
+    svamp-all, math, arc-challenge, or jsonl-<test file's stem>."""
+    if data_cfg.dataset == "jsonl":
+        return f"jsonl-{Path(data_cfg.test_file or 'test').stem}"
+    if data_cfg.dataset == "gsm8k" and data_cfg.subset == "socratic":
+        return "gsm8k-socratic"
+    if data_cfg.dataset == "svamp" and data_cfg.svamp_test == "all":
+        return "svamp-all"
+    return data_cfg.dataset
 
 
 def sample_problems(problems: list[Problem], count: int | None, seed: int) -> list[Problem]:

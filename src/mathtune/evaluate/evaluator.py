@@ -14,10 +14,10 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from mathtune.config import RunConfig
-from mathtune.data.problems import Problem, load_split, sample_problems
+from mathtune.data.problems import Problem, benchmark_name, load_split, sample_problems
 from mathtune.evaluate.contamination import check_run
 from mathtune.evaluate.decoding import add_majority_votes, majority_summary
-from mathtune.evaluate.extraction import FILTERS, extract_all, score_all
+from mathtune.evaluate.extraction import CHOICE_FILTERS, FILTERS, INVALID, score_answer
 from mathtune.evaluate.failures import classify_failure, failure_counts
 from mathtune.evaluate.generation import Backend, Generation, GenerationRequest
 from mathtune.evaluate.metrics import mean_and_stderr, perplexity_from_nll
@@ -28,10 +28,9 @@ from mathtune.prompts import (
     few_shot_prefix,
     get_strategy,
     per_problem_prefixes,
+    render_prompts,
 )
 from mathtune.runcard import peak_cuda_mb, peak_rss_mb, provenance
-
-SCORES = ("strict-match", "flexible-extract", "numeric-match")
 
 
 def eval_problems(cfg: RunConfig) -> list[Problem]:
@@ -81,11 +80,6 @@ def _programs_for(pool: list[Problem]) -> dict[str, str]:
     return {p.id: prog for p, prog in zip(pool, converted, strict=True) if prog is not None}
 
 
-def apply_chat_template(tokenizer: Any, prompts: list[str]) -> list[str]:
-    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                          add_generation_prompt=True) for p in prompts]
-
-
 def stop_strings(cfg: RunConfig, strategy: PromptStrategy) -> tuple[str, ...]:
     return tuple(cfg.eval.stop) if cfg.eval.stop is not None else strategy.stop
 
@@ -109,25 +103,40 @@ def score_rows(problems: list[Problem], generations: list[Generation], strategy:
     rows = []
     for index, (problem, generation) in enumerate(zip(problems, generations, strict=True)):
         text = answer_text(strategy, generation.text, sandbox_results, index)
-        correct = score_all(text, problem.solution)
+        extracted, correct = score_answer(text, problem.solution, problem.answer, problem.kind)
         row = {"id": problem.id, "question": problem.question, "reference": problem.solution,
                "reference_answer": problem.answer, "prompt": prompts[index], "output": generation.text,
-               "extracted": extract_all(text),
-               "correct": correct, "truncated": generation.truncated, "new_tokens": generation.new_tokens}
+               "extracted": extracted, "correct": correct, "truncated": generation.truncated,
+               "new_tokens": generation.new_tokens}
         if index in sandbox_results:
             result = sandbox_results[index]
             row["sandbox"] = {"ok": result.ok, "answer": result.answer, "reason": result.reason}
-        if not correct["numeric-match"]:
+        # Categorised wherever lm-eval's strict score fails, so `answer-format` (the right number in
+        # a form strict-match does not read) can fire. The categories read numbers; a multiple-choice
+        # answer is only truncated, missing, or wrong.
+        if not correct["strict-match"] and problem.kind == "choice":
+            row["failure"] = ("truncated" if generation.truncated else "no-final-answer"
+                              if extracted["flexible-extract"] == INVALID else "wrong-reasoning")
+        elif not correct["strict-match"]:
             row["failure"] = classify_failure(problem.question, text or generation.text, problem.answer,
                                               generation.truncated)
         rows.append(row)
     return rows
 
 
+def score_names(rows: list[dict[str, Any]]) -> list[str]:
+    """The scores these rows carry, in order (numbers: strict/flexible/numeric/math-verify; MATH has
+    no numeric-match; ARC only its letter scores)."""
+    names: dict[str, None] = {}
+    for row in rows:
+        names.update(dict.fromkeys(row["correct"]))
+    return list(names)
+
+
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     scores = {}
-    for name in SCORES:
-        value, stderr = mean_and_stderr([bool(r["correct"][name]) for r in rows])
+    for name in score_names(rows):
+        value, stderr = mean_and_stderr([bool(r["correct"].get(name)) for r in rows])
         scores[name] = {"exact_match": value, "stderr": stderr}
     nll = [r["reference_nll"] for r in rows if r.get("reference_nll") is not None]
     tokens = [r["reference_tokens"] for r in rows if r.get("reference_tokens")]
@@ -144,8 +153,8 @@ def evaluate(cfg: RunConfig, backend: Backend, out_dir: Path, label: str, tokeni
     strategy = get_strategy(cfg.prompt.strategy)
     problems = eval_problems(cfg)
     prompts, prompt_record = build_prompts(cfg, problems)
-    if cfg.prompt.chat_template and tokenizer is not None:
-        prompts = apply_chat_template(tokenizer, prompts)
+    if tokenizer is not None:
+        prompts = render_prompts(tokenizer, prompts, cfg.prompt.chat_template)
     predictions_path = out_dir / "predictions.jsonl"
     done = {row["id"]: row for row in read_jsonl_tolerant(predictions_path)}
     todo = [i for i, p in enumerate(problems) if p.id not in done]
@@ -183,15 +192,16 @@ def evaluate(cfg: RunConfig, backend: Backend, out_dir: Path, label: str, tokeni
     if cfg.eval.text_metrics:
         metrics.update(text_metrics(rows))
     metrics.update({
-        "label": label, "wall_seconds": round(wall, 2), "generated_tokens": new_tokens,
+        "label": label, "benchmark": benchmark_name(cfg.data), "wall_seconds": round(wall, 2),
+        "generated_tokens": new_tokens,
         "generated_tokens_per_second": round(new_tokens / max(wall, 1e-9), 1),
         "peak_rss_mb": round(peak_rss_mb(), 1), "peak_cuda_mb": peak_cuda_mb(),
         "reproducibility": {
             "prompt": prompt_record,
             "problems": {"split": cfg.eval.split, "n": len(problems), "perturbed": cfg.eval.perturbed,
                          "seed": cfg.eval.seed, "ids": [p.id for p in problems]},
-            "extraction": {name: {"regex": f.pattern, "group_select": f.group_select}
-                           for name, f in FILTERS.items()},
+            "extraction": {name: {"regex": f.pattern, "group_select": f.group_select} for name, f in
+                           (CHOICE_FILTERS if problems and problems[0].kind == "choice" else FILTERS).items()},
             "generation": {"greedy": True, "max_new_tokens": cfg.eval.max_new_tokens, "stop": list(stop),
                            "batch_size": cfg.eval.batch_size, "dtype": cfg.eval.dtype,
                            "calculator": cfg.eval.calculator, "samples": cfg.eval.samples,
@@ -208,9 +218,11 @@ def quick_accuracy(cfg: RunConfig, backend: Backend, problems: list[Problem]) ->
     (used on the dev slice during training; writes nothing)."""
     strategy = get_strategy(cfg.prompt.strategy)
     prompts = [strategy.format_prompt(p.question) for p in problems]
+    if getattr(backend, "tokenizer", None) is not None:
+        prompts = render_prompts(backend.tokenizer, prompts, cfg.prompt.chat_template)
     requests = [GenerationRequest(p, stop_strings(cfg, strategy), cfg.eval.max_new_tokens) for p in prompts]
     rows = score_rows(problems, backend.generate(requests), strategy, prompts)
-    return {name: sum(bool(r["correct"][name]) for r in rows) / len(rows) for name in SCORES}
+    return {name: sum(bool(r["correct"][name]) for r in rows) / len(rows) for name in score_names(rows)}
 
 
 def _target_program(strategy: PromptStrategy, problem: Problem) -> str | None:

@@ -9,6 +9,10 @@ as data so our numbers are bit-identical to an `lm_eval --tasks gsm8k` run on th
 Both are then compared with lm-eval's ``exact_match`` (ignore_case, regexes_to_ignore ``,`` ``\\$``
 ``(?s).*#### `` ``\\.$``) against the full reference solution. The third score, ``numeric-match``,
 is ours: it compares numbers, so ``$29.00`` matches ``29`` where lm-eval says it does not.
+The fourth, ``math-verify``, is the `math-verify` library's symbolic check (as lighteval and TRL use
+it) of the answer after ``####`` (else a ``\\boxed{}`` or the last number): ``\\frac{1}{2}`` equals
+``0.5``. MATH is scored by it. ARC-Challenge (``kind="choice"``) is scored by its letter:
+``strict-match`` reads ``#### C``, ``flexible-extract`` also "the answer is C".
 
 Pure functions: nothing here imports torch or transformers.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from dataclasses import dataclass, field
 
 from mathtune.errors import MathtuneError
@@ -69,7 +74,14 @@ FILTERS: dict[str, AnswerFilter] = {
     "strict-match": AnswerFilter("strict-match", r"#### (\-?[0-9\.\,]+)", group_select=0),
     "flexible-extract": AnswerFilter("flexible-extract", r"(-?[$0-9.,]{2,})|(-?[0-9]+)", group_select=-1),
 }
-SCORE_NAMES: tuple[str, ...] = (*FILTERS, "numeric-match")
+SCORE_NAMES: tuple[str, ...] = (*FILTERS, "numeric-match", "math-verify")
+# Multiple choice: the letter after '####' (strict), or also after "answer is"/"answer:" (flexible).
+CHOICE_FILTERS: dict[str, AnswerFilter] = {
+    "strict-match": AnswerFilter("strict-match", r"#### \(?([A-J])\b", group_select=0),
+    "flexible-extract": AnswerFilter("flexible-extract", r"(?:#### |[Aa]nswer(?: is)?:?\s*)\(?([A-J])\b",
+                                     group_select=-1),
+}
+CHOICE_SCORE_NAMES: tuple[str, ...] = tuple(CHOICE_FILTERS)
 
 
 def _numpy_str(text: str) -> str:
@@ -181,3 +193,48 @@ def score_all(output: str, reference_solution_or_answer: str) -> dict[str, bool]
     }
     scores["numeric-match"] = numeric_match(output, reference_solution_or_answer)
     return scores
+
+
+def _answer_span(output: str) -> str:
+    """The line after the first '####' (what strict-match reads), else the whole output."""
+    _, mark, after = output.partition(_ANSWER_MARK)
+    return after.strip().split("\n", 1)[0] if mark and after.strip() else output
+
+
+def _math_verify_parse(text: str, timeout: int | None) -> list:
+    from math_verify import parse
+
+    return parse(text, parsing_timeout=timeout)
+
+
+def math_verify_answer(output: str, gold: str, kind: str = "number") -> tuple[str, bool]:
+    """(the answer math-verify read, whether it is symbolically equal to `gold`).
+
+    The answer is read from the '####' line, else LaTeX-delimited there, else anywhere in the output
+    (a ``\\boxed{}`` first, then the last expression). `gold` is the bare reference answer; for
+    ``kind="latex"`` (MATH) it is LaTeX."""
+    from math_verify import verify
+
+    # math-verify times out with SIGALRM, which exists only in the main thread (the app scores in others).
+    timeout = 5 if threading.current_thread() is threading.main_thread() else None
+    reference = _math_verify_parse(f"${gold}$" if kind == "latex" else gold, timeout)
+    span = _answer_span(output)
+    predicted = (_math_verify_parse(span, timeout) or _math_verify_parse(f"${span}$", timeout)
+                 or _math_verify_parse(output, timeout))
+    if not predicted:
+        return INVALID, False
+    return str(predicted[-1]), bool(reference) and bool(verify(reference, predicted, timeout_seconds=timeout))
+
+
+def score_answer(output: str, solution: str, answer: str, kind: str = "number") -> tuple[dict[str, str],
+                                                                                        dict[str, bool]]:
+    """(extracted answers, correctness) under every score that applies to a problem of `kind`:
+    number and latex get strict/flexible/numeric/math-verify, choice its letter scores."""
+    if kind == "choice":
+        extracted = {name: f.apply(output) for name, f in CHOICE_FILTERS.items()}
+        return extracted, {name: value.upper() == answer.upper() for name, value in extracted.items()}
+    extracted, correct = extract_all(output), score_all(output, solution)
+    if kind == "latex":  # "\\frac{1}{2}" is no number to compare: MATH is scored symbolically only
+        del extracted["numeric-match"], correct["numeric-match"]
+    extracted["math-verify"], correct["math-verify"] = math_verify_answer(output, answer, kind)
+    return extracted, correct

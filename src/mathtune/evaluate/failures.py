@@ -283,13 +283,14 @@ def failure_counts(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     """How many wrong rows fall in each category (every category present, zeros included).
 
     Each row needs ``question``, ``output``, ``reference_answer`` and ``truncated``; a row whose
-    ``correct`` is true is skipped, so a whole predictions file can be passed in.
+    ``correct`` is true (for a predictions row: its strict-match) is skipped, so a whole predictions
+    file can be passed in.
     """
     counts = dict.fromkeys(FAILURE_CATEGORIES, 0)
     for index, row in enumerate(rows):
         correct = row.get("correct")
         if isinstance(correct, Mapping):  # a predictions row: {"strict-match": .., "numeric-match": ..}
-            correct = correct.get("numeric-match")
+            correct = correct.get("strict-match")  # lm-eval's score: a right number in another form fails
         if correct:
             continue
         if row.get("failure") in counts:  # already classified when the prediction was scored

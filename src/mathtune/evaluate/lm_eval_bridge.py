@@ -82,6 +82,7 @@ def run_lm_eval(
     max_gen_toks: int | None = None,
     batch_size: int = 1,
     task_dir: Path | None = None,
+    apply_chat_template: bool = False,
 ) -> dict[str, Any]:
     """`lm_eval.simple_evaluate` on our task YAMLs. `model`: an `HFLM` or a dict of `hf` model args.
 
@@ -103,6 +104,9 @@ def run_lm_eval(
             samples={name: list(samples) for name in tasks} if samples is not None else None,
             gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None,
             task_manager=manager, log_samples=True,
+            # prompt.chat_template: lm-eval wraps the whole prompt (shots included) as one user turn,
+            # as prompts.render_prompts does for training and `mathtune eval`.
+            apply_chat_template=apply_chat_template,
         )
     if raw is None:
         raise MathtuneError("lm-eval returned no results (non-zero rank?)")
@@ -175,8 +179,10 @@ def lm_eval_workflow(cfg: Any, run_dir: Path | None, base: bool, out_dir: Path, 
     if not base:
         if run_dir is None:
             raise MathtuneError("pass a run directory to evaluate its tuned model, or --base")
-        model_cfg = load_config(run_dir / "config.yaml", None).model
-        cfg = cfg.model_copy(update={"model": model_cfg})
+        run_cfg = load_config(run_dir / "config.yaml", None)
+        # the tuned model is prompted as it was trained: with the run's chat-template setting
+        cfg = cfg.model_copy(update={"model": run_cfg.model, "prompt": cfg.prompt.model_copy(
+            update={"chat_template": run_cfg.prompt.chat_template})})
         adapter_dir = run_dir / "adapter"
     precision = cfg.eval.dtype if cfg.eval.dtype != "auto" else cfg.train.precision
     placement = choose_placement(cfg.model.device, precision)
@@ -185,9 +191,11 @@ def lm_eval_workflow(cfg: Any, run_dir: Path | None, base: bool, out_dir: Path, 
                          str(placement.device))
     samples = None if limit else sorted(int(p.id) for p in eval_problems(cfg))
     result = run_lm_eval(tasks, args, data_dir=cfg.resolved_data_dir(), subset=cfg.data.subset, samples=samples,
-                         limit=limit, max_gen_toks=cfg.eval.max_new_tokens, batch_size=batch_size)
+                         limit=limit, max_gen_toks=cfg.eval.max_new_tokens, batch_size=batch_size,
+                         apply_chat_template=cfg.prompt.chat_template)
     record = lm_eval_record(result)
     record["mathtune"] = {"label": "base" if base else "tuned", "model": source.label, "model_args": args,
+                          "chat_template": cfg.prompt.chat_template,
                           "problems": "first_n" if limit else {"seed": cfg.eval.seed, "ids": samples}}
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "lm_eval.json", record)

@@ -19,7 +19,6 @@ from mathtune.evaluate.metrics import wilson_interval
 from mathtune.io import read_jsonl_tolerant
 from mathtune.runcard import provenance
 
-SCORES = ("strict-match", "flexible-extract", "numeric-match")
 SAMPLES = 6  # problems shown side by side: those where the models disagree first
 
 

@@ -6,7 +6,8 @@ from typing import Any
 
 from mathtune.compare import format_value as fmt
 
-SCORE_TITLES = {"strict-match": "EM strict", "flexible-extract": "EM flexible", "numeric-match": "numeric"}
+SCORE_TITLES = {"strict-match": "EM strict", "flexible-extract": "EM flexible", "numeric-match": "numeric",
+                "math-verify": "math-verify"}
 TABLE_HEAD = [
     "model",
     "n",
@@ -23,7 +24,9 @@ FOOTNOTE = (
 )
 
 
-def score_cell(score: dict[str, Any]) -> str:
+def score_cell(score: dict[str, Any] | None) -> str:
+    if score is None:  # a score that does not apply here (ARC has letters only) or predates it
+        return "–"
     ci = score.get("ci95")
     text = f"{100 * score['exact_match']:.1f}"
     return text + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
@@ -33,7 +36,7 @@ def table_cells(row: dict[str, Any]) -> list[str]:
     return [
         str(row["label"]),
         fmt(row["n"]),
-        *(score_cell(row["scores"][name]) for name in SCORE_TITLES),
+        *(score_cell(row["scores"].get(name)) for name in SCORE_TITLES),
         fmt(row.get("perplexity")),
         fmt(row.get("trainable_params")),
         fmt(row.get("peak_train_rss_mb"), 0),

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from mathtune.data.records import read_text
 from mathtune.errors import MathtuneError
 from mathtune.methods.configs import MethodConfig
 
@@ -208,9 +209,18 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise MathtuneError(f"config file not found: {path}")
     try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise MathtuneError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        # UTF-8 with or without a BOM, or UTF-16 with one (PowerShell `>`); no Windows-1252 guess, as
+        # a garbled path or prompt in a config would go unnoticed. CRLF and lone CR are YAML line ends.
+        text = read_text(path, legacy=False)
+    except MathtuneError as exc:
+        raise MathtuneError(f"YAML config file {exc}") from None
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)  # parse errors carry one; its line counts from 0
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise MathtuneError(f"config file {where} is not valid YAML: {problem}") from None
     if tree is None:
         return {}
     if not isinstance(tree, dict):

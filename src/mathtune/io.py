@@ -106,11 +106,36 @@ def output_dir_guard(path: str | Path, overwrite: bool, resume: bool = False) ->
     with run_lock(prepared):
         try:
             yield prepared
-        except Exception:
-            leftovers = {p.name for p in prepared.iterdir()} - {"config.yaml", ".lock", "tensorboard"}
-            if created is not None and not leftovers:
+        except BaseException:  # errors and interrupts (Ctrl-C, SIGTERM) alike
+            if created is not None and not holds_results(prepared):
                 shutil.rmtree(created, ignore_errors=True)
             raise
+
+
+# What a run or eval dir holds before it has produced anything: safe to remove when it stops.
+NOT_RESULTS = {"config.yaml", ".lock", "tensorboard", "fingerprint.json", "train_log.jsonl", "dev_log.jsonl"}
+
+
+def holds_results(directory: Path) -> bool:
+    """Whether `directory` (or an eval dir below it) holds something worth resuming: a checkpoint,
+    an adapter, predictions, metrics or cards. Logs and the config alone are not."""
+    for entry in directory.iterdir():
+        if entry.name in NOT_RESULTS:
+            continue
+        if entry.name == "eval" and entry.is_dir():
+            if any(holds_results(sub) for sub in entry.iterdir() if sub.is_dir()):
+                return True
+            continue
+        if entry.name == "checkpoints" and entry.is_dir():
+            if any(entry.glob("step-*")):
+                return True
+            continue
+        if entry.is_dir() and not any(entry.iterdir()):
+            continue
+        if entry.is_file() and entry.stat().st_size == 0:
+            continue
+        return True
+    return False
 
 
 @contextmanager

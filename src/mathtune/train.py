@@ -151,6 +151,8 @@ def setup(cfg: RunConfig) -> Session:
         problems, dev = split_train_dev(problems, cfg.train.dev_size, cfg.train.seed)
     loaded = load_for_run(cfg.model, placement, method.base_load_kwargs(placement))
     examples, data_stats = build_examples(cfg, problems, loaded)
+    if loaded.added_characters:  # into the train card: the vocabulary the adapter's new rows belong to
+        data_stats["added_characters"] = loaded.added_characters
     if not examples:
         raise MathtuneError("no training examples left after preparing the data")
     if cfg.train.gradient_checkpointing:

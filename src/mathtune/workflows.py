@@ -7,6 +7,7 @@ Run directory layout:
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from mathtune.io import atomic_write_json, atomic_write_text, output_dir_guard
 from mathtune.methods.registry import build_method
 from mathtune.models.device import choose_placement
 from mathtune.models.loading import load_model, load_tokenizer, resolve_source, source_config
+from mathtune.models.vocab import add_missing_characters, check_saved_tokenizer, fit_embeddings
 from mathtune.runcard import provenance
 from mathtune.train import train
 from mathtune.training.distributed import process_rank
@@ -36,12 +38,18 @@ def build_backend(cfg: RunConfig, adapter_dir: Path | None = None) -> tuple[HFBa
     placement = choose_placement(cfg.model.device, precision)
     source = resolve_source(cfg.model.name, cfg.model.gguf_file)
     tokenizer = load_tokenizer(source)
+    # The characters training added (models/vocab.py), with the same ids: the tuned rows belong to them.
+    # Added for the base model too, so base and tuned read the same prompt tokens.
+    added = add_missing_characters(tokenizer)
+    if added and adapter_dir is not None:
+        check_saved_tokenizer(tokenizer, adapter_dir, added)
     method = build_method(cfg.method)
     # A quantized base (qlora) is loaded quantized for base and tuned alike, exactly as it was trained,
     # so base vs tuned measures the adapter and not the quantization.
     quant = method.base_load_kwargs(placement).get("quantization_config")
     extra = {"quantization_config": quant} if quant is not None else {}
     model = load_model(source, cfg.model.architecture, dtype=placement.compute_dtype, **extra)
+    fit_embeddings(model, tokenizer, added)  # before the adapter loads: its rows replace these
     if quant is None:  # bitsandbytes places quantized weights itself and refuses .to()
         model = model.to(placement.device)
     if adapter_dir is not None:
@@ -52,11 +60,16 @@ def build_backend(cfg: RunConfig, adapter_dir: Path | None = None) -> tuple[HFBa
     meta = {"backend": "hf", "model": source.label, "adapter": str(adapter_dir) if adapter_dir else None,
             "device": str(placement.device), "compute_dtype": str(placement.compute_dtype).replace("torch.", ""),
             "quantized": quant is not None}
+    if added:
+        meta["added_characters"] = added
     return HFBackend(model, tokenizer, placement.device, seq2seq, cfg.eval.batch_size), meta
 
 
 def evaluate_model(cfg: RunConfig, out_dir: Path, label: str, adapter_dir: Path | None = None,
                    show_progress: bool = True) -> dict[str, Any]:
+    from mathtune.evaluate.evaluator import check_eval_dir
+
+    check_eval_dir(cfg, out_dir, adapter_dir)  # before minutes of loading the model
     backend, meta = build_backend(cfg, adapter_dir)
     return evaluate(cfg, backend, out_dir, label, backend.tokenizer, meta, show_progress)
 
@@ -97,8 +110,6 @@ def augment_workflow(cfg: RunConfig, output: Path, variants: int, seed: int, inc
     reads (question, answer ending in '#### N', program, source_id); `<output>.report.json` counts
     what was kept and dropped. Variants that repeat or share a 13-word n-gram with a test question
     are dropped."""
-    import json
-
     from mathtune.data.augment import augment, overlaps_test_split
     from mathtune.data.problems import sample_problems
 
@@ -125,12 +136,36 @@ def augment_workflow(cfg: RunConfig, output: Path, variants: int, seed: int, inc
     return record
 
 
+def check_train_dir(cfg: RunConfig, run_dir: Path, resume: bool, finished_is_done: bool = False
+                    ) -> dict[str, Any]:
+    """The run's fingerprint; resuming a run dir that trained something else is refused, naming the
+    first difference, and so is resuming a finished training (unless `finished_is_done`: `run` goes on
+    to its evaluations)."""
+    from mathtune.fingerprint import check_fingerprint, train_fingerprint
+    from mathtune.train import load_train_problems
+
+    fingerprint = train_fingerprint(cfg, load_train_problems(cfg))
+    if resume and run_dir.is_dir():
+        check_fingerprint(run_dir, fingerprint, "a training run",
+                          "pass --overwrite to start it again with these settings, or -o another directory")
+        if not finished_is_done and (run_dir / "train_card.json").is_file() and (run_dir / "adapter").is_dir():
+            card = json.loads((run_dir / "train_card.json").read_text(encoding="utf-8"))
+            raise MathtuneError(f"{run_dir} is a finished run ({card.get('steps')} steps, adapter in "
+                                f"{run_dir / 'adapter'}); evaluate it with `mathtune eval {run_dir}`, or pass "
+                                f"--overwrite to train it again")
+    return fingerprint
+
+
 def train_workflow(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> Path:
+    from mathtune.fingerprint import write_fingerprint
+
     preflight(cfg, ("train",))
     if process_rank() != 0:  # under `accelerate launch`: rank 0 owns (checks, locks, writes) the run dir
         train(cfg, Path(cfg.output_dir), resume=resume, show_progress=False)
         return Path(cfg.output_dir)
+    fingerprint = check_train_dir(cfg, Path(cfg.output_dir), resume)
     with output_dir_guard(cfg.output_dir, overwrite, resume) as run_dir:
+        write_fingerprint(run_dir, fingerprint)
         atomic_write_text(run_dir / "config.yaml", config_to_yaml(cfg))
         train(cfg, run_dir, resume=resume)
     return run_dir
@@ -182,8 +217,12 @@ def tuned_config(cfg: RunConfig, run_dir: Path, own_data: bool = True) -> RunCon
 
 def run_workflow(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
     """Train, evaluate base and tuned on the same problems, compare: the whole study in one call."""
+    from mathtune.fingerprint import write_fingerprint
+
     preflight(cfg, ("train", cfg.eval.split))
+    fingerprint = check_train_dir(cfg, Path(cfg.output_dir), resume, finished_is_done=True)
     with output_dir_guard(cfg.output_dir, overwrite, resume) as run_dir:
+        write_fingerprint(run_dir, fingerprint)
         atomic_write_text(run_dir / "config.yaml", config_to_yaml(cfg))
         base = evaluate_model(cfg, run_dir / "eval" / "base", "base")
         if not (resume and (run_dir / "train_card.json").is_file()):

@@ -40,7 +40,7 @@ def test_svamp_local_file(tmp_path):
 def test_svamp_bad_row_names_the_row(tmp_path):
     rows = [SVAMP_ROWS[0], {"ID": "x", "Body": "b"}]
     cfg = build_config({"data": {"dataset": "svamp", "data_dir": str(_svamp_dir(tmp_path, rows))}})
-    with pytest.raises(MathtuneError, match="row 2"):
+    with pytest.raises(MathtuneError, match=r"SVAMP.json:1 \(item 2\)"):  # json.dumps: the whole list on line 1
         load_split(cfg.data, cfg.resolved_data_dir(), "test")
 
 
@@ -73,7 +73,7 @@ def test_csv_with_field_mapping_and_missing_field(tmp_path):
                                  "answer_field": "a"}})
     assert [p.answer for p in load_split(cfg.data, None, "train")] == ["12", "1001"]
     wrong = build_config({"data": {"dataset": "jsonl", "train_file": str(path), "question_field": "question"}})
-    with pytest.raises(MathtuneError, match="row 1: missing field"):
+    with pytest.raises(MathtuneError, match="mine.csv:2: missing field"):  # line 1 is the header
         load_split(wrong.data, None, "train")
 
 
@@ -106,7 +106,7 @@ def test_arc_challenge_fixture_file(tmp_path):
            "choices": {"text": ["oxygen", "carbon dioxide", "helium", "neon"], "label": ["A", "B", "C", "D"]},
            "answerKey": "B"}
     path.write_text(json.dumps(row) + "\n" + json.dumps({**row, "id": "bad", "answerKey": "E"}) + "\n")
-    with pytest.raises(MathtuneError, match="row 2: answerKey 'E'"):
+    with pytest.raises(MathtuneError, match="arc.jsonl:2: answerKey 'E'"):
         load_hub_set("arc-challenge", "test", path)
     path.write_text(json.dumps(row) + "\n")
     (problem,) = load_hub_set("arc-challenge", "test", path)

@@ -90,15 +90,16 @@ CASES: dict[str, Callable[[Env], Case]] = {
         e.jsonl_train(e.file("bad.jsonl", _jsonl(GOOD_ROW, '{"question": oops}'))), ["bad.jsonl:2", "malformed"]),
     "jsonl-empty-file": lambda e: Case(e.jsonl_train(e.file("empty.jsonl", "")), ["empty.jsonl", "no rows"]),
     "jsonl-missing-field": lambda e: Case(
-        e.jsonl_train(e.file("m.jsonl", _jsonl({"question": "q?"}))), ["m.jsonl row 1", "missing", "answer"]),
+        e.jsonl_train(e.file("m.jsonl", _jsonl({"question": "q?"}))), ["m.jsonl:1", "missing", "answer"]),
     "jsonl-non-numeric-answer": lambda e: Case(
         e.jsonl_train(e.file("n.jsonl", _jsonl({"question": "q?", "answer": "so #### abc"}))),
-        ["n.jsonl row 1", "no numeric answer"]),
+        ["n.jsonl:1", "no numeric answer"]),
     "jsonl-huge-line": lambda e: Case(
         e.jsonl_train(e.file("h.jsonl", _jsonl({"question": "x" * 1_100_000, "answer": "#### 1"}))),
         ["h.jsonl:1", "longer than"]),
+    # 0x81 is neither UTF-8 nor Windows-1252 (a Latin-1 "é" alone now reads as Windows-1252, with a warning)
     "jsonl-latin1-bytes": lambda e: Case(
-        e.jsonl_train(e.file("l.jsonl", '{"question": "caf\xe9?", "answer": "#### 1"}\n'.encode("latin-1"))),
+        e.jsonl_train(e.file("l.jsonl", '{"question": "caf\x81?", "answer": "#### 1"}\n'.encode("latin-1"))),
         ["l.jsonl:1", "not UTF-8"]),
     "jsonl-line-not-an-object": lambda e: Case(
         e.jsonl_train(e.file("a.jsonl", _jsonl(GOOD_ROW, [1, 2]))), ["a.jsonl:2", "JSON object"]),

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mathtune.data.problems import ANSWER_MARK, Problem, _hub_rows, parse_number_text
-from mathtune.data.records import read_records
+from mathtune.data.records import read_records, row_locator
 from mathtune.errors import MathtuneError
 
 HUB = {"math": ("hendrycks/competition_math", None), "arc-challenge": ("allenai/ai2_arc", "ARC-Challenge")}
@@ -36,15 +36,17 @@ def last_boxed(text: str) -> str | None:
 
 
 def math_problems(rows: list[dict[str, Any]], source: str, numeric_only: bool = False) -> list[Problem]:
-    problems = []
+    where, problems = row_locator(rows, source), []  # `path:line` for a file's rows, `source row N` for the hub's
     for index, row in enumerate(rows):
         try:
             question, solution = row["problem"], row["solution"]
         except KeyError as exc:
-            raise MathtuneError(f"{source} row {index + 1}: missing MATH field {exc}") from None
+            raise MathtuneError(f"{where(index)}: missing MATH field {exc}") from None
+        if not isinstance(question, str) or not isinstance(solution, str):
+            raise MathtuneError(f"{where(index)}: MATH fields 'problem' and 'solution' must be text")
         answer = last_boxed(solution)
         if answer is None:
-            raise MathtuneError(f"{source} row {index + 1}: solution has no \\boxed{{...}} answer")
+            raise MathtuneError(f"{where(index)}: solution has no \\boxed{{...}} answer")
         number = parse_number_text(answer.replace("\\$", "").replace("\\!", ""))
         if numeric_only and number is None:
             continue
@@ -55,17 +57,17 @@ def math_problems(rows: list[dict[str, Any]], source: str, numeric_only: bool = 
 
 
 def arc_problems(rows: list[dict[str, Any]], source: str) -> list[Problem]:
-    problems = []
+    where, problems = row_locator(rows, source), []
     for index, row in enumerate(rows):
         try:
             choices = row["choices"]
             options = "\n".join(f"{label}. {text}" for label, text in zip(choices["label"], choices["text"],
                                                                           strict=True))
             question, key = f"{row['question'].strip()}\n{options}", str(row["answerKey"]).strip()
-        except (KeyError, TypeError, ValueError) as exc:
-            raise MathtuneError(f"{source} row {index + 1}: bad or missing ARC field ({exc})") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # AttributeError: a non-text question
+            raise MathtuneError(f"{where(index)}: bad or missing ARC field ({exc})") from None
         if key not in choices["label"]:
-            raise MathtuneError(f"{source} row {index + 1}: answerKey {key!r} is not one of {choices['label']}")
+            raise MathtuneError(f"{where(index)}: answerKey {key!r} is not one of {choices['label']}")
         problems.append(Problem(id=str(row.get("id", index)), question=question, solution=f"{ANSWER_MARK} {key}",
                                 answer=key, kind="choice"))
     return problems

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from mathtune.data.records import read_json_list, read_records
+from mathtune.data.records import read_json_list, read_records, row_locator
 from mathtune.errors import MathtuneError
 
 ANSWER_MARK = "####"
@@ -45,27 +46,32 @@ def parse_reference_answer(solution: str) -> str | None:
 
 
 def problems_from_rows(
-    rows: list[dict[str, Any]], source: str, question_field: str = "question", answer_field: str = "answer"
+    rows: list[dict[str, Any]], source: str, question_field: str = "question", answer_field: str = "answer",
+    where: Callable[[int], str] | None = None,
 ) -> list[Problem]:
-    problems = []
-    for index, row in enumerate(rows):
-        where = f"{source} row {index + 1}"
-        missing = [f for f in (question_field, answer_field) if f not in row]
-        if missing:
-            raise MathtuneError(f"{where}: missing field(s) {', '.join(missing)}")
-        question, solution = row[question_field], row[answer_field]
-        if not isinstance(question, str) or not question.strip():
-            raise MathtuneError(f"{where}: field '{question_field}' must be non-empty text")
-        solution = str(solution) if isinstance(solution, int | float) else solution
-        if not isinstance(solution, str):
-            raise MathtuneError(f"{where}: field '{answer_field}' must be text")
-        if ANSWER_MARK not in solution and parse_number_text(solution) is not None:
-            solution = f"{ANSWER_MARK} {solution.strip()}"  # bare-number answers (SVAMP-style files)
-        answer = parse_reference_answer(solution)
-        if answer is None:
-            raise MathtuneError(f"{where}: no numeric answer after '####' in field '{answer_field}'")
-        problems.append(Problem(id=str(row.get("id", index)), question=question, solution=solution, answer=answer))
-    return problems
+    """Problems from GSM8K-shaped rows. Errors name `where(index)`: by default `path:line` for rows
+    read from a file (`Records`), `source row N` for hub rows."""
+    where = where or row_locator(rows, source)
+    return [_problem(row, index, where, question_field, answer_field) for index, row in enumerate(rows)]
+
+
+def _problem(row: dict[str, Any], index: int, where: Callable[[int], str], question_field: str,
+             answer_field: str) -> Problem:
+    missing = [f for f in (question_field, answer_field) if f not in row]
+    if missing:
+        raise MathtuneError(f"{where(index)}: missing field(s) {', '.join(missing)}")
+    question, solution = row[question_field], row[answer_field]
+    if not isinstance(question, str) or not question.strip():
+        raise MathtuneError(f"{where(index)}: field '{question_field}' must be non-empty text")
+    solution = str(solution) if isinstance(solution, int | float) else solution
+    if not isinstance(solution, str):
+        raise MathtuneError(f"{where(index)}: field '{answer_field}' must be text")
+    if ANSWER_MARK not in solution and parse_number_text(solution) is not None:
+        solution = f"{ANSWER_MARK} {solution.strip()}"  # bare-number answers (SVAMP-style files)
+    answer = parse_reference_answer(solution)
+    if answer is None:
+        raise MathtuneError(f"{where(index)}: no numeric answer after '####' in field '{answer_field}'")
+    return Problem(id=str(row.get("id", index)), question=question, solution=solution, answer=answer)
 
 
 def parse_number_text(text: str) -> str | None:
@@ -78,13 +84,13 @@ def _format_number(value: float) -> str:
 
 
 def _svamp_problems(rows: list[dict[str, Any]], source: str) -> list[Problem]:
-    problems = []
+    where, problems = row_locator(rows, source), []
     for index, row in enumerate(rows):
         try:
             question = f"{row['Body'].strip()} {row['Question'].strip()}".strip()
             answer = _format_number(float(row["Answer"]))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise MathtuneError(f"{source} row {index + 1}: bad or missing SVAMP field ({exc})") from None
+            raise MathtuneError(f"{where(index)}: bad or missing SVAMP field ({exc})") from None
         equation = str(row.get("Equation", "")).strip()
         solution = f"{equation} = {answer}\n{ANSWER_MARK} {answer}" if equation else f"{ANSWER_MARK} {answer}"
         problems.append(Problem(id=str(row.get("ID", index)), question=question, solution=solution, answer=answer))

@@ -7,6 +7,7 @@ record (prompt, shots, extraction regexes, generation settings, dtype, seed, ver
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -146,18 +147,40 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "failures": failure_counts(rows)}
 
 
+def check_eval_dir(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None,
+                   problems: list[Problem] | None = None) -> dict[str, Any]:
+    """This evaluation's fingerprint; an eval dir holding another evaluation's predictions (another
+    model, adapter, prompt, problem draw or generation setting) is refused, never mixed or replaced."""
+    from mathtune.fingerprint import check_fingerprint, eval_fingerprint
+
+    fingerprint = eval_fingerprint(cfg, problems if problems is not None else eval_problems(cfg), adapter_dir)
+    check_fingerprint(out_dir, fingerprint, "predictions",
+                      "pass --overwrite to replace them, or -o another directory for this evaluation")
+    return fingerprint
+
+
 def evaluate(cfg: RunConfig, backend: Backend, out_dir: Path, label: str, tokenizer: Any = None,
              meta: dict[str, Any] | None = None, show_progress: bool = True) -> dict[str, Any]:
-    """Evaluate one model (already behind `backend`) and write predictions + metrics into out_dir."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    strategy = get_strategy(cfg.prompt.strategy)
+    """Evaluate one model (already behind `backend`) and write predictions + metrics into out_dir.
+
+    A dir holding this same evaluation is resumed (finished: its metrics are returned as they are);
+    one holding another is refused (`check_eval_dir`)."""
+    from mathtune.fingerprint import write_fingerprint
+
     problems = eval_problems(cfg)
+    adapter = (meta or {}).get("adapter")
+    fingerprint = check_eval_dir(cfg, out_dir, Path(adapter) if adapter else None, problems)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_fingerprint(out_dir, fingerprint)
+    strategy = get_strategy(cfg.prompt.strategy)
     prompts, prompt_record = build_prompts(cfg, problems)
     if tokenizer is not None:
         prompts = render_prompts(tokenizer, prompts, cfg.prompt.chat_template)
     predictions_path = out_dir / "predictions.jsonl"
     done = {row["id"]: row for row in read_jsonl_tolerant(predictions_path)}
     todo = [i for i, p in enumerate(problems) if p.id not in done]
+    if not todo and (out_dir / "metrics.json").is_file():
+        return json.loads((out_dir / "metrics.json").read_text(encoding="utf-8"))  # finished: as it was
     stop = stop_strings(cfg, strategy)
     started = time.perf_counter()
     chunk = cfg.eval.batch_size * 4  # several batches per write: length-sorting has room to work

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mathtune.models.device import Placement
 from mathtune.models.loading import ModelSource, is_seq2seq, load_model, load_tokenizer, resolve_source
+from mathtune.models.vocab import add_missing_characters, fit_embeddings
 
 
 @dataclass
@@ -16,14 +17,17 @@ class LoadedModel:
     source: ModelSource
     placement: Placement
     seq2seq: bool
+    added_characters: list[str] = field(default_factory=list)  # see models/vocab.py (T5's newline, braces...)
 
 
 def load_for_run(model_cfg: Any, placement: Placement, load_kwargs: dict[str, Any] | None = None) -> LoadedModel:
     source = resolve_source(model_cfg.name, model_cfg.gguf_file)
     tokenizer = load_tokenizer(source)
+    added = add_missing_characters(tokenizer)
     kwargs = {"dtype": placement.compute_dtype, **(load_kwargs or {})}
     dtype = kwargs.pop("dtype")
     model = load_model(source, model_cfg.architecture, dtype=dtype, **kwargs)
+    fit_embeddings(model, tokenizer, added)  # before the method wraps the model: it trains these rows
     if not getattr(model, "is_loaded_in_8bit", False) and not getattr(model, "is_loaded_in_4bit", False):
         model.to(placement.device)
-    return LoadedModel(model, tokenizer, source, placement, is_seq2seq(model.config))
+    return LoadedModel(model, tokenizer, source, placement, is_seq2seq(model.config), added)

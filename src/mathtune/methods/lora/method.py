@@ -13,6 +13,7 @@ from torch import nn
 
 from mathtune.methods.lora.config import LoraMethodConfig
 from mathtune.models.targets import lora_targets
+from mathtune.models.vocab import embedding_weights, new_token_ids
 
 
 def peft_lora_config(cfg: LoraMethodConfig, model: nn.Module) -> Any:
@@ -27,7 +28,23 @@ def peft_lora_config(cfg: LoraMethodConfig, model: nn.Module) -> Any:
         lora_dropout=cfg.dropout,
         bias=cfg.bias,
         target_modules=lora_targets(config.model_type, cfg.target_modules),
+        trainable_token_indices=token_indices(model),
     )
+
+
+def token_indices(model: nn.Module) -> list[int] | dict[str, list[int]] | None:
+    """The rows of the characters mathtune added to the vocabulary (models/vocab.py), for PEFT's
+    trainable tokens: only those rows train and the adapter saves only them. A list targets the input
+    embedding, and PEFT follows a tied output head; an untied head is named next to it, or the model
+    could read the new characters but never learn to write them."""
+    ids = new_token_ids(model)
+    if not ids:
+        return None
+    weights = embedding_weights(model)
+    if len(weights) == 1:
+        return ids
+    modules = {id(module): name for name, module in model.named_modules()}
+    return {modules[id(model.get_input_embeddings())]: ids, modules[id(model.get_output_embeddings())]: ids}
 
 
 class LoraMethod:
@@ -46,7 +63,12 @@ class LoraMethod:
         return get_peft_model(model, peft_lora_config(self.cfg, model))
 
     def save(self, model: nn.Module, out_dir: Path) -> None:
-        model.save_pretrained(out_dir)
+        if model.peft_config["default"].trainable_token_indices:
+            # The new rows are in the adapter already; PEFT would also save the whole resized embedding
+            # matrix (its vocab size differs from the base's), which loading rebuilds anyway.
+            model.save_pretrained(out_dir, save_embedding_layers=False)
+        else:
+            model.save_pretrained(out_dir)
 
     def load(self, base_model: nn.Module, saved_dir: Path) -> nn.Module:
         from peft import PeftModel

@@ -3,6 +3,10 @@
 A run with `stage1_adapter: null` trains stage 1 (plain W0 + s1*B1A1). A run that names a stage-1
 adapter (an ordinary PEFT `lora` adapter or a single-stage stacked one) loads it frozen and trains
 stage 2 on top. The saved unit holds every stage: `stacked_lora.safetensors` + `stacked_lora_config.json`.
+
+When mathtune added characters to the vocabulary (models/vocab.py: T5 has no newline or braces), their
+embedding rows train too and are saved with the stages. They are not a stage: stage 2 starts from
+stage 1's rows and keeps training them.
 """
 
 from __future__ import annotations
@@ -14,16 +18,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mathtune.errors import MathtuneError
 from mathtune.methods.stacked_lora.config import StackedLoraMethodConfig
 from mathtune.methods.stacked_lora.layer import StackedLoraLinear
 from mathtune.models.targets import lora_targets
+from mathtune.models.vocab import new_token_ids
 
 CONFIG_FILE = "stacked_lora_config.json"
 WEIGHTS_FILE = "stacked_lora.safetensors"
 PEFT_PREFIX = "base_model.model."
+TOKEN_ROWS = "token_rows"  # weights-file key suffix of an embedding's added-token rows
+PEFT_TOKEN_ROWS = ".token_adapter.trainable_tokens_delta"  # the same rows in a PEFT lora adapter
 
 
 @dataclass
@@ -33,6 +41,27 @@ class Stage:
     r: int
     alpha: float
     tensors: dict[str, tuple[torch.Tensor, torch.Tensor]]  # module path -> (A (r, in), B (out, r))
+    token_rows: dict[str, torch.Tensor] | None = None  # embedding module path -> added-token rows
+
+
+class TokenRows(nn.Module):
+    """An embedding, or an output head, whose rows at `ids` are `rows`, a float32 parameter of their own:
+    only the added characters' rows train, and the frozen matrix is not copied into the optimizer."""
+
+    def __init__(self, base: nn.Embedding | nn.Linear, ids: list[int], rows: nn.Parameter) -> None:
+        super().__init__()
+        self.base, self.rows = base, rows
+        self.register_buffer("ids", torch.tensor(ids, device=base.weight.device), persistent=False)
+
+    @property
+    def weight(self) -> torch.Tensor:  # code that reads `get_input_embeddings().weight` sees the base's
+        return self.base.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.base.weight.index_copy(0, self.ids, self.rows.to(self.base.weight.dtype))
+        if isinstance(self.base, nn.Embedding):
+            return F.embedding(x, weight, self.base.padding_idx)
+        return F.linear(x, weight, self.base.bias)
 
 
 class StackedLoraMethod:
@@ -55,8 +84,10 @@ class StackedLoraMethod:
         if cfg.stage1_adapter is None:
             paths = matching_linears(model, lora_targets(model.config.model_type, cfg.target_modules))
             add_stage(model, paths, "stage1", cfg.r, cfg.alpha, "identity", cfg.dropout)
+            add_token_rows(model, new_token_ids(model))
             return model
         stage1 = read_stage1(resolve_adapter_dir(Path(cfg.stage1_adapter)))
+        add_token_rows(model, new_token_ids(model), stage1.token_rows or {})
         add_stage(model, list(stage1.tensors), "stage1", stage1.r, stage1.alpha, "identity", cfg.dropout)
         load_stage_tensors(model, "stage1", stage1.tensors)
         targets = cfg.target_modules or sorted({path.rsplit(".", 1)[-1] for path in stage1.tensors})
@@ -73,8 +104,13 @@ class StackedLoraMethod:
             for stage in layer.lora_A:
                 tensors[f"{path}.lora_A.{stage}.weight"] = layer.lora_A[stage].weight.detach().contiguous()
                 tensors[f"{path}.lora_B.{stage}.weight"] = layer.lora_B[stage].weight.detach().contiguous()
+        rows = token_rows(model)
+        tensors.update({f"{path}.{TOKEN_ROWS}": row.rows.detach().contiguous() for path, row in rows.items()})
+        meta = describe(model, layers)
+        if rows:
+            meta[TOKEN_ROWS] = {"ids": next(iter(rows.values())).ids.tolist(), "modules": list(rows)}
         save_file(tensors, str(out_dir / WEIGHTS_FILE))
-        (out_dir / CONFIG_FILE).write_text(json.dumps(describe(model, layers), indent=2), encoding="utf-8")
+        (out_dir / CONFIG_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
     def load(self, base_model: nn.Module, saved_dir: Path) -> nn.Module:
         from safetensors.torch import load_file
@@ -86,10 +122,14 @@ class StackedLoraMethod:
                       stage["activation"], meta["dropout"])
         layers = stacked_layers(base_model)
         state = load_file(str(saved_dir / WEIGHTS_FILE))
-        expected = 2 * sum(len(stage["modules"]) for stage in meta["stages"])
+        rows = meta.get(TOKEN_ROWS, {"ids": [], "modules": []})
+        expected = 2 * sum(len(stage["modules"]) for stage in meta["stages"]) + len(rows["modules"])
         if len(state) != expected:  # a missing tensor would otherwise keep its random init silently
             raise MathtuneError(f"stacked-lora: {saved_dir} holds {len(state)} tensors, its config names {expected}")
         with torch.no_grad():
+            for path in rows["modules"]:  # frozen for evaluation: written into the matrix, no wrapper
+                base_model.get_submodule(path).weight[rows["ids"]] = state.pop(f"{path}.{TOKEN_ROWS}").to(
+                    base_model.get_submodule(path).weight.dtype)
             for key, value in state.items():
                 path, kind, stage, _ = key.rsplit(".", 3)
                 getattr(layers[path], kind)[stage].weight.copy_(value)
@@ -109,6 +149,41 @@ def matching_linears(model: nn.Module, targets: list[str]) -> list[str]:
 
 def stacked_layers(model: nn.Module) -> dict[str, StackedLoraLinear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, StackedLoraLinear)}
+
+
+def token_rows(model: nn.Module) -> dict[str, TokenRows]:
+    """One TokenRows per trained matrix (tied modules share one), keyed by its first module path."""
+    rows: dict[str, TokenRows] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, TokenRows) and all(module.rows is not seen.rows for seen in rows.values()):
+            rows[name] = module
+    return rows
+
+
+def add_token_rows(model: nn.Module, ids: list[int], start: dict[str, torch.Tensor] | None = None) -> None:
+    """Wrap every module that uses the input embedding matrix (T5: `shared`, both stacks' `embed_tokens`,
+    a tied `lm_head`), and an untied output head apart, so the rows at `ids` train. `start`: rows to
+    begin from (stage 1's), by module path; otherwise the matrix's own rows."""
+    if not ids:
+        return
+    start = start or {}
+    heads = [model.get_input_embeddings(), model.get_output_embeddings()]
+    paths = {id(module): name for name, module in model.named_modules()}
+    done: list[torch.Tensor] = []
+    for head in heads:
+        if head is None or any(head.weight is weight for weight in done):  # tied: wrapped with the embedding
+            continue
+        weight, path = head.weight, paths[id(head)]
+        done.append(weight)
+        initial = start.get(path, weight[ids])
+        if initial.shape[0] != len(ids):
+            raise MathtuneError(f"stacked-lora: stage 1 trained {initial.shape[0]} added-token rows for {path}, "
+                                f"this tokenizer adds {len(ids)}")
+        rows = nn.Parameter(initial.detach().to(weight.device, torch.float32).clone())
+        for name, module in list(model.named_modules(remove_duplicate=False)):  # every path to a shared module
+            if isinstance(module, nn.Embedding | nn.Linear) and module.weight is weight:
+                parent, _, child = name.rpartition(".")
+                setattr(model.get_submodule(parent), child, TokenRows(module, ids, rows))
 
 
 def add_stage(model: nn.Module, paths: list[str], stage: str, r: int, alpha: float, activation: str,
@@ -177,7 +252,8 @@ def read_stage1(adapter_dir: Path) -> Stage:
         stage = meta["stages"][0]
         tensors = {p: (state[f"{p}.lora_A.{stage['name']}.weight"], state[f"{p}.lora_B.{stage['name']}.weight"])
                    for p in stage["modules"]}
-        return Stage(stage["r"], stage["alpha"], tensors)
+        rows = {key.removesuffix(f".{TOKEN_ROWS}"): value for key, value in state.items() if key.endswith(TOKEN_ROWS)}
+        return Stage(stage["r"], stage["alpha"], tensors, rows)
     return read_peft_lora(adapter_dir)
 
 
@@ -195,4 +271,6 @@ def read_peft_lora(adapter_dir: Path) -> Stage:
     r = int(meta["r"])
     # rsLoRA scales by alpha / sqrt(r); express it as the alpha that gives that scale under alpha / r.
     alpha = float(meta["lora_alpha"]) * (math.sqrt(r) if meta.get("use_rslora") else 1.0)
-    return Stage(r, alpha, tensors)
+    rows = {key[len(PEFT_PREFIX):].removesuffix(PEFT_TOKEN_ROWS): value for key, value in state.items()
+            if key.endswith(PEFT_TOKEN_ROWS)}
+    return Stage(r, alpha, tensors, rows)

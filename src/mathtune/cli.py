@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from mathtune import interrupts
 from mathtune.config import DEFAULT_CONFIG_DIR, RunConfig, build_config, parse_override, read_yaml
 from mathtune.errors import MathtuneError
 from mathtune.methods.registry import hide_unused_bitsandbytes
@@ -77,6 +78,7 @@ def train_cmd(config: ConfigOpt = None, set_: SetOpt = None, model: ModelOpt = N
     cfg = build_run_config(config, set_, model=model, method=method, prompt=prompt, data_dir=data_dir,
                            output_dir=output_dir, train_size=train_size, max_steps=max_steps)
     become_training_process(cfg)
+    interrupts.watch(Path(cfg.output_dir), resume_flag=True)
     run_dir = train_workflow(cfg, overwrite=overwrite, resume=resume)
     typer.echo(f"adapter written to {run_dir / 'adapter'}")
 
@@ -121,7 +123,8 @@ def eval_cmd(run_dirs: Annotated[list[Path] | None, typer.Argument(
         default = default.with_name(default.name + "-perturbed")
     preflight(tuned_config(cfg, run_dir, own_data) if run_dir and not base else cfg, (cfg.eval.split,),
               training=False)
-    # An existing eval dir is resumed: finished predictions are kept and skipped.
+    # An existing eval dir of the same evaluation is resumed: finished predictions are kept and skipped.
+    interrupts.watch(Path(output_dir) if output_dir else default)
     with output_dir_guard(Path(output_dir) if output_dir else default, overwrite, resume=not overwrite) as out:
         metrics = eval_workflow(cfg, run_dir, base, out, own_data)
     _print_scores(metrics)
@@ -172,9 +175,11 @@ def run_cmd(config: ConfigOpt = None, set_: SetOpt = None, model: ModelOpt = Non
                            output_dir=output_dir, train_size=train_size, eval_size=eval_size,
                            max_steps=max_steps)
     become_training_process(cfg)
+    interrupts.watch(Path(cfg.output_dir), resume_flag=True)
+    # On stdout: stderr is kept for the one line of an error.
     typer.echo(f"mathtune run: model {cfg.model.name}, method {cfg.method.name}, prompt {cfg.prompt.strategy}, "
                f"train rows {cfg.data.train_size or 'all'}, test problems {cfg.eval.num_problems} "
-               f"(seed {cfg.eval.seed}) -> {cfg.output_dir}", err=True)
+               f"(seed {cfg.eval.seed}) -> {cfg.output_dir}")
     card = run_workflow(cfg, overwrite=overwrite, resume=resume)
     for label in ("base", "tuned"):
         _print_scores({"label": label, **card[label]})
@@ -242,13 +247,17 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices, not ours
+    interrupts.install()
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+    except interrupts.Interrupted as exc:
+        print(f"mathtune: interrupted by {exc.signal_name}; {interrupts.summary()}", file=sys.stderr)
+        sys.exit(exc.exit_code)
     except MathtuneError as exc:
         print(f"mathtune: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        print("mathtune: interrupted", file=sys.stderr)
+    except KeyboardInterrupt:  # raised before our handler was installed, or by a library's own
+        print(f"mathtune: interrupted; {interrupts.summary()}", file=sys.stderr)
         sys.exit(130)
     except Exception as exc:  # click's usage errors and anything unforeseen: still one line
         # By class name: typer >= 0.20 raises its vendored copy of click's exceptions (typer._click).
@@ -261,6 +270,10 @@ def main() -> None:
             sys.exit(getattr(exc, "exit_code", 1))
         print(f"mathtune: internal error: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
         sys.exit(1)
+    if code == 130:  # typer's answer to a KeyboardInterrupt our handler did not raise (a library's own)
+        print(f"mathtune: interrupted; {interrupts.summary()}", file=sys.stderr)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

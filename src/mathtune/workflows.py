@@ -146,13 +146,13 @@ def check_train_dir(cfg: RunConfig, run_dir: Path, resume: bool, finished_is_don
 
     fingerprint = train_fingerprint(cfg, load_train_problems(cfg))
     if resume and run_dir.is_dir():
-        check_fingerprint(run_dir, fingerprint, "a training run",
-                          "pass --overwrite to start it again with these settings, or -o another directory")
         if not finished_is_done and (run_dir / "train_card.json").is_file() and (run_dir / "adapter").is_dir():
             card = json.loads((run_dir / "train_card.json").read_text(encoding="utf-8"))
             raise MathtuneError(f"{run_dir} is a finished run ({card.get('steps')} steps, adapter in "
                                 f"{run_dir / 'adapter'}); evaluate it with `mathtune eval {run_dir}`, or pass "
                                 f"--overwrite to train it again")
+        check_fingerprint(run_dir, fingerprint, "a training run",
+                          "pass --overwrite to start it again with these settings, or -o another directory")
     return fingerprint
 
 

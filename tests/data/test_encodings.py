@@ -89,12 +89,12 @@ def test_missing_final_newline(tmp_path, expected, fmt, newline):
     assert _load(path) == expected
 
 
-@pytest.mark.parametrize("delimiter", [";", "\t"])
-def test_csv_semicolon_and_tab_delimiters(tmp_path, expected, delimiter):
-    # European Excel writes ';' (',' is the decimal mark there); Excel "Unicode text" writes tabs.
+@pytest.mark.parametrize(("delimiter", "encoding"), [(";", "utf-8-bom"), (";", "cp1252"), ("\t", "utf-16")])
+def test_csv_semicolon_and_tab_delimiters(tmp_path, expected, delimiter, encoding):
+    # European Excel writes ';' (',' is the decimal mark there); Excel "Unicode text" is UTF-16 with tabs.
     path = tmp_path / "data.csv"
     rows = [*ROWS, {"id": "3", "question": "What is 1,000 plus 1?", "answer": "1,001"}]
-    path.write_bytes(_csv(rows, "\r\n", delimiter=delimiter).encode("utf-8-sig"))
+    path.write_bytes(ENCODINGS[encoding](_csv(rows, "\r\n", delimiter=delimiter)))
     problems = _load(path)
     assert problems[:2] == expected
     assert (problems[2].question, problems[2].answer) == ("What is 1,000 plus 1?", "1001")
@@ -204,6 +204,17 @@ def test_math_and_arc_bad_rows_name_lines(tmp_path):
     arc.write_bytes(f"{json.dumps(row)}\r{json.dumps({**row, 'answerKey': 'E'})}".encode("utf-16"))
     with pytest.raises(MathtuneError, match=f"{arc}:2: answerKey 'E'"):
         load_hub_set("arc-challenge", "test", arc)
+
+
+def test_non_text_and_unparsable_values_are_errors_not_tracebacks(tmp_path):
+    math = tmp_path / "null.jsonl"
+    math.write_text(json.dumps({"problem": "p", "solution": "\\boxed{1}"}) + "\n" +
+                    json.dumps({"problem": "p", "solution": None}) + "\n", encoding="utf-8")
+    with pytest.raises(MathtuneError, match=f"{math}:2: MATH fields"):
+        load_hub_set("math", "test", math)
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text(json.dumps(ROWS[0]) + "\n" + "[" * 100_000 + "\n", encoding="utf-8")
+    _raises_at(deep, 2, "JSON")
 
 
 def test_rows_without_a_file_keep_row_numbers():

@@ -29,6 +29,7 @@ log = logging.getLogger("mathtune")
 
 MAX_LINE_CHARS = 1_000_000  # a GSM8K row is ~1 KB; a megabyte line is corrupt input, not a problem
 LEGACY_ENCODING = "cp1252"  # Windows-1252: what Windows tools write when they write no Unicode
+BYTE_ORDER_MARKS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
 LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _JSON_SEPARATORS = re.compile(r"[\s,]*")
 
@@ -59,14 +60,16 @@ def _line_of(before: str) -> int:
     return len(LINE_BREAK.findall(before)) + 1
 
 
-def _decode_with(path: Path, data: bytes, encoding: str) -> str:
+def _decode_marked(path: Path, body: bytes, encoding: str) -> str:
+    """`body` (what follows a byte-order mark) in the encoding the mark names; no fallback, as the
+    mark is the file's own word on its encoding."""
     try:
-        return data.decode(encoding)  # "utf-8-sig" and "utf-16" drop the byte-order mark
+        return body.decode(encoding)
     except UnicodeDecodeError as exc:
-        start = exc.start - exc.start % 2 if encoding == "utf-16" else exc.start
-        line = _line_of(data[:start].decode(encoding, errors="replace"))
-        name = "UTF-16" if encoding == "utf-16" else "UTF-8"
-        raise MathtuneError(f"{path}:{line}: not valid {name} text after its {name} byte-order mark") from None
+        line = _line_of(body[: exc.start].decode(encoding, errors="replace"))
+        name = encoding.upper().removesuffix("-LE").removesuffix("-BE")
+        raise MathtuneError(f"{path}:{line}: not valid {name} text, though the file starts with a {name} "
+                            "byte-order mark") from None
 
 
 def _not_utf8(path: Path, data: bytes, exc: UnicodeDecodeError, why: str) -> MathtuneError:
@@ -89,10 +92,9 @@ def _decode_legacy(path: Path, data: bytes, exc: UnicodeDecodeError) -> str:
 
 def decode_text(path: Path, data: bytes, legacy: bool = True) -> str:
     """`data` as text by the policy in this module's docstring; `legacy=False` accepts Unicode only."""
-    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return _decode_with(path, data, "utf-16")
-    if data.startswith(codecs.BOM_UTF8):
-        return _decode_with(path, data, "utf-8-sig")
+    for mark, encoding in BYTE_ORDER_MARKS:
+        if data.startswith(mark):
+            return _decode_marked(path, data[len(mark):], encoding)
     if b"\0" in data:
         line = _line_of(data[: data.index(b"\0")].decode("latin-1"))
         raise MathtuneError(f"{path}:{line}: NUL bytes: UTF-16 without a byte-order mark? re-save it as UTF-8")
@@ -133,6 +135,8 @@ def _json_object(path: Path, number: int, line: str) -> dict[str, Any]:
         row = json.loads(line.lstrip("\ufeff"))  # `cat a.jsonl b.jsonl` leaves b's byte-order mark mid-file
     except json.JSONDecodeError as exc:
         raise MathtuneError(f"{path}:{number}: malformed JSON ({exc.msg})") from None
+    except (ValueError, RecursionError) as exc:  # a 5,000-digit number, arrays nested 1,000 deep
+        raise MathtuneError(f"{path}:{number}: unreadable JSON ({exc})") from None
     if not isinstance(row, dict):
         raise MathtuneError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
     return row
@@ -171,6 +175,8 @@ def read_json_list(path: str | Path) -> Records:
         rows = json.loads(text)
     except json.JSONDecodeError as exc:
         raise MathtuneError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
+    except (ValueError, RecursionError) as exc:
+        raise MathtuneError(f"{path}: unreadable JSON ({exc})") from None
     if not isinstance(rows, list):
         raise MathtuneError(f"{path}: expected a JSON list of objects, got {type(rows).__name__}")
     lines = _item_lines(text)

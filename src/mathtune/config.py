@@ -17,7 +17,9 @@ from mathtune.data.records import read_text
 from mathtune.errors import MathtuneError
 from mathtune.methods.configs import MethodConfig
 
-DEFAULT_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+# Shipped inside the package, so an installed wheel finds quickstart.yaml too (the repo's `configs/`
+# is a link to this folder, for the README's `-c configs/...` commands).
+DEFAULT_CONFIG_DIR = Path(__file__).resolve().with_name("configs")
 
 
 class Section(BaseModel):
@@ -154,6 +156,10 @@ class RunConfig(Section):
         if self.prompt.strategy == "breakdown" and self.data.dataset == "gsm8k" and self.data.subset != "socratic":
             raise ValueError("prompt.strategy=breakdown needs data.subset=socratic (its sub-questions)")
         return self
+
+    def eval_precision(self) -> str:
+        """The precision models are evaluated in: eval.dtype, or the training precision ('auto')."""
+        return self.eval.dtype if self.eval.dtype != "auto" else self.train.precision
 
     def resolved_data_dir(self) -> Path | None:
         raw = self.data.data_dir or os.environ.get("MATHTUNE_DATA_DIR")

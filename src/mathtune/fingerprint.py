@@ -100,7 +100,7 @@ def eval_fingerprint(cfg: Any, problems: list[Any], adapter_dir: Path | None) ->
     method = cfg.method.model_dump(mode="json") if adapter_dir is not None else (
         {"name": "qlora", "bits": cfg.method.bits} if cfg.method.name == "qlora" else None)
     return {"kind": "eval", "model": _model_identity(cfg), "adapter": files_digest(adapter_dir),
-            "method": method, "precision": cfg.eval.dtype if cfg.eval.dtype != "auto" else cfg.train.precision,
+            "method": method, "precision": cfg.eval_precision(),
             "prompt": cfg.prompt.model_dump(mode="json"), "data": _data_identity(cfg, problems),
             "generation": generation, "extractor": EXTRACTOR_VERSION, "mathtune": __version__}
 

@@ -25,7 +25,6 @@ from mathtune.config import RunConfig, config_to_yaml
 from mathtune.data.batching import Example, causal_example, count_loss_tokens, seq2seq_example, split_by_tokens
 from mathtune.data.problems import Problem, load_split, sample_problems, split_train_dev
 from mathtune.errors import MathtuneError
-from mathtune.evaluate.contamination import train_card_entry
 from mathtune.io import atomic_write_json, atomic_write_text, read_jsonl_tolerant
 from mathtune.methods.base import count_parameters
 from mathtune.methods.registry import build_method
@@ -307,6 +306,16 @@ def _train_card(s: Session, start_step: int, loss: float, wall: float, tokens: i
         "micro_batch_tokens": s.micro_batch_tokens, "data": s.data_stats, "processes": s.world,
         "contamination": train_card_entry(s.cfg, s.problems), **provenance(),
     }
+
+
+def train_card_entry(cfg: RunConfig, train_problems: list[Problem]) -> dict[str, Any]:
+    """For train_card.json: the rows trained on vs the test problems `mathtune eval` will draw."""
+    from mathtune.evaluate.evaluator import check_run, eval_problems
+
+    try:
+        return check_run(cfg, eval_problems(cfg), train_problems)
+    except MathtuneError as exc:
+        return {"skipped": str(exc)}
 
 
 def _save_final(method: Any, model: Any, tokenizer: Any, adapter_dir: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mathtune.compare import compare_runs, write_comparison
-from mathtune.config import RunConfig, config_to_yaml, load_config
+from mathtune.config import RunConfig, load_config
 from mathtune.data.problems import load_split
 from mathtune.errors import MathtuneError
 from mathtune.evaluate.evaluator import evaluate
@@ -21,8 +21,9 @@ from mathtune.evaluate.generation import HFBackend
 from mathtune.io import atomic_write_json, atomic_write_text, output_dir_guard
 from mathtune.methods.registry import build_method
 from mathtune.models.device import choose_placement
-from mathtune.models.loading import load_model, load_tokenizer, resolve_source, source_config
-from mathtune.models.vocab import add_missing_characters, check_saved_tokenizer, fit_embeddings
+from mathtune.models.loading import load_tokenizer, resolve_source, source_config
+from mathtune.models.setup import load_for_run
+from mathtune.models.vocab import check_saved_tokenizer
 from mathtune.runcard import provenance
 from mathtune.train import train
 from mathtune.training.distributed import process_rank
@@ -34,24 +35,18 @@ def build_backend(cfg: RunConfig, adapter_dir: Path | None = None) -> tuple[HFBa
     """Load the base model (and the tuned weights from `adapter_dir`) behind a generation backend."""
     if adapter_dir is not None and not adapter_dir.is_dir():  # before minutes of loading the base
         raise MathtuneError(f"no trained weights at {adapter_dir}; train first or check the run dir")
-    precision = cfg.eval.dtype if cfg.eval.dtype != "auto" else cfg.train.precision
+    precision = cfg.eval_precision()
     placement = choose_placement(cfg.model.device, precision)
-    source = resolve_source(cfg.model.name, cfg.model.gguf_file)
-    tokenizer = load_tokenizer(source)
-    # The characters training added (models/vocab.py), with the same ids: the tuned rows belong to them.
-    # Added for the base model too, so base and tuned read the same prompt tokens.
-    added = add_missing_characters(tokenizer)
-    if added and adapter_dir is not None:
-        check_saved_tokenizer(tokenizer, adapter_dir, added)
     method = build_method(cfg.method)
     # A quantized base (qlora) is loaded quantized for base and tuned alike, exactly as it was trained,
-    # so base vs tuned measures the adapter and not the quantization.
+    # so base vs tuned measures the adapter and not the quantization. Other methods' training dtypes
+    # (full: fp32 master weights) do not apply: inference runs in the eval precision.
     quant = method.base_load_kwargs(placement).get("quantization_config")
-    extra = {"quantization_config": quant} if quant is not None else {}
-    model = load_model(source, cfg.model.architecture, dtype=placement.compute_dtype, **extra)
-    fit_embeddings(model, tokenizer, added)  # before the adapter loads: its rows replace these
-    if quant is None:  # bitsandbytes places quantized weights itself and refuses .to()
-        model = model.to(placement.device)
+    loaded = load_for_run(cfg.model, placement, {"quantization_config": quant} if quant is not None else None)
+    model, tokenizer, source, added = loaded.model, loaded.tokenizer, loaded.source, loaded.added_characters
+    # The characters training added (models/vocab.py) must have the same ids: the tuned rows belong to them.
+    if added and adapter_dir is not None:
+        check_saved_tokenizer(tokenizer, adapter_dir, added)
     if adapter_dir is not None:
         model = method.load(model, adapter_dir)
         if quant is None:
@@ -166,8 +161,7 @@ def train_workflow(cfg: RunConfig, overwrite: bool = False, resume: bool = False
     fingerprint = check_train_dir(cfg, Path(cfg.output_dir), resume)
     with output_dir_guard(cfg.output_dir, overwrite, resume) as run_dir:
         write_fingerprint(run_dir, fingerprint)
-        atomic_write_text(run_dir / "config.yaml", config_to_yaml(cfg))
-        train(cfg, run_dir, resume=resume)
+        train(cfg, run_dir, resume=resume)  # writes config.yaml, the one place it is written
     return run_dir
 
 
@@ -223,7 +217,6 @@ def run_workflow(cfg: RunConfig, overwrite: bool = False, resume: bool = False) 
     fingerprint = check_train_dir(cfg, Path(cfg.output_dir), resume, finished_is_done=True)
     with output_dir_guard(cfg.output_dir, overwrite, resume) as run_dir:
         write_fingerprint(run_dir, fingerprint)
-        atomic_write_text(run_dir / "config.yaml", config_to_yaml(cfg))
         base = evaluate_model(cfg, run_dir / "eval" / "base", "base")
         if not (resume and (run_dir / "train_card.json").is_file()):
             train(cfg, run_dir, resume=resume)

@@ -9,6 +9,7 @@ import re
 import pytest
 from helpers import SHARED_DATA, synthetic_problem
 
+from mathtune.arithmetic import evaluate_number
 from mathtune.config import build_config
 from mathtune.data.augment import (
     ANNOTATION,
@@ -22,7 +23,6 @@ from mathtune.data.augment import (
 from mathtune.data.problems import Problem, load_split, parse_reference_answer
 from mathtune.data.programs import check_program
 from mathtune.errors import MathtuneError
-from mathtune.evaluate.calculator import evaluate_number
 
 # Real GSM8K train rows where the local copy exists; synthetic GSM8K-shaped rows always.
 REAL_TRAIN = SHARED_DATA / "gsm8k" / "train.jsonl"

@@ -9,13 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mathtune.evaluate.calculator import (
-    MAX_EXPRESSION_CHARS,
-    complete_calculator_annotation,
-    evaluate_expression,
-    evaluate_number,
-    format_number,
-)
+from mathtune.arithmetic import MAX_EXPRESSION_CHARS, evaluate_expression, evaluate_number, format_number
+from mathtune.evaluate.calculator import complete_calculator_annotation
 
 GSM8K_TRAIN = Path("/work/shared/datasets/gsm8k/train.jsonl")
 

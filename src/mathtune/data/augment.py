@@ -33,9 +33,9 @@ from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Any
 
+from mathtune.arithmetic import evaluate_number
 from mathtune.data.problems import Problem
 from mathtune.data.programs import check_program, solution_to_program
-from mathtune.evaluate.calculator import evaluate_number
 
 # A number as written in GSM8K text: 1,200 or 1200 or 3.5 (a sign or "$" stays outside the match).
 NUMBER = re.compile(r"(?<![\w.])(\d{1,3}(?:,\d{3})+|\d+|(?=\.\d))(\.\d+)?(?!\d)")  # ".5" too
@@ -244,7 +244,7 @@ def perturbed_copies(problems: Sequence[Problem], seed: int) -> tuple[list[Probl
 def overlaps_test_split(variants: Sequence[Problem], test_problems: Sequence[Problem]) -> set[str]:
     """Ids of variants whose question shares a 13-word n-gram with a test question (the same check
     `mathtune eval` reports as contamination)."""
-    from mathtune.evaluate.contamination import contamination_report
+    from mathtune.data.contamination import contamination_report
 
     report = contamination_report([(p.id, p.question) for p in test_problems],
                                   [(v.id, v.question) for v in variants], max_listed=None)

@@ -13,7 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mathtune.data.problems import ANSWER_MARK, Problem, _hub_rows, parse_number_text
+from mathtune.answers import ANSWER_MARK, parse_number_text
+from mathtune.data.problem import Problem, hub_rows
 from mathtune.data.records import read_records, row_locator
 from mathtune.errors import MathtuneError
 
@@ -81,5 +82,5 @@ def load_hub_set(name: str, split: str, local_file: str | Path | None = None,
     if local_file is not None:
         rows, source = read_records(local_file), str(local_file)
     else:
-        rows, source = _hub_rows(*HUB[name], split), f"{HUB[name][0]} {split}"
+        rows, source = hub_rows(*HUB[name], split), f"{HUB[name][0]} {split}"
     return math_problems(rows, source, numeric_only) if name == "math" else arc_problems(rows, source)

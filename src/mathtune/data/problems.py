@@ -10,39 +10,17 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from mathtune.answers import ANSWER_MARK, parse_number_text, parse_reference_answer
+from mathtune.data.hub_sets import load_hub_set
+from mathtune.data.problem import Problem, hub_rows
 from mathtune.data.records import read_json_list, read_records, row_locator
 from mathtune.errors import MathtuneError
 
-ANSWER_MARK = "####"
 GET_DATA = ("point --data-dir (or MATHTUNE_DATA_DIR) at a folder holding gsm8k/train.jsonl and "
             "gsm8k/test.jsonl, or unset both to download openai/gsm8k from the hub")
-
-
-@dataclass(frozen=True)
-class Problem:
-    id: str
-    question: str
-    solution: str  # full reference solution, ending in "#### N"
-    answer: str  # the number after ####, commas removed (MATH: LaTeX; ARC: a letter)
-    # How the answer is checked (evaluate/extraction.py): a number, a LaTeX expression (MATH, by
-    # math-verify) or a multiple-choice letter (ARC).
-    kind: Literal["number", "latex", "choice"] = "number"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def parse_reference_answer(solution: str) -> str | None:
-    """The number after the last '####': '#### 1,000' -> '1000', '#### -3.5' -> '-3.5'."""
-    if ANSWER_MARK not in solution:
-        return None
-    tail = solution.rsplit(ANSWER_MARK, 1)[1].strip()
-    match = re.match(r"^\$?\s*(-?[\d,]*\.?\d+)", tail)
-    return match.group(1).replace(",", "") if match else None
 
 
 def problems_from_rows(
@@ -74,11 +52,6 @@ def _problem(row: dict[str, Any], index: int, where: Callable[[int], str], quest
     return Problem(id=str(row.get("id", index)), question=question, solution=solution, answer=answer)
 
 
-def parse_number_text(text: str) -> str | None:
-    match = re.fullmatch(r"\s*\$?(-?[\d,]*\.?\d+)\s*", text)
-    return match.group(1).replace(",", "") if match else None
-
-
 def _format_number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
@@ -97,18 +70,6 @@ def _svamp_problems(rows: list[dict[str, Any]], source: str) -> list[Problem]:
     return problems
 
 
-def _hub_rows(path: str, name: str | None, split: str) -> list[dict[str, Any]]:
-    try:
-        from datasets import load_dataset
-
-        return list(load_dataset(path, name, split=split))
-    except Exception as exc:  # the hub fails in many ways offline; all mean "no data here"
-        raise MathtuneError(
-            f"could not load {path} from the hub ({type(exc).__name__}); set MATHTUNE_DATA_DIR or "
-            f"--data-dir to a folder holding gsm8k/train.jsonl and gsm8k/test.jsonl"
-        ) from None
-
-
 def _gsm8k_file(data_dir: Path, subset: str, split: str) -> Path:
     name = f"{split}_socratic.jsonl" if subset == "socratic" else f"{split}.jsonl"
     return data_dir / "gsm8k" / name
@@ -117,8 +78,6 @@ def _gsm8k_file(data_dir: Path, subset: str, split: str) -> Path:
 def load_split(data_cfg: Any, data_dir: Path | None, split: str) -> list[Problem]:
     """All problems of one split ('train' or 'test') for the configured dataset."""
     if data_cfg.dataset in ("math", "arc-challenge"):
-        from mathtune.data.hub_sets import load_hub_set
-
         local = data_cfg.train_file if split == "train" else data_cfg.test_file
         return load_hub_set(data_cfg.dataset, split, local)
     if data_cfg.dataset == "jsonl":
@@ -138,7 +97,7 @@ def load_split(data_cfg: Any, data_dir: Path | None, split: str) -> list[Problem
         raise MathtuneError(f"data dir {data_dir} does not exist (looked for {local}); {GET_DATA}")
     if local is not None:
         raise MathtuneError(f"GSM8K file missing: {local}; {GET_DATA}")
-    return problems_from_rows(_hub_rows("openai/gsm8k", data_cfg.subset, split), f"openai/gsm8k {split}")
+    return problems_from_rows(hub_rows("openai/gsm8k", data_cfg.subset, split), f"openai/gsm8k {split}")
 
 
 SVAMP_TEST_FRACTION = 0.3  # ChilleD/SVAMP's split: 300 of the 1,000 problems test, 700 train
@@ -152,7 +111,7 @@ def _load_svamp(data_dir: Path | None) -> list[Problem]:
         return _svamp_problems(read_json_list(local), str(local))
     if local is not None:
         raise MathtuneError(f"SVAMP file missing: {local}")
-    rows = _hub_rows("ChilleD/SVAMP", None, "train") + _hub_rows("ChilleD/SVAMP", None, "test")
+    rows = hub_rows("ChilleD/SVAMP", None, "train") + hub_rows("ChilleD/SVAMP", None, "test")
     return _svamp_problems(rows, "ChilleD/SVAMP")
 
 

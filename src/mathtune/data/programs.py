@@ -21,7 +21,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from mathtune.evaluate.calculator import Number, evaluate_number, normalize_expression
+from mathtune.arithmetic import Number, evaluate_number, normalize_expression
 
 _ANNOTATION = re.compile(r"<<([^<>]*)>>")
 _NUMBER = r"\$?\d[\d,]*(?:\.\d+)?"

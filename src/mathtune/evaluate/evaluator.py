@@ -15,8 +15,9 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from mathtune.config import RunConfig
+from mathtune.data.contamination import problems_report
 from mathtune.data.problems import Problem, benchmark_name, load_split, sample_problems
-from mathtune.evaluate.contamination import check_run
+from mathtune.errors import MathtuneError
 from mathtune.evaluate.decoding import add_majority_votes, majority_summary
 from mathtune.evaluate.extraction import CHOICE_FILTERS, FILTERS, INVALID, score_answer
 from mathtune.evaluate.failures import classify_failure, failure_counts
@@ -42,6 +43,21 @@ def eval_problems(cfg: RunConfig) -> list[Problem]:
 
         drawn, _ = perturbed_copies(drawn, cfg.eval.seed)
     return drawn
+
+
+def check_run(cfg: RunConfig, eval_problems: list[Problem], train_problems: list[Problem] | None = None
+              ) -> dict[str, Any]:
+    """Contamination report for a run's config: its train split (or the rows trained on) vs
+    `eval_problems` (data/contamination.py). Never fails an evaluation: a missing train split gives
+    ``{"skipped": reason}``."""
+    if train_problems is None:
+        if cfg.eval.split == "train":
+            return {"skipped": "evaluating on the train split itself"}
+        try:
+            train_problems = load_split(cfg.data, cfg.resolved_data_dir(), "train")
+        except MathtuneError as exc:
+            return {"skipped": str(exc)}
+    return problems_report(train_problems, eval_problems)
 
 
 def build_prompts(cfg: RunConfig, problems: list[Problem]) -> tuple[list[str], dict[str, Any]]:

@@ -184,7 +184,7 @@ def lm_eval_workflow(cfg: Any, run_dir: Path | None, base: bool, out_dir: Path, 
         cfg = cfg.model_copy(update={"model": run_cfg.model, "prompt": cfg.prompt.model_copy(
             update={"chat_template": run_cfg.prompt.chat_template})})
         adapter_dir = run_dir / "adapter"
-    precision = cfg.eval.dtype if cfg.eval.dtype != "auto" else cfg.train.precision
+    precision = cfg.eval_precision()
     placement = choose_placement(cfg.model.device, precision)
     source = resolve_source(cfg.model.name, cfg.model.gguf_file)
     args = hf_model_args(source.path, adapter_dir, str(placement.compute_dtype).replace("torch.", ""),

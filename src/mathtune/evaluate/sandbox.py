@@ -1,7 +1,8 @@
 """Run model-generated Python (treat it as hostile) and return its answer.
 
-Each program runs in a fresh ``python -I -S -B`` process with layered containment; any one layer
-failing should not be enough to escape:
+Each program runs in a fresh ``python -I -S -B sandbox_child.py`` process (a standalone,
+stdlib-only script whose docstring describes how limits, program and result travel) with layered
+containment; any one layer failing should not be enough to escape:
 
 * **OS layer** (the real boundary): a new session (the whole process group is SIGKILLed
   afterwards), a wall-clock timeout, ``RLIMIT_CPU``/``AS``/``FSIZE``/``NOFILE``/``NPROC``/``CORE``,
@@ -45,8 +46,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from mathtune.arithmetic import format_number
 from mathtune.errors import MathtuneError
-from mathtune.evaluate.calculator import format_number
 
 # What program-of-thought solutions need; everything else ("os", "time", "sys", ...) is refused.
 ALLOWED_MODULES = (
@@ -59,6 +60,8 @@ _MAX_WRITES = 16  # files a program may open for writing; bounds disk use to 16 
 _MAX_OPEN_FILES = 16
 _MAX_PROGRAM_BYTES = 1 << 20
 _INT_RE = re.compile(r"-?\d+")
+# Run by path, not imported: under -I it cannot import mathtune (see its docstring for the protocol).
+_CHILD_SCRIPT = Path(__file__).resolve().with_name("sandbox_child.py")
 
 
 @dataclass(frozen=True)
@@ -174,8 +177,17 @@ def _child_argv(workdir: Path, limits: SandboxLimits, file_limit: int) -> list[s
         drop_to,
         _MAX_WRITES,
     ]
-    return [sys.executable, "-I", "-S", "-B", "-c", _CHILD_SOURCE, SANDBOX_TAG, str(workdir)] + [
-        str(n) for n in numbers
+    # Limits and the allow-list travel as argv data; the marker and the program go over stdin.
+    return [
+        sys.executable,
+        "-I",
+        "-S",
+        "-B",
+        str(_CHILD_SCRIPT),
+        SANDBOX_TAG,
+        str(workdir),
+        *(str(n) for n in numbers),
+        ",".join(ALLOWED_MODULES),
     ]
 
 
@@ -250,244 +262,3 @@ def _normalize_answer(text: str) -> str:
     except ValueError:
         return stripped
     return format_number(value) if math.isfinite(value) else stripped
-
-
-# The child: a plain script, because under -I -S it cannot import mathtune. It runs as root until
-# isolate(); everything the audit hook uses is bound into its closure so a program that patches
-# builtins or modules cannot change the hook's decisions.
-_CHILD_SOURCE = r'''
-import sys
-
-
-class Blocked(BaseException):
-    """BaseException, so `except Exception` in the program does not swallow it."""
-
-
-class OutputTooLarge(BaseException):
-    pass
-
-
-class Capture:
-    def __init__(self, limit):
-        self.parts, self.size, self.limit, self.overflowed = [], 0, limit, False
-
-    def write(self, text):
-        if type(text) is not str:
-            raise TypeError("write() argument must be str")
-        self.size += len(text)
-        if self.size > self.limit:
-            self.overflowed = True
-            raise OutputTooLarge
-        self.parts.append(text)
-        return len(text)
-
-    def flush(self):
-        pass
-
-    def text(self):
-        return "".join(self.parts)
-
-
-def main():
-    import os
-    marker, _, code = sys.stdin.buffer.read().partition(b"\n")
-    # Keep the text wrapper alive: once sys.stdout is replaced, dropping it would close the fd.
-    real_stdout, exit_now = sys.stdout, os._exit
-    real_out = real_stdout.buffer
-    try:
-        max_output, user_builtins, capture, violations = setup(os)
-    except BaseException as exc:
-        report(real_out, marker, ["error: sandbox setup failed: " + describe(exc)[len("error: "):], "", ""])
-        exit_now(0)
-    reason, answer = run(code, user_builtins, capture)
-    if violations:
-        reason, answer = "blocked: " + violations[0], None
-    elif capture.overflowed:
-        reason, answer = "output too large", None
-    report(real_out, marker, [reason, answer or "", capture.text()[:max_output]])
-    exit_now(0)  # skip interpreter shutdown, where the program's __del__ methods would run
-
-
-def setup(os):
-    import io
-    workdir = sys.argv[2]
-    cpu, memory, nproc, fsize, nofile, max_output, drop_to, max_writes = map(int, sys.argv[3:11])
-    stdlib = os.path.realpath(os.path.dirname(os.__file__))
-    allowed = frozenset(ALLOWED)
-    for name in allowed:
-        __import__(name)
-    import warnings
-    warnings.simplefilter("ignore")  # warnings.warn walks frames, which the hook refuses
-    import ctypes
-    import resource  # both imported while still root: /root may be unreadable for nobody
-    isolate(os, ctypes, drop_to)
-    set_limits(resource, cpu, memory, nproc, fsize, nofile)
-    for name in [m for m in sys.modules if m.split(".")[0] in FORGET]:
-        del sys.modules[name]
-    violations, capture = [], Capture(max_output)
-    user_builtins = guarded_builtins(allowed, violations)
-    sys.stdin = sys.__stdin__ = io.StringIO("")
-    sys.stdout = sys.__stdout__ = capture
-    sys.stderr = sys.__stderr__ = Capture(max_output)
-    install_hook(os, workdir, stdlib, allowed, violations, max_writes)
-    return max_output, user_builtins, capture, violations
-
-
-def report(real_out, marker, fields):
-    encoded = [f.encode("utf-8", "replace").hex().encode("ascii") for f in fields]
-    real_out.write(b"\n" + b" ".join([marker] + encoded) + b"\n")
-    real_out.flush()
-
-
-def isolate(os, ctypes, drop_to):
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
-    if os.geteuid() == 0:
-        libc.unshare(0x40000000)  # CLONE_NEWNET: best effort, needs CAP_SYS_ADMIN
-    if drop_to >= 0:
-        os.setgroups([])
-        os.setgid(drop_to)
-        os.setuid(drop_to)
-    os.umask(0o077)
-
-
-def set_limits(r, cpu, memory, nproc, fsize, nofile):
-    r.setrlimit(r.RLIMIT_CORE, (0, 0))
-    r.setrlimit(r.RLIMIT_CPU, (cpu, cpu + 1))
-    r.setrlimit(r.RLIMIT_NPROC, (nproc, nproc))
-    r.setrlimit(r.RLIMIT_FSIZE, (fsize, fsize))
-    r.setrlimit(r.RLIMIT_NOFILE, (nofile, nofile))
-    r.setrlimit(r.RLIMIT_AS, (memory, memory))
-
-
-def guarded_builtins(allowed, violations):
-    import builtins
-    real_import, names = builtins.__import__, dict(builtins.__dict__)
-
-    def guarded_import(name, globals=None, locals=None, fromlist=(), level=0):
-        if level != 0 or name.partition(".")[0] not in allowed:
-            detail = "import " + "." * level + str(name)[:80]
-            violations.append(detail)
-            raise Blocked(detail)
-        return real_import(name, globals, locals, fromlist, level)
-
-    names["__import__"] = guarded_import
-    for name in ("breakpoint", "exit", "quit", "help"):
-        names.pop(name, None)
-    return names
-
-
-def install_hook(os, workdir, stdlib, allowed, violations, max_writes):
-    safe = frozenset(SAFE_EVENTS)
-    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-    getcwd, type_of, text, str_type, bytes_type = os.getcwd, type, str, str, bytes
-    blocked, writes = Blocked, [0]
-
-    def resolve(path):
-        # Lexical: the program cannot create symlinks (os.symlink is refused) to fool it.
-        if type_of(path) is bytes_type:
-            path = path.decode("utf-8", "surrogateescape")
-        if type_of(path) is not str_type:
-            return None
-        if not path.startswith("/"):
-            path = getcwd() + "/" + path
-        parts = []
-        for part in path.split("/"):
-            if part == "..":
-                if parts:
-                    parts.pop()
-            elif part not in ("", "."):
-                parts.append(part)
-        return "/" + "/".join(parts)
-
-    def open_allowed(path, mode, flags):
-        full = resolve(path)
-        if full is None or type_of(mode) is not str_type:  # fds, and os.open (mode None, dir_fd)
-            return False
-        if full == workdir or full.startswith(workdir + "/"):
-            if flags & write_flags:
-                writes[0] += 1
-                return writes[0] <= max_writes
-            return True
-        return not flags & write_flags and full.startswith(stdlib + "/")
-
-    def hook(event, args):
-        if event in safe:
-            return
-        if event == "import" and args[0].partition(".")[0] in allowed:
-            return
-        if event == "open" and open_allowed(*args[:3]):
-            return
-        detail = event if event not in ("open", "import") else event + " " + text(args[0])[:120]
-        violations.append(detail)
-        raise blocked(detail)
-
-    sys.addaudithook(hook)
-
-
-def run(code, user_builtins, capture):
-    namespace = {"__name__": "__main__", "__builtins__": user_builtins}
-    try:
-        exec(compile(code, "<program>", "exec", dont_inherit=True), namespace)
-        answer = pick_answer(namespace, capture)
-        return ("ok" if answer else "no result"), answer
-    except OutputTooLarge:
-        return "output too large", None
-    except MemoryError:
-        namespace.clear()
-        return "memory", None
-    except BaseException as exc:
-        namespace.clear()
-        return describe(exc), None
-
-
-def pick_answer(namespace, capture):
-    for name in ("answer", "result"):
-        value = namespace.get(name)
-        if value is not None and not callable(value):
-            return as_text(value)
-    solution = namespace.get("solution")
-    if callable(solution):
-        value = solution()
-        if value is not None:
-            return as_text(value)
-    lines = [line.strip() for line in capture.text().splitlines() if line.strip()]
-    return lines[-1][:1000] if lines else None
-
-
-def as_text(value):
-    import decimal
-    import fractions
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, int):
-        if value.bit_length() > 10000:
-            raise ValueError("answer is too large")
-        return str(int(value))
-    if isinstance(value, fractions.Fraction):
-        return str(value.numerator) if value.denominator == 1 else repr(float(value))
-    if isinstance(value, float):
-        return repr(float(value))
-    if isinstance(value, decimal.Decimal):
-        return str(value)
-    return str(value)[:1000]
-
-
-def describe(exc):
-    try:
-        message = str(exc)[:300]
-    except BaseException:
-        message = "?"
-    kind = type(exc).__name__
-    if isinstance(exc, Blocked):
-        return "blocked: " + message
-    return "error: " + kind + (": " + message if message else "")
-
-
-ALLOWED = __ALLOWED__
-FORGET = {"ctypes", "_ctypes", "resource", "gc", "_signal", "signal", "_thread", "threading",
-          "_posixsubprocess", "subprocess", "_socket", "socket", "select", "fcntl"}
-SAFE_EVENTS = {"compile", "exec", "builtins.id", "builtins.input", "time.sleep",
-               "sys.unraisablehook", "cpython._PySys_ClearAuditHooks"}
-main()
-'''.replace("__ALLOWED__", repr(ALLOWED_MODULES))

@@ -63,32 +63,3 @@ def problems_report(train_problems: Sequence[Any], eval_problems: Sequence[Any],
     """`contamination_report` over `Problem` rows (anything with `.id` and `.question`)."""
     return contamination_report([(p.id, p.question) for p in train_problems],
                                 [(p.id, p.question) for p in eval_problems], n)
-
-
-def check_run(cfg: Any, eval_problems: Sequence[Any], train_problems: Sequence[Any] | None = None) -> dict[str, Any]:
-    """The report for a run's config: its train split (or the rows trained on) vs `eval_problems`.
-
-    Never fails an evaluation: a missing train split gives ``{"skipped": reason}``.
-    """
-    from mathtune.data.problems import load_split
-    from mathtune.errors import MathtuneError
-
-    if train_problems is None:
-        if cfg.eval.split == "train":
-            return {"skipped": "evaluating on the train split itself"}
-        try:
-            train_problems = load_split(cfg.data, cfg.resolved_data_dir(), "train")
-        except MathtuneError as exc:
-            return {"skipped": str(exc)}
-    return problems_report(train_problems, eval_problems)
-
-
-def train_card_entry(cfg: Any, train_problems: Sequence[Any]) -> dict[str, Any]:
-    """For train_card.json: the rows trained on vs the test problems `mathtune eval` will draw."""
-    from mathtune.errors import MathtuneError
-    from mathtune.evaluate.evaluator import eval_problems
-
-    try:
-        return check_run(cfg, eval_problems(cfg), train_problems)
-    except MathtuneError as exc:
-        return {"skipped": str(exc)}

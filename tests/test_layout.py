@@ -1,0 +1,95 @@
+"""The layout's rules, kept by a test: no import cycles (lazy imports inside functions count too, they
+only hide a cycle), and components never import a recipe."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "mathtune"
+# Front ends and recipes may import anything below them; nothing below may import them.
+TOP = ("mathtune.recipes", "mathtune.cli", "mathtune.app", "mathtune.workflows")
+
+
+def _module(path: Path) -> str:
+    parts = list(path.relative_to(SRC.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the mathtune modules it imports anywhere in its file."""
+    modules = {_module(path): path for path in SRC.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("mathtune"):
+                candidates = [f"{node.module}.{alias.name}" for alias in node.names] + [node.module]
+            elif isinstance(node, ast.Import):
+                candidates = [alias.name for alias in node.names if alias.name.startswith("mathtune")]
+            else:
+                continue
+            for candidate in candidates:
+                while candidate and candidate not in modules:  # `from pkg import name`: the package
+                    candidate = candidate.rpartition(".")[0]
+                if candidate and candidate != name and candidate != "mathtune":
+                    targets.add(candidate)
+        graph[name] = targets
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for target in graph.get(node, ()):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                top = stack.pop()
+                component.append(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_import_cycles_between_modules():
+    assert cycles(import_graph()) == []
+
+
+def test_no_import_cycles_between_packages():
+    graph = import_graph()
+    packages: dict[str, set[str]] = {}
+    for module, targets in graph.items():
+        source = ".".join(module.split(".")[:2])
+        packages.setdefault(source, set()).update(".".join(t.split(".")[:2]) for t in targets)
+    for package in packages:
+        packages[package].discard(package)
+    assert cycles(packages) == []
+
+
+def test_components_never_import_a_recipe_or_a_front_end():
+    offenders = {module: sorted(t for t in targets if t.startswith(TOP))
+                 for module, targets in import_graph().items() if not module.startswith(TOP)}
+    assert {module: targets for module, targets in offenders.items() if targets} == {}
+
+
+def test_the_checker_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]

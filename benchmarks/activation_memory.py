@@ -3,7 +3,7 @@
     python benchmarks/activation_memory.py                      # default config, the longest micro-batch
     python benchmarks/activation_memory.py -s train.gradient_checkpointing=true
 
-Builds the session exactly as `mathtune.train.setup` does (same config as train_throughput.py), runs
+Builds the session exactly as `mathtune.recipes.train.setup` does (same config as train_throughput.py), runs
 the forward of the micro-batch with the most tokens under `saved_tensors_hooks`, and attributes
 every tensor autograd saves to the innermost module running when it was saved. Storages are
 counted once (a view of a saved tensor costs nothing extra). Prints MB per module type and in total,
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", "-s", action="append", help="RunConfig override: train.fused_loss=false")
     args = parser.parse_args(argv)
 
-    from mathtune.train import setup
+    from mathtune.recipes.train import setup
     from mathtune.training.loss import make_batch
 
     cfg = bench_config(args, {})

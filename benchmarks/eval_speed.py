@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 from mathtune.config import build_config
-from mathtune.evaluate.evaluator import evaluate
+from mathtune.evaluate.backend import build_backend
 from mathtune.evaluate.lm_eval_bridge import lm_eval_record, run_lm_eval
-from mathtune.workflows import build_backend
+from mathtune.recipes.evaluate import evaluate
 
 
 def main() -> None:

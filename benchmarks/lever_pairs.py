@@ -2,7 +2,7 @@
 
     python benchmarks/lever_pairs.py -a train.dropout_mask_storage=bits -b train.dropout_mask_storage=bytes
 
-Builds two training sessions (`mathtune.train.setup`) in one process, from train_throughput.py's
+Builds two training sessions (`mathtune.recipes.train.setup`) in one process, from train_throughput.py's
 config plus each side's overrides, and runs the same micro-batches through both: step k under A and
 under B back to back, the pairs alternating A B and B A. It prints the median of the per-pair time
 ratios (A's time / B's time, so > 1 means B is faster) with its interquartile range, and each side's
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     from mathtune.cli import become_training_process
 
     become_training_process(side_config(args, args.a), (__file__,))  # allocator and imports as `mathtune train`
-    from mathtune.train import setup, train_step
+    from mathtune.recipes.train import setup, train_step
     from mathtune.training.allocator import active_allocator
 
     sides = {"A": setup(side_config(args, args.a)), "B": setup(side_config(args, args.b))}

@@ -15,9 +15,9 @@ def peak_mb() -> int:
 def main(model: str = "smollm2-135m") -> None:
     importlib.import_module("torch")
     print("import torch", peak_mb())
-    importlib.import_module("mathtune.train")
+    importlib.import_module("mathtune.recipes.train")
     importlib.import_module("peft")
-    print("import mathtune.train, peft", peak_mb())
+    print("import mathtune.recipes.train, peft", peak_mb())
     from mathtune.config import build_config
     from mathtune.methods.registry import build_method
     from mathtune.models.device import choose_placement

@@ -8,7 +8,7 @@
 
 Arm (a) "reference": HF `Trainer` + PEFT LoRA (r, alpha, dropout, targets as mathtune's config),
 fp32, `DataCollatorForSeq2Seq` dynamic padding, completion-only labels, a sequential sampler.
-Arm (b) "mathtune": `mathtune.train.train` with a RunConfig (its defaults; `-s` overrides them), in a
+Arm (b) "mathtune": `mathtune.recipes.train.train` with a RunConfig (its defaults; `-s` overrides them), in a
 process set up as `mathtune train` sets up its own: under the heap allocator it re-executes itself
 with (mimalloc on Linux; `-s train.allocator=system` for glibc's) and, for methods that do not
 quantize, without bitsandbytes. The table's last line says which allocator each arm had.
@@ -67,7 +67,7 @@ def bench_config(args: argparse.Namespace, overrides: dict[str, Any]) -> Any:
 
 def shared_data(cfg: Any, loaded: Any) -> tuple[list[Any], list[list[int]], int]:
     """Examples and the micro-batch order both arms consume (mathtune's own data code)."""
-    from mathtune.train import build_examples, load_train_problems, micro_batch_plan
+    from mathtune.recipes.train import build_examples, load_train_problems, micro_batch_plan
 
     examples, _ = build_examples(cfg, load_train_problems(cfg), loaded)
     plan, steps = micro_batch_plan(len(examples), cfg)
@@ -210,9 +210,9 @@ def run_reference(args: argparse.Namespace, overrides: dict[str, Any], gate: Gat
 def run_mathtune(args: argparse.Namespace, overrides: dict[str, Any], gate: Gate) -> dict[str, Any]:
     import torch
 
-    from mathtune import train as train_module
     from mathtune.cli import become_training_process
     from mathtune.methods.registry import build_method
+    from mathtune.recipes import train as train_module
 
     cfg = bench_config(args, overrides)
     become_training_process(cfg)  # what `mathtune train` does first (the allocator is already in place)
@@ -477,7 +477,7 @@ def prep_cost(args: argparse.Namespace) -> None:
     from mathtune.models.device import choose_placement
     from mathtune.models.loading import load_tokenizer, resolve_source
     from mathtune.models.setup import LoadedModel
-    from mathtune.train import build_examples, load_train_problems, micro_batch_plan
+    from mathtune.recipes.train import build_examples, load_train_problems, micro_batch_plan
 
     tokenizer = load_tokenizer(resolve_source(args.model))
     print(f"{'rows':>6} {'load s':>7} {'tokenize s':>10} {'plan s':>7} {'tokens':>9} {'us/row':>7}")

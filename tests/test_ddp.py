@@ -12,7 +12,7 @@ import yaml
 from safetensors.torch import load_file
 
 from mathtune.config import build_config
-from mathtune.train import train
+from mathtune.recipes.train import train
 
 PER_PROCESS_BATCH, PROCESSES, STEPS = 4, 2, 3
 # fp32, dropout 0: the only difference is summation order (one packed row of 8 vs two of 4), which

@@ -8,11 +8,12 @@ import torch
 
 from mathtune.config import build_config
 from mathtune.data.batching import causal_example, packed_batch
+from mathtune.evaluate.backend import build_backend
 from mathtune.methods.registry import build_method
 from mathtune.models.loading import load_model, load_tokenizer, resolve_source
-from mathtune.train import train
+from mathtune.recipes.run import run_workflow
+from mathtune.recipes.train import train
 from mathtune.training.loss import causal_loss
-from mathtune.workflows import build_backend, run_workflow
 
 
 def tiny_cfg(model_dir: Path, data_dir: Path, out: Path, **train) -> object:

@@ -4,8 +4,8 @@ import json
 
 from mathtune.config import build_config
 from mathtune.io import read_jsonl_tolerant
-from mathtune.train import train
-from mathtune.workflows import eval_adapters_workflow, eval_workflow
+from mathtune.recipes.evaluate import eval_adapters_workflow, eval_workflow
+from mathtune.recipes.train import train
 
 
 def cfg_for(model_dir, data_dir, out, **train):

@@ -73,7 +73,7 @@ def train_cmd(config: ConfigOpt = None, set_: SetOpt = None, model: ModelOpt = N
               train_size: TrainSizeOpt = None, max_steps: StepsOpt = None, overwrite: OverwriteOpt = False,
               resume: ResumeOpt = False) -> None:
     """Fine-tune a model; writes the adapter (PEFT format), tokenizer and a run card."""
-    from mathtune.workflows import train_workflow
+    from mathtune.recipes.train import train_workflow
 
     cfg = build_run_config(config, set_, model=model, method=method, prompt=prompt, data_dir=data_dir,
                            output_dir=output_dir, train_size=train_size, max_steps=max_steps)
@@ -96,7 +96,8 @@ def eval_cmd(run_dirs: Annotated[list[Path] | None, typer.Argument(
     """Evaluate a base model or runs' tuned models; writes predictions.jsonl and metrics.json."""
     from mathtune.data.problems import benchmark_name
     from mathtune.io import output_dir_guard
-    from mathtune.workflows import eval_adapters_workflow, eval_workflow, preflight, tuned_config
+    from mathtune.recipes.checks import preflight
+    from mathtune.recipes.evaluate import eval_adapters_workflow, eval_workflow, tuned_config
 
     sets = [*(set_ or []), *([f"data.dataset={dataset}"] if dataset else [])]
     cfg = build_run_config(config, sets, model=model, prompt=prompt, data_dir=data_dir, eval_size=eval_size)
@@ -139,7 +140,7 @@ def augment_cmd(output: Annotated[Path, typer.Option("--output", "-o", help="JSO
                 config: ConfigOpt = None, set_: SetOpt = None, data_dir: DataDirOpt = None,
                 train_size: TrainSizeOpt = None, overwrite: OverwriteOpt = False) -> None:
     """New train problems with new numbers and recomputed, verified answers (never from the test split)."""
-    from mathtune.workflows import augment_workflow
+    from mathtune.recipes.augment import augment_workflow
 
     cfg = build_run_config(config, set_, data_dir=data_dir, train_size=train_size)
     report = augment_workflow(cfg, output, variants, seed, include_original, overwrite)
@@ -152,7 +153,7 @@ def compare_cmd(paths: Annotated[list[Path], typer.Argument(help="Run dirs or ev
                 output: Annotated[Path | None, typer.Option("--output", "-o", help="Write <output>.md/.json/.png")]
                 = None) -> None:
     """Table of models on the same problems, exact McNemar test, and problems where they differ."""
-    from mathtune.compare import compare_runs, render_markdown, write_comparison
+    from mathtune.compare import compare_runs, render_comparison_markdown, write_comparison
 
     comparison = compare_runs(paths)
     if output is not None:
@@ -160,7 +161,7 @@ def compare_cmd(paths: Annotated[list[Path], typer.Argument(help="Run dirs or ev
         from mathtune.report.plots import accuracy_bar_chart
 
         accuracy_bar_chart(comparison["rows"], output.with_suffix(".png"))
-    typer.echo(render_markdown(comparison))
+    typer.echo(render_comparison_markdown(comparison))
 
 
 @app.command("run")
@@ -169,7 +170,7 @@ def run_cmd(config: ConfigOpt = None, set_: SetOpt = None, model: ModelOpt = Non
             train_size: TrainSizeOpt = None, eval_size: EvalSizeOpt = None, max_steps: StepsOpt = None,
             overwrite: OverwriteOpt = False, resume: ResumeOpt = False) -> None:
     """Train, evaluate base and tuned on the same problems, and compare: the whole study."""
-    from mathtune.workflows import run_workflow
+    from mathtune.recipes.run import run_workflow
 
     cfg = build_run_config(config, set_, model=model, method=method, prompt=prompt, data_dir=data_dir,
                            output_dir=output_dir, train_size=train_size, eval_size=eval_size,
@@ -225,7 +226,8 @@ def lm_eval_cmd(run_dir: Annotated[Path | None, typer.Argument(help="Finished ru
                 config: ConfigOpt = None, set_: SetOpt = None, model: ModelOpt = None, data_dir: DataDirOpt = None,
                 eval_size: EvalSizeOpt = None, output_dir: OutOpt = None) -> None:
     """Run lm-evaluation-harness itself (offline on local data); writes lm_eval.json beside metrics.json."""
-    from mathtune.evaluate.lm_eval_bridge import headline, lm_eval_workflow
+    from mathtune.evaluate.lm_eval_bridge import headline
+    from mathtune.recipes.lm_eval import lm_eval_workflow
 
     cfg = build_run_config(config, set_, model=model, data_dir=data_dir, eval_size=eval_size)
     default = (run_dir / "eval" / "tuned") if run_dir and not base else Path(cfg.output_dir) / "eval" / "base"

@@ -111,7 +111,7 @@ def _score(row: dict[str, Any], name: str) -> str:
     return "–" if score is None else f"{100 * score['exact_match']:.1f} ± {100 * score['stderr']:.1f}"
 
 
-def render_markdown(comparison: dict[str, Any]) -> str:
+def render_comparison_markdown(comparison: dict[str, Any]) -> str:
     lines = ["| model | benchmark | n | EM strict % | EM flexible % | numeric-match % | math-verify % | perplexity "
              "| ROUGE-1 | sem. sim. | trainable params | train peak RSS MB | train s | train tok/s | eval s |",
              "|" + "---|" * 15]
@@ -149,5 +149,5 @@ def _pair_markdown(pair: dict[str, Any]) -> list[str]:
 
 
 def write_comparison(comparison: dict[str, Any], stem: Path) -> None:
-    atomic_write_text(stem.with_suffix(".md"), render_markdown(comparison))
+    atomic_write_text(stem.with_suffix(".md"), render_comparison_markdown(comparison))
     atomic_write_json(stem.with_suffix(".json"), comparison)

@@ -140,7 +140,13 @@ def holds_results(directory: Path) -> bool:
 
 @contextmanager
 def run_lock(path: str | Path) -> Iterator[None]:
-    """Hold an exclusive lock file so two runs never write one directory at once."""
+    """Hold an exclusive lock file so two runs never write one directory at once.
+
+    Plain flock rather than the filelock package: its Unix lock keeps the file after release by
+    design (its maintainers call unlinking it unsafe), while ours is removed on release, which is
+    only safe with the unlink-while-held and inode check below; filelock would also fall back to a
+    PID-marker lock, which a killed run leaves behind, where flock is missing.
+    """
     import fcntl
 
     path = Path(path)
@@ -157,6 +163,9 @@ def run_lock(path: str | Path) -> Iterator[None]:
     try:
         yield
     finally:
+        # Unlink while still holding the lock: a run that flocks the old file after we let go then
+        # fails the inode check above. Unlinking after the unlock let such a run pass the check
+        # first, and a third run then locked a fresh .lock while it still believed it held the lock.
+        (path / ".lock").unlink(missing_ok=True)
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
-        (path / ".lock").unlink(missing_ok=True)

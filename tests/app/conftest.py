@@ -8,7 +8,7 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_models, data_dir) -> Path:
     from mathtune.config import build_config
-    from mathtune.workflows import run_workflow
+    from mathtune.recipes.run import run_workflow
 
     out = tmp_path_factory.mktemp("apprun") / "run"
     cfg = build_config({

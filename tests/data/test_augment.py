@@ -140,7 +140,7 @@ def test_variants_overlapping_the_test_split_are_found():
 
 
 def test_augment_workflow_reads_only_train_writes_loadable_jsonl(data_dir, tmp_path):
-    from mathtune.workflows import augment_workflow
+    from mathtune.recipes.augment import augment_workflow
 
     cfg = build_config({"data": {"data_dir": str(data_dir)}})
     out = tmp_path / "aug.jsonl"
@@ -175,7 +175,7 @@ def test_perturbed_copies_keep_ids_and_change_answers():
 
 def test_robustness_eval_on_a_tiny_model(tiny_models, data_dir, tmp_path):
     """`eval.perturbed`: the same drawn problems with new numbers, scored against recomputed answers."""
-    from mathtune.workflows import evaluate_model
+    from mathtune.recipes.evaluate import evaluate_model
 
     tree = {"model": {"name": str(tiny_models["llama"])}, "data": {"data_dir": str(data_dir)},
             "eval": {"num_problems": 6, "batch_size": 6, "max_new_tokens": 4, "dtype": "fp32", "perplexity": False}}
@@ -195,7 +195,7 @@ def test_robustness_eval_on_a_tiny_model(tiny_models, data_dir, tmp_path):
 def test_a_run_is_tested_on_another_benchmark_with_its_own_model_and_prompt(tmp_path):
     """`mathtune eval RUN --dataset D`: model, method and prompt from the run, the data from the call."""
     from mathtune.config import config_to_yaml
-    from mathtune.workflows import tuned_config
+    from mathtune.recipes.evaluate import tuned_config
 
     run_cfg = build_config({"model": {"name": "some-model"}, "prompt": {"strategy": "program"},
                             "data": {"train_size": 8}, "method": {"name": "full"}})

@@ -46,8 +46,8 @@ def test_task_config_points_at_local_files_or_the_hub(data_dir, tmp_path):
 
 def test_our_evaluator_reproduces_lm_eval_gsm8k_per_problem(tiny_models, data_dir, tmp_path):
     """8 problems, 5 shots drawn lm-eval's way, greedy fp32: identical prompts, answers and scores."""
-    from mathtune.evaluate.evaluator import evaluate
-    from mathtune.workflows import build_backend
+    from mathtune.evaluate.backend import build_backend
+    from mathtune.recipes.evaluate import evaluate
 
     cfg = build_config({
         "model": {"name": str(tiny_models["llama"])},

@@ -103,8 +103,8 @@ def test_majority_vote():
 
 
 def test_self_consistency_reports_maj_at_k_beside_greedy(tiny_models, data_dir, tmp_path):
-    from mathtune.evaluate.evaluator import evaluate
-    from mathtune.workflows import build_backend
+    from mathtune.evaluate.backend import build_backend
+    from mathtune.recipes.evaluate import evaluate
 
     cfg = build_config({"model": {"name": str(tiny_models["llama"])}, "data": {"data_dir": str(data_dir)},
                         "eval": {"num_problems": 3, "batch_size": 4, "max_new_tokens": 8, "dtype": "fp32",

@@ -54,7 +54,8 @@ def test_a_wrong_or_broken_program_is_scored_wrong():
 def test_program_strategy_trains_and_evaluates_on_causal_and_seq2seq(arch, tiny_models, data_dir, tmp_path):
     """Train a tiny model with `program`, evaluate it: every problem's program goes through the sandbox,
     the prompt opens the code block, and the row is scored from the sandbox's answer."""
-    from mathtune.workflows import evaluate_model, train_workflow
+    from mathtune.recipes.evaluate import evaluate_model
+    from mathtune.recipes.train import train_workflow
 
     cfg = build_config({
         "model": {"name": str(tiny_models[arch])},

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from mathtune.config import build_config
+from mathtune.evaluate.backend import build_backend
 from mathtune.evaluate.generation import GenerationRequest
 from mathtune.prompts import get_strategy
-from mathtune.train import train
-from mathtune.workflows import build_backend
+from mathtune.recipes.train import train
 
 METHODS = {
     "full": {"name": "full"},

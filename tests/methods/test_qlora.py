@@ -9,13 +9,13 @@ import torch
 from test_methods_e2e import method_cfg
 
 from mathtune.errors import MathtuneError
+from mathtune.evaluate.backend import build_backend
 from mathtune.evaluate.generation import GenerationRequest
 from mathtune.methods.qlora.method import avoid_narrow_cpu_packing
 from mathtune.methods.registry import build_method
 from mathtune.models.device import choose_placement
 from mathtune.models.loading import load_model, resolve_source
-from mathtune.train import train
-from mathtune.workflows import build_backend
+from mathtune.recipes.train import train
 
 pytest.importorskip("bitsandbytes")
 QLORA4 = {"name": "qlora", "bits": 4, "r": 4, "dropout": 0.0}

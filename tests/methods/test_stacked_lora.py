@@ -15,7 +15,7 @@ from mathtune.methods.registry import build_method
 from mathtune.methods.stacked_lora.layer import ACTIVATIONS, StackedLoraLinear
 from mathtune.methods.stacked_lora.method import CONFIG_FILE, WEIGHTS_FILE, stacked_layers
 from mathtune.models.loading import load_model, resolve_source
-from mathtune.train import train
+from mathtune.recipes.train import train
 
 STACKED = {"name": "stacked-lora", "r": 4, "alpha": 8.0, "dropout": 0.0}
 

@@ -156,8 +156,8 @@ def test_t5_trains_saves_and_reloads_the_added_rows(method, t5_sp_model, data_di
     rebuilds the model with the same vocabulary and those rows."""
     from safetensors.torch import load_file
 
-    from mathtune.train import train
-    from mathtune.workflows import build_backend
+    from mathtune.evaluate.backend import build_backend
+    from mathtune.recipes.train import train
 
     if method == "qlora":
         pytest.importorskip("bitsandbytes")
@@ -216,7 +216,7 @@ def test_stacked_stage2_starts_from_the_rows_stage1_trained(stage1, t5_sp_model,
     from mathtune.methods.registry import build_method
     from mathtune.models.device import choose_placement
     from mathtune.models.setup import load_for_run
-    from mathtune.train import train
+    from mathtune.recipes.train import train
 
     def cfg(method: dict, out: str):
         return build_config({

@@ -73,14 +73,14 @@ def test_arc_is_scored_by_its_letter(output, strict, flexible):
 def test_answer_format_category_fires_during_evaluation():
     """The right number in a form lm-eval's strict filter does not read is `answer-format`; rows used to
     be categorised only when numeric-match was false, where that category cannot happen."""
-    from mathtune.evaluate.evaluator import score_rows, summarize
+    from mathtune.evaluate.evaluator import score_rows, summarize_predictions
 
     problem = Problem("1", "Tom has 70 pens and buys 2. How many?", "70 + 2 = 72\n#### 72", "72")
     generations = [Generation("Tom has 70 + 2 = 72 pens. The answer is 72.", False, 12)]
     (row,) = score_rows([problem], generations, get_strategy("qa"), ["Q: ..."])
     assert row["correct"]["numeric-match"] and not row["correct"]["strict-match"]
     assert row["failure"] == "answer-format"
-    assert summarize([row])["failures"]["answer-format"] == 1
+    assert summarize_predictions([row])["failures"]["answer-format"] == 1
 
 
 # --- datasets ------------------------------------------------------------------------------------
@@ -88,7 +88,8 @@ def test_answer_format_category_fires_during_evaluation():
 
 def test_math_and_arc_local_files_are_loaded_and_scored_end_to_end(tmp_path):
     """MATH from local JSONL is scored by math-verify, ARC by letter, through `evaluate` itself."""
-    from mathtune.evaluate.evaluator import eval_problems, evaluate
+    from mathtune.evaluate.evaluator import eval_problems
+    from mathtune.recipes.evaluate import evaluate
 
     class FixedOutputs:  # a backend that answers every prompt with the next canned output
         def __init__(self, outputs: list[str]) -> None:
@@ -151,7 +152,7 @@ def test_training_on_test_problems_is_refused_unless_asked(tmp_path, run_cli, ti
                      f"data.train_file={same}", "-s", f"data.test_file={same}", "-o", str(tmp_path / "run"))
     assert result.code == 2 and "also test problems" in result.stderr
 
-    from mathtune.workflows import check_no_test_problems_in_training
+    from mathtune.recipes.checks import check_no_test_problems_in_training
 
     allowed = build_config({"data": {"dataset": "jsonl", "train_file": str(same), "test_file": str(same),
                                      "allow_test_overlap": True}})
@@ -165,7 +166,7 @@ def test_training_on_test_problems_is_refused_unless_asked(tmp_path, run_cli, ti
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny_llama, data_dir) -> Path:
-    from mathtune.workflows import train_workflow
+    from mathtune.recipes.train import train_workflow
 
     out = tmp_path_factory.mktemp("bench-run") / "run"
     cfg = build_config({"model": {"name": str(tiny_llama)}, "data": {"data_dir": str(data_dir), "train_size": 8},
@@ -209,10 +210,11 @@ def test_chat_template_applies_in_training_dev_check_and_evaluation(tiny_llama, 
     import shutil
     from types import SimpleNamespace
 
-    from mathtune.evaluate.evaluator import evaluate, quick_accuracy
+    from mathtune.evaluate.backend import build_backend
+    from mathtune.evaluate.evaluator import quick_accuracy
     from mathtune.models.loading import load_tokenizer, resolve_source
-    from mathtune.train import build_examples
-    from mathtune.workflows import build_backend
+    from mathtune.recipes.evaluate import evaluate
+    from mathtune.recipes.train import build_examples
 
     model = shutil.copytree(tiny_llama, tmp_path / "chat-model")
     tokenizer = load_tokenizer(resolve_source(str(model)))

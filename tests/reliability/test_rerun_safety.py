@@ -30,7 +30,7 @@ def _train(model: Path, data: Path, out: Path, *extra: str) -> tuple[str, ...]:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_llama, data_dir) -> Path:
     from mathtune.config import build_config
-    from mathtune.workflows import train_workflow
+    from mathtune.recipes.train import train_workflow
 
     out = tmp_path_factory.mktemp("safety") / "run"
     cfg = build_config({"model": {"name": str(tiny_llama)}, "data": {"data_dir": str(data_dir), "train_size": 8},
@@ -78,7 +78,7 @@ def test_an_interrupted_training_resumes_only_with_its_own_settings(run_cli, tin
                                                                      monkeypatch):
     """Interrupted after its first checkpoint: exit 143, one line naming the checkpoint and the exact
     command that continues; that command with another learning rate is refused, naming the key."""
-    import mathtune.train as train_module
+    import mathtune.recipes.train as train_module
 
     step = train_module.train_step
 
@@ -105,7 +105,7 @@ def test_an_interrupted_training_resumes_only_with_its_own_settings(run_cli, tin
 def test_interrupted_before_anything_worth_keeping_leaves_no_directory(run_cli, tiny_llama, data_dir, tmp_path,
                                                                       monkeypatch):
     """It used to leave config.yaml and tensorboard/ behind, and a plain rerun was refused as 'not empty'."""
-    import mathtune.train as train_module
+    import mathtune.recipes.train as train_module
 
     def interrupted(session, index):
         raise interrupts.Interrupted(signal.SIGINT)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mathtune.compare import compare_runs, render_markdown
+from mathtune.compare import compare_runs, render_comparison_markdown
 
 
 def write_eval(path: Path, outcomes: list[tuple[bool, bool]]) -> Path:
@@ -30,4 +30,4 @@ def test_mcnemar_is_reported_for_strict_and_for_the_answer_only_filters(tmp_path
     assert (pair["mcnemar"]["c"], pair["mcnemar"]["p_value"]) == (8, 2 * 0.5**8)
     assert pair["mcnemar_by_score"]["numeric-match"]["discordant"] == 0
     assert pair["mcnemar_by_score"]["numeric-match"]["p_value"] == 1.0
-    assert "On numeric-match: only base right: 0, only tuned right: 0, p = 1." in render_markdown(comparison)
+    assert "On numeric-match: only base right: 0, only tuned right: 0, p = 1." in render_comparison_markdown(comparison)

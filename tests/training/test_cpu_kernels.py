@@ -109,9 +109,9 @@ def test_training_with_and_without_kernels_learns_the_same(tiny_models, data_dir
     are, and the losses agree to bf16 rounding step by step (masks and gradients: the tests above)."""
     import json
 
-    import mathtune.train as train_module
+    import mathtune.recipes.train as train_module
     from mathtune.config import build_config
-    from mathtune.train import setup, train
+    from mathtune.recipes.train import setup, train
 
     counting = CountingKernels(built_cpu_kernels())  # skips where no C compiler is found
 
@@ -148,7 +148,7 @@ def test_fused_forwards_survive_model_train_and_are_recorded(tiny_models, data_d
     model loads with `use_kernels=False`; the fused forwards must still be bound after both, and the
     train card must say how many ran."""
     from mathtune.config import build_config
-    from mathtune.train import setup
+    from mathtune.recipes.train import setup
     from mathtune.training.fused_ops import check_fused_ops_kept
 
     cfg = build_config({"model": {"name": str(tiny_models["llama"])}, "data": {"data_dir": str(data_dir),

@@ -6,7 +6,7 @@ from safetensors.torch import load_file
 
 from mathtune.config import build_config
 from mathtune.data.batching import Example, split_by_tokens
-from mathtune.train import setup, train
+from mathtune.recipes.train import setup, train
 
 
 def example(tokens: int) -> Example:

@@ -96,7 +96,7 @@ class Engine:
         )
 
     def backend(self, cfg: RunConfig, run_name: str | None) -> Any:
-        from mathtune.workflows import build_backend
+        from mathtune.evaluate.backend import build_backend
 
         adapter = self.runs[run_name].run_dir / "adapter" if run_name else None
         key = (cfg.model.name, str(adapter))

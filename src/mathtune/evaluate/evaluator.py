@@ -7,23 +7,16 @@ record (prompt, shots, extraction regexes, generation settings, dtype, seed, ver
 
 from __future__ import annotations
 
-import json
-import time
-from pathlib import Path
 from typing import Any
-
-from tqdm.auto import tqdm
 
 from mathtune.config import RunConfig
 from mathtune.data.contamination import problems_report
-from mathtune.data.problems import Problem, benchmark_name, load_split, sample_problems
+from mathtune.data.problems import Problem, load_split, sample_problems
 from mathtune.errors import MathtuneError
-from mathtune.evaluate.decoding import add_majority_votes, majority_summary
-from mathtune.evaluate.extraction import CHOICE_FILTERS, FILTERS, INVALID, score_answer
+from mathtune.evaluate.extraction import INVALID, score_answer
 from mathtune.evaluate.failures import classify_failure, failure_counts
 from mathtune.evaluate.generation import Backend, Generation, GenerationRequest
 from mathtune.evaluate.metrics import mean_and_stderr, perplexity_from_nll
-from mathtune.io import append_jsonl, atomic_write_json, read_jsonl_tolerant
 from mathtune.prompts import (
     PromptStrategy,
     extract_program,
@@ -32,7 +25,6 @@ from mathtune.prompts import (
     per_problem_prefixes,
     render_prompts,
 )
-from mathtune.runcard import peak_cuda_mb, peak_rss_mb, provenance
 
 
 def eval_problems(cfg: RunConfig) -> list[Problem]:
@@ -150,7 +142,7 @@ def score_names(rows: list[dict[str, Any]]) -> list[str]:
     return list(names)
 
 
-def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize_predictions(rows: list[dict[str, Any]]) -> dict[str, Any]:
     scores = {}
     for name in score_names(rows):
         value, stderr = mean_and_stderr([bool(r["correct"].get(name)) for r in rows])
@@ -161,95 +153,6 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"n": len(rows), "scores": scores, "perplexity": perplexity,
             "truncated": sum(bool(r["truncated"]) for r in rows),
             "failures": failure_counts(rows)}
-
-
-def check_eval_dir(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None,
-                   problems: list[Problem] | None = None) -> dict[str, Any]:
-    """This evaluation's fingerprint; an eval dir holding another evaluation's predictions (another
-    model, adapter, prompt, problem draw or generation setting) is refused, never mixed or replaced."""
-    from mathtune.fingerprint import check_fingerprint, eval_fingerprint
-
-    fingerprint = eval_fingerprint(cfg, problems if problems is not None else eval_problems(cfg), adapter_dir)
-    check_fingerprint(out_dir, fingerprint, "predictions",
-                      "pass --overwrite to replace them, or -o another directory for this evaluation")
-    return fingerprint
-
-
-def evaluate(cfg: RunConfig, backend: Backend, out_dir: Path, label: str, tokenizer: Any = None,
-             meta: dict[str, Any] | None = None, show_progress: bool = True) -> dict[str, Any]:
-    """Evaluate one model (already behind `backend`) and write predictions + metrics into out_dir.
-
-    A dir holding this same evaluation is resumed (finished: its metrics are returned as they are);
-    one holding another is refused (`check_eval_dir`)."""
-    from mathtune.fingerprint import write_fingerprint
-
-    problems = eval_problems(cfg)
-    adapter = (meta or {}).get("adapter")
-    fingerprint = check_eval_dir(cfg, out_dir, Path(adapter) if adapter else None, problems)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_fingerprint(out_dir, fingerprint)
-    strategy = get_strategy(cfg.prompt.strategy)
-    prompts, prompt_record = build_prompts(cfg, problems)
-    if tokenizer is not None:
-        prompts = render_prompts(tokenizer, prompts, cfg.prompt.chat_template)
-    predictions_path = out_dir / "predictions.jsonl"
-    done = {row["id"]: row for row in read_jsonl_tolerant(predictions_path)}
-    todo = [i for i, p in enumerate(problems) if p.id not in done]
-    if not todo and (out_dir / "metrics.json").is_file():
-        return json.loads((out_dir / "metrics.json").read_text(encoding="utf-8"))  # finished: as it was
-    stop = stop_strings(cfg, strategy)
-    started = time.perf_counter()
-    chunk = cfg.eval.batch_size * 4  # several batches per write: length-sorting has room to work
-    bar = tqdm(total=len(problems), initial=len(problems) - len(todo), desc=f"eval {label}",
-               disable=not show_progress, dynamic_ncols=True)
-    new_tokens = 0
-    for start in range(0, len(todo), chunk):
-        indices = todo[start : start + chunk]
-        requests = [GenerationRequest(prompts[i], stop, cfg.eval.max_new_tokens, cfg.eval.calculator) for i in indices]
-        generations = backend.generate(requests)
-        new_tokens += sum(g.new_tokens for g in generations)
-        batch_problems = [problems[i] for i in indices]
-        rows = score_rows(batch_problems, generations, strategy, [prompts[i] for i in indices])
-        if cfg.eval.perplexity:
-            pairs = [(prompts[i], strategy.format_target(problems[i], _target_program(strategy, problems[i])))
-                     for i in indices]
-            for row, (nll, count) in zip(rows, backend.target_nll(pairs), strict=True):
-                row["reference_nll"], row["reference_tokens"] = nll, count
-        if cfg.eval.samples > 1:  # self-consistency beside greedy: sample k, vote on the numbers
-            add_majority_votes(rows, backend, requests, [p.solution for p in batch_problems], cfg.eval.samples,
-                               cfg.eval.temperature, cfg.eval.seed + start)
-        append_jsonl(predictions_path, rows)
-        done.update({row["id"]: row for row in rows})
-        bar.update(len(indices))
-    bar.close()
-    wall = time.perf_counter() - started
-    rows = [done[p.id] for p in problems]
-    metrics = summarize(rows)
-    if cfg.eval.samples > 1:
-        metrics["self_consistency"] = majority_summary(rows)
-    metrics["contamination"] = check_run(cfg, problems)
-    if cfg.eval.text_metrics:
-        metrics.update(text_metrics(rows))
-    metrics.update({
-        "label": label, "benchmark": benchmark_name(cfg.data), "wall_seconds": round(wall, 2),
-        "generated_tokens": new_tokens,
-        "generated_tokens_per_second": round(new_tokens / max(wall, 1e-9), 1),
-        "peak_rss_mb": round(peak_rss_mb(), 1), "peak_cuda_mb": peak_cuda_mb(),
-        "reproducibility": {
-            "prompt": prompt_record,
-            "problems": {"split": cfg.eval.split, "n": len(problems), "perturbed": cfg.eval.perturbed,
-                         "seed": cfg.eval.seed, "ids": [p.id for p in problems]},
-            "extraction": {name: {"regex": f.pattern, "group_select": f.group_select} for name, f in
-                           (CHOICE_FILTERS if problems and problems[0].kind == "choice" else FILTERS).items()},
-            "generation": {"greedy": True, "max_new_tokens": cfg.eval.max_new_tokens, "stop": list(stop),
-                           "batch_size": cfg.eval.batch_size, "dtype": cfg.eval.dtype,
-                           "calculator": cfg.eval.calculator, "samples": cfg.eval.samples,
-                           "temperature": cfg.eval.temperature if cfg.eval.samples > 1 else None},
-            "dataset": cfg.data.model_dump(mode="json"), **(meta or {}), **provenance(),
-        },
-    })
-    atomic_write_json(out_dir / "metrics.json", metrics)
-    return metrics
 
 
 def quick_accuracy(cfg: RunConfig, backend: Backend, problems: list[Problem]) -> dict[str, float]:

@@ -27,14 +27,13 @@ and parentheses; nothing is ever passed to ``eval``.
 from __future__ import annotations
 
 import ast
-import math
-import operator
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from itertools import product
 from typing import Any
 
+from mathtune.arithmetic import FOUR_OPERATIONS, evaluate_number
 from mathtune.errors import MathtuneError
 from mathtune.evaluate.extraction import extract_numeric, find_numbers, numbers_equal, numeric_match
 
@@ -66,12 +65,6 @@ _WORD_NUMBERS = {
     "million": 1e6, "billion": 1e9,
 }  # fmt: skip
 
-_OPERATORS: dict[type[ast.AST], Callable[[float, float], float]] = {
-    ast.Add: operator.add,
-    ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
-    ast.Div: operator.truediv,
-}
 # Characters a written calculation may contain ('x' and '×' only between numbers mean "times").
 _EXPRESSION_CHARS = frozenset("0123456789 \t.,$%()+-*/x×÷")
 _TIMES = re.compile(r"(?<=[\d)%])\s*[x×]\s*(?=[\d($.])")
@@ -111,21 +104,10 @@ class Step:
         return not numbers_equal(self.computed, self.written) and off_by >= self.resolution
 
 
-def _evaluate(node: ast.AST) -> float:
-    """Value of a parsed + - * / expression; ValueError for any other kind of node."""
-    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-        if abs(node.value) > _MAX_OPERAND:
-            raise ValueError("operand too large")
-        return float(node.value)
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-        return -_evaluate(node.operand)
-    if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
-        return _OPERATORS[type(node.op)](_evaluate(node.left), _evaluate(node.right))
-    raise ValueError(f"not arithmetic: {type(node).__name__}")
-
-
 def safe_arithmetic(expression: str) -> float | None:
-    """Evaluate a written calculation ("$1,200 x 3 / 4", "50% * 30"), or None if it is not one."""
+    """Evaluate a written calculation ("$1,200 x 3 / 4", "50% * 30"), or None if it is not one.
+
+    The arithmetic is `mathtune.arithmetic`'s, narrowed to + - * / and operands a word problem has."""
     text = _THOUSANDS_COMMA.sub("", expression).replace("$", "")
     text = _TIMES.sub(" * ", text).replace("÷", "/")
     text = _PERCENT.sub(r"(\1/100)", text).strip()
@@ -133,12 +115,15 @@ def safe_arithmetic(expression: str) -> float | None:
         return None
     try:
         tree = ast.parse(text, mode="eval")
-        if sum(1 for _ in ast.walk(tree)) > _MAX_AST_NODES or not isinstance(tree.body, ast.BinOp):
-            return None  # a bare number such as "x = 5" is a statement, not a calculation
-        value = _evaluate(tree.body)
-    except (SyntaxError, ValueError, ZeroDivisionError, OverflowError, RecursionError, MemoryError):
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
-    return value if math.isfinite(value) else None
+    if sum(1 for _ in ast.walk(tree)) > _MAX_AST_NODES or not isinstance(tree.body, ast.BinOp):
+        return None  # a bare number such as "x = 5" is a statement, not a calculation
+    if any(isinstance(node, ast.Constant) and isinstance(node.value, int | float) and abs(node.value) > _MAX_OPERAND
+           for node in ast.walk(tree)):
+        return None
+    value = evaluate_number(text, operators=FOUR_OPERATIONS)
+    return None if value is None else float(value)
 
 
 def _left_hand_side(text: str, equals_at: int) -> str | None:

@@ -107,9 +107,9 @@ class HFBackend:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         if stops:
             kwargs.update(stop_strings=stops, tokenizer=self.tokenizer)
+        # Only seq2seq gets here: the decoder's output holds the new tokens alone, no prompt to cut off.
         output = self.model.generate(**encoded, **kwargs)
-        new_ids = output if self.seq2seq else output[:, encoded["input_ids"].shape[1] :]
-        return [self._finish(row, request) for row, request in zip(new_ids, batch, strict=True)]
+        return [self._finish(row, request) for row, request in zip(output, batch, strict=True)]
 
     def _decode_causal(
         self, batch: list[GenerationRequest], sample: bool, temperature: float, seed: int

@@ -10,7 +10,7 @@ from mathtune.io import atomic_write_json, atomic_write_text
 from mathtune.report import plots
 from mathtune.report.data import gather
 from mathtune.report.html import render_html
-from mathtune.report.markdown import render_markdown
+from mathtune.report.markdown import render_report_markdown
 
 
 def make_figures(data: dict[str, Any], out_dir: Path) -> list[dict[str, Any]]:
@@ -72,6 +72,6 @@ def write_report(paths: list[Path], out_dir: Path) -> dict[str, Path]:
         "json": out_dir / "report.json",
     }
     atomic_write_text(written["html"], render_html(data, figures))
-    atomic_write_text(written["markdown"], render_markdown(data, figures))
+    atomic_write_text(written["markdown"], render_report_markdown(data, figures))
     atomic_write_json(written["json"], data)
     return written

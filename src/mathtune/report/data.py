@@ -32,7 +32,7 @@ def gather(paths: list[Path], samples: int = SAMPLES, seed: int = 0) -> dict[str
     }
     rows = [_with_intervals(row, predictions[row["label"]]) for row in comparison["rows"]]
     for row in rows:
-        row["failure_counts"] = failure_counts(predictions[row["label"]], row["failures"])
+        row["failure_counts"] = labelled_failure_counts(predictions[row["label"]], row["failures"])
     return {
         "rows": rows,
         "pairs": [{k: v for k, v in pair.items() if k != "samples"} for pair in comparison["pairs"]],
@@ -57,7 +57,7 @@ def _with_intervals(row: dict[str, Any], predictions: dict[str, Any]) -> dict[st
     return row
 
 
-def failure_counts(predictions: dict[str, Any], from_metrics: dict[str, int]) -> dict[str, int]:
+def labelled_failure_counts(predictions: dict[str, Any], from_metrics: dict[str, int]) -> dict[str, int]:
     """Categories of wrong answers, counted from each prediction's own `failure` label.
 
     The per-row labels are what the evaluator decided for each output; metrics.json's summary is

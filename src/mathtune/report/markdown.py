@@ -18,9 +18,11 @@ TABLE_HEAD = [
     "train s",
     "eval s",
 ]
+# numeric: as extraction.numeric_match scores it (the first number after '####', else the last one).
 FOOTNOTE = (
-    "EM: exact match with lm-eval-harness's GSM8K filters; numeric: the last number equals the "
-    "reference. Brackets: Wilson 95% score interval over the n test problems."
+    "EM: exact match with lm-eval-harness's GSM8K filters; numeric: the model's answer (the first "
+    "number after the first '####', else the last number in the output) equals the reference as a "
+    "number ($29.00 = 29). Brackets: Wilson 95% score interval over the n test problems."
 )
 
 
@@ -69,7 +71,7 @@ def _fence(text: str) -> str:
     return f"{fence}\n{text.strip()}\n{fence}"
 
 
-def render_markdown(data: dict[str, Any], figures: list[dict[str, Any]]) -> str:
+def render_report_markdown(data: dict[str, Any], figures: list[dict[str, Any]]) -> str:
     lines = [
         "# mathtune report",
         "",

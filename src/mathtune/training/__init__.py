@@ -1,1 +1,1 @@
-"""Reusable training components; `mathtune.train` is the recipe that wires them."""
+"""Reusable training components; `mathtune.recipes.train` is the recipe that wires them."""

@@ -23,20 +23,27 @@ from tqdm.auto import tqdm
 
 from mathtune.config import RunConfig, config_to_yaml
 from mathtune.data.batching import Example, causal_example, count_loss_tokens, seq2seq_example, split_by_tokens
-from mathtune.data.problems import Problem, load_split, sample_problems, split_train_dev
+from mathtune.data.problems import Problem, split_train_dev
 from mathtune.errors import MathtuneError
-from mathtune.io import atomic_write_json, atomic_write_text, read_jsonl_tolerant
+from mathtune.io import atomic_write_json, atomic_write_text, output_dir_guard, read_jsonl_tolerant
 from mathtune.methods.base import count_parameters
 from mathtune.methods.registry import build_method
 from mathtune.models.attention import use_varlen_sdpa
 from mathtune.models.device import choose_placement
 from mathtune.models.setup import LoadedModel, load_for_run
 from mathtune.prompts import get_strategy, render_prompts
+from mathtune.recipes.checks import check_train_dir, load_train_problems, preflight
 from mathtune.runcard import peak_cuda_mb, peak_rss_mb, provenance
 from mathtune.training.allocator import active_allocator
 from mathtune.training.checkpoints import latest_checkpoint, restore_checkpoint, save_checkpoint
 from mathtune.training.cpu_kernels import load_cpu_kernels
-from mathtune.training.distributed import launched_distributed, make_accelerator, maybe_no_sync, rank_shard
+from mathtune.training.distributed import (
+    launched_distributed,
+    make_accelerator,
+    maybe_no_sync,
+    process_rank,
+    rank_shard,
+)
 from mathtune.training.dropout import use_fast_dropout
 from mathtune.training.fused_lora import use_fused_lora
 from mathtune.training.fused_ops import check_fused_ops_kept, use_fused_ops
@@ -95,11 +102,6 @@ def micro_batch_plan(num_examples: int, cfg: RunConfig, world: int = 1) -> tuple
     while len(micro) < needed:  # max_steps past the data: cycle it again
         micro += micro[: needed - len(micro)]
     return micro[:needed], steps
-
-
-def load_train_problems(cfg: RunConfig) -> list[Problem]:
-    problems = load_split(cfg.data, cfg.resolved_data_dir(), "train")
-    return sample_problems(problems, cfg.data.train_size, cfg.train.seed)
 
 
 CPU_MICRO_BATCH_TOKENS = 1024  # SmolLM2-135M LoRA: 70-100 MB lower peak, same speed within noise
@@ -350,3 +352,17 @@ def _log_step(writer: Any, log_path: Path, step: int, loss: float, lr: float, to
         row = {"step": step, "loss": loss, "lr": lr, "tokens_per_second": tokens_per_s, "tokens": tokens,
                "seconds": round(seconds, 4)}  # cumulative since the loop started (benchmarks diff these)
         handle.write(json.dumps(row) + "\n")
+
+
+def train_workflow(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> Path:
+    from mathtune.fingerprint import write_fingerprint
+
+    preflight(cfg, ("train",))
+    if process_rank() != 0:  # under `accelerate launch`: rank 0 owns (checks, locks, writes) the run dir
+        train(cfg, Path(cfg.output_dir), resume=resume, show_progress=False)
+        return Path(cfg.output_dir)
+    fingerprint = check_train_dir(cfg, Path(cfg.output_dir), resume)
+    with output_dir_guard(cfg.output_dir, overwrite, resume) as run_dir:
+        write_fingerprint(run_dir, fingerprint)
+        train(cfg, run_dir, resume=resume)  # writes config.yaml, the one place it is written
+    return run_dir

@@ -1,0 +1,43 @@
+"""A model (and its tuned weights) loaded behind a generation backend: the one loader evaluation uses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mathtune.config import RunConfig
+from mathtune.errors import MathtuneError
+from mathtune.evaluate.generation import HFBackend
+from mathtune.methods.registry import build_method
+from mathtune.models.device import choose_placement
+from mathtune.models.setup import load_for_run
+from mathtune.models.vocab import check_saved_tokenizer
+
+
+def build_backend(cfg: RunConfig, adapter_dir: Path | None = None) -> tuple[HFBackend, dict[str, Any]]:
+    """Load the base model (and the tuned weights from `adapter_dir`) behind a generation backend."""
+    if adapter_dir is not None and not adapter_dir.is_dir():  # before minutes of loading the base
+        raise MathtuneError(f"no trained weights at {adapter_dir}; train first or check the run dir")
+    precision = cfg.eval_precision()
+    placement = choose_placement(cfg.model.device, precision)
+    method = build_method(cfg.method)
+    # A quantized base (qlora) is loaded quantized for base and tuned alike, exactly as it was trained,
+    # so base vs tuned measures the adapter and not the quantization. Other methods' training dtypes
+    # (full: fp32 master weights) do not apply: inference runs in the eval precision.
+    quant = method.base_load_kwargs(placement).get("quantization_config")
+    loaded = load_for_run(cfg.model, placement, {"quantization_config": quant} if quant is not None else None)
+    model, tokenizer, source, added = loaded.model, loaded.tokenizer, loaded.source, loaded.added_characters
+    # The characters training added (models/vocab.py) must have the same ids: the tuned rows belong to them.
+    if added and adapter_dir is not None:
+        check_saved_tokenizer(tokenizer, adapter_dir, added)
+    if adapter_dir is not None:
+        model = method.load(model, adapter_dir)
+        if quant is None:
+            model = model.to(placement.device)
+    seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
+    meta = {"backend": "hf", "model": source.label, "adapter": str(adapter_dir) if adapter_dir else None,
+            "device": str(placement.device), "compute_dtype": str(placement.compute_dtype).replace("torch.", ""),
+            "quantized": quant is not None}
+    if added:
+        meta["added_characters"] = added
+    return HFBackend(model, tokenizer, placement.device, seq2seq, cfg.eval.batch_size), meta

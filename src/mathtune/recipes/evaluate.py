@@ -1,0 +1,175 @@
+"""The evaluation recipe: draw problems -> prompt -> generate -> extract -> score -> write, and its
+entry points for a base model, a run's tuned model, or several adapters on one base."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from mathtune.config import RunConfig, load_config
+from mathtune.data.problems import Problem, benchmark_name
+from mathtune.errors import MathtuneError
+from mathtune.evaluate.backend import build_backend
+from mathtune.evaluate.decoding import add_majority_votes, majority_summary
+from mathtune.evaluate.evaluator import (
+    _target_program,
+    build_prompts,
+    check_run,
+    eval_problems,
+    score_rows,
+    stop_strings,
+    summarize_predictions,
+    text_metrics,
+)
+from mathtune.evaluate.extraction import CHOICE_FILTERS, FILTERS
+from mathtune.evaluate.generation import Backend, GenerationRequest
+from mathtune.io import append_jsonl, atomic_write_json, output_dir_guard, read_jsonl_tolerant
+from mathtune.prompts import get_strategy, render_prompts
+from mathtune.recipes.checks import preflight
+from mathtune.runcard import peak_cuda_mb, peak_rss_mb, provenance
+
+
+def check_eval_dir(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None,
+                   problems: list[Problem] | None = None) -> dict[str, Any]:
+    """This evaluation's fingerprint; an eval dir holding another evaluation's predictions (another
+    model, adapter, prompt, problem draw or generation setting) is refused, never mixed or replaced."""
+    from mathtune.fingerprint import check_fingerprint, eval_fingerprint
+
+    fingerprint = eval_fingerprint(cfg, problems if problems is not None else eval_problems(cfg), adapter_dir)
+    check_fingerprint(out_dir, fingerprint, "predictions",
+                      "pass --overwrite to replace them, or -o another directory for this evaluation")
+    return fingerprint
+
+
+def evaluate(cfg: RunConfig, backend: Backend, out_dir: Path, label: str, tokenizer: Any = None,
+             meta: dict[str, Any] | None = None, show_progress: bool = True) -> dict[str, Any]:
+    """Evaluate one model (already behind `backend`) and write predictions + metrics into out_dir.
+
+    A dir holding this same evaluation is resumed (finished: its metrics are returned as they are);
+    one holding another is refused (`check_eval_dir`)."""
+    from mathtune.fingerprint import write_fingerprint
+
+    problems = eval_problems(cfg)
+    adapter = (meta or {}).get("adapter")
+    fingerprint = check_eval_dir(cfg, out_dir, Path(adapter) if adapter else None, problems)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_fingerprint(out_dir, fingerprint)
+    strategy = get_strategy(cfg.prompt.strategy)
+    prompts, prompt_record = build_prompts(cfg, problems)
+    if tokenizer is not None:
+        prompts = render_prompts(tokenizer, prompts, cfg.prompt.chat_template)
+    predictions_path = out_dir / "predictions.jsonl"
+    done = {row["id"]: row for row in read_jsonl_tolerant(predictions_path)}
+    todo = [i for i, p in enumerate(problems) if p.id not in done]
+    if not todo and (out_dir / "metrics.json").is_file():
+        return json.loads((out_dir / "metrics.json").read_text(encoding="utf-8"))  # finished: as it was
+    stop = stop_strings(cfg, strategy)
+    started = time.perf_counter()
+    chunk = cfg.eval.batch_size * 4  # several batches per write: length-sorting has room to work
+    bar = tqdm(total=len(problems), initial=len(problems) - len(todo), desc=f"eval {label}",
+               disable=not show_progress, dynamic_ncols=True)
+    new_tokens = 0
+    for start in range(0, len(todo), chunk):
+        indices = todo[start : start + chunk]
+        requests = [GenerationRequest(prompts[i], stop, cfg.eval.max_new_tokens, cfg.eval.calculator) for i in indices]
+        generations = backend.generate(requests)
+        new_tokens += sum(g.new_tokens for g in generations)
+        batch_problems = [problems[i] for i in indices]
+        rows = score_rows(batch_problems, generations, strategy, [prompts[i] for i in indices])
+        if cfg.eval.perplexity:
+            pairs = [(prompts[i], strategy.format_target(problems[i], _target_program(strategy, problems[i])))
+                     for i in indices]
+            for row, (nll, count) in zip(rows, backend.target_nll(pairs), strict=True):
+                row["reference_nll"], row["reference_tokens"] = nll, count
+        if cfg.eval.samples > 1:  # self-consistency beside greedy: sample k, vote on the numbers
+            add_majority_votes(rows, backend, requests, [p.solution for p in batch_problems], cfg.eval.samples,
+                               cfg.eval.temperature, cfg.eval.seed + start)
+        append_jsonl(predictions_path, rows)
+        done.update({row["id"]: row for row in rows})
+        bar.update(len(indices))
+    bar.close()
+    wall = time.perf_counter() - started
+    rows = [done[p.id] for p in problems]
+    metrics = summarize_predictions(rows)
+    if cfg.eval.samples > 1:
+        metrics["self_consistency"] = majority_summary(rows)
+    metrics["contamination"] = check_run(cfg, problems)
+    if cfg.eval.text_metrics:
+        metrics.update(text_metrics(rows))
+    metrics.update({
+        "label": label, "benchmark": benchmark_name(cfg.data), "wall_seconds": round(wall, 2),
+        "generated_tokens": new_tokens,
+        "generated_tokens_per_second": round(new_tokens / max(wall, 1e-9), 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1), "peak_cuda_mb": peak_cuda_mb(),
+        "reproducibility": {
+            "prompt": prompt_record,
+            "problems": {"split": cfg.eval.split, "n": len(problems), "perturbed": cfg.eval.perturbed,
+                         "seed": cfg.eval.seed, "ids": [p.id for p in problems]},
+            "extraction": {name: {"regex": f.pattern, "group_select": f.group_select} for name, f in
+                           (CHOICE_FILTERS if problems and problems[0].kind == "choice" else FILTERS).items()},
+            "generation": {"greedy": True, "max_new_tokens": cfg.eval.max_new_tokens, "stop": list(stop),
+                           "batch_size": cfg.eval.batch_size, "dtype": cfg.eval.dtype,
+                           "calculator": cfg.eval.calculator, "samples": cfg.eval.samples,
+                           "temperature": cfg.eval.temperature if cfg.eval.samples > 1 else None},
+            "dataset": cfg.data.model_dump(mode="json"), **(meta or {}), **provenance(),
+        },
+    })
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def evaluate_model(cfg: RunConfig, out_dir: Path, label: str, adapter_dir: Path | None = None,
+                   show_progress: bool = True) -> dict[str, Any]:
+    from mathtune.recipes.evaluate import check_eval_dir
+
+    check_eval_dir(cfg, out_dir, adapter_dir)  # before minutes of loading the model
+    backend, meta = build_backend(cfg, adapter_dir)
+    return evaluate(cfg, backend, out_dir, label, backend.tokenizer, meta, show_progress)
+
+
+def eval_workflow(cfg: RunConfig, run_dir: Path | None, base: bool, out_dir: Path,
+                  own_data: bool = True) -> dict[str, Any]:
+    """Evaluate the base model, or the tuned model of a finished run dir (its config wins; with
+    `own_data=False` the benchmark is this call's `data` section instead of the run's)."""
+    if base:
+        return evaluate_model(cfg, out_dir, "base")
+    if run_dir is None:
+        raise MathtuneError("pass a run directory to evaluate its tuned model, or --base")
+    return evaluate_model(tuned_config(cfg, run_dir, own_data), out_dir, "tuned", adapter_dir=run_dir / "adapter")
+
+
+def eval_adapters_workflow(cfg: RunConfig, run_dirs: list[Path], overwrite: bool = False
+                           ) -> list[tuple[dict[str, Any], Path]]:
+    """Evaluate several PEFT adapters of one base model with the base loaded once: each adapter is
+    added to the same PeftModel and switched to with `set_adapter`, never reloading the base."""
+    configs = [tuned_config(cfg, run_dir) for run_dir in run_dirs]
+    first = configs[0]
+    for run_dir, run_cfg in zip(run_dirs, configs, strict=True):
+        if run_cfg.model.name != first.model.name or run_cfg.method.name not in ("lora", "qlora") \
+                or run_cfg.method.name != first.method.name:
+            raise MathtuneError(f"{run_dir}: shared-base evaluation needs LoRA/QLoRA adapters of one model "
+                                f"({first.model.name}, {first.method.name}); evaluate it on its own")
+        preflight(run_cfg, (cfg.eval.split,), training=False)
+    backend, meta = build_backend(first, run_dirs[0] / "adapter")
+    results = []
+    for index, (run_dir, run_cfg) in enumerate(zip(run_dirs, configs, strict=True)):
+        name = "default" if index == 0 else f"adapter{index}"
+        if index:
+            backend.model.load_adapter(str(run_dir / "adapter"), adapter_name=name)
+        backend.model.set_adapter(name)
+        with output_dir_guard(run_dir / "eval" / "tuned", overwrite, resume=not overwrite) as out:
+            metrics = evaluate(run_cfg, backend, out, "tuned", backend.tokenizer,
+                               {**meta, "adapter": str(run_dir / "adapter"), "shared_base": True})
+        results.append((metrics, out))
+    return results
+
+
+def tuned_config(cfg: RunConfig, run_dir: Path, own_data: bool = True) -> RunConfig:
+    """A finished run's own config (model, method, data, prompt) with this call's eval settings, and
+    this call's data section too when the run is tested on another benchmark (`own_data=False`)."""
+    update: dict[str, Any] = {"eval": cfg.eval} if own_data else {"eval": cfg.eval, "data": cfg.data}
+    return load_config(run_dir / "config.yaml", None).model_copy(update=update)

@@ -24,9 +24,15 @@ counts, removed dir) are true on disk and whose `continue with:` command is this
 count. Per trial: the continued command exits 0 and its outputs equal the uninterrupted ones
 (adapter max |diff| <= 1e-6, predictions field for field, metric scores equal, report files equal),
 or it refuses with exit 2 and one `mathtune: error:` line ("refused cleanly"). A process that
-finished before the signal reached it counts as "not interrupted" and its outputs are checked too.
+finished before the signal reached it counts as "not interrupted" and its outputs are checked too;
+one that exits 0 although the signal reached it has swallowed it, and one still running 120 s
+after the signal hangs: both break the contract.
 
-    nice -n 15 python benchmarks/fault_injection.py --trials 60 --seed 1 --json fi.json
+Every process imports a copy of src/mathtune taken when the work dir is made (others edit the tree
+while the battery runs). Failed trials' dirs stay in --workdir; --json gets every trial's record
+(rewritten after each trial); Ctrl-C stops the battery with a summary of the trials done.
+
+    python benchmarks/fault_injection.py --trials 30 --seed 1 --json fi.json
 
 Set MATHTUNE_ALLOCATOR=system to skip train/run's re-execution under mimalloc (faster, but that
 re-exec is one of the moments a real kill can land in, so it is left on by default).
@@ -65,6 +71,8 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
 EXPECTED_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 COMMANDS = ("train", "eval", "run", "report", "ratings")
 PROCESS_TIMEOUT = 900
+# A signalled process must be gone within this; one still running is a hang (and is then SIGKILLed).
+STOP_TIMEOUT = 120
 # tqdm lines ("train:  47%|####  | 14/30 [...]", "eval base: 100%|..."): progress, not messages.
 PROGRESS = re.compile(r"^[\w .()/-]{0,60}:\s+\d+%\|")
 # Fields of a prediction row that measure time rather than the result (none today; kept for safety).
@@ -143,8 +151,19 @@ SPECS = {
 }
 
 
+def freeze_source(workdir: Path) -> Path:
+    """A copy of src/mathtune that every process of the battery imports (PYTHONPATH comes before
+    the editable install's path). Others edit the tree while the battery runs; a reference computed
+    by one version and a resume run by another would differ for reasons no kill caused."""
+    frozen = workdir / "src"
+    if not (frozen / "mathtune").is_dir():
+        shutil.copytree(REPO / "src" / "mathtune", frozen / "mathtune", ignore=shutil.ignore_patterns("__pycache__"))
+    return frozen
+
+
 def child_env(workdir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "MATHTUNE_DATA_DIR"}  # --data-dir is explicit
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(workdir / "src"), env.get("PYTHONPATH")]))
     # One thread everywhere: the same reduction order in every run (bit-equal adapters), and no
     # spinning on shared cores.
     env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
@@ -353,6 +372,18 @@ def wait_and_kill(proc: subprocess.Popen[bytes], sig: signal.Signals, moment: Mo
     return {"sent": True, "at_s": round(time.monotonic() - started, 3), "handler": handler, "state": state}
 
 
+def wait_stopped(proc: subprocess.Popen[bytes], kill: dict[str, Any]) -> tuple[bytes, bytes, str | None]:
+    """Collect the process's output once it has ended; if it outlives a delivered signal by
+    STOP_TIMEOUT, SIGKILL it and say so (a command that ignores SIGINT/SIGTERM is a finding)."""
+    try:
+        out, err = proc.communicate(timeout=STOP_TIMEOUT if kill["sent"] else PROCESS_TIMEOUT)
+        return out or b"", err or b"", None
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        return out or b"", err or b"", f"still running {STOP_TIMEOUT} s after the signal: SIGKILLed"
+
+
 def message_lines(stderr: str) -> list[str]:
     # splitlines() also splits at tqdm's carriage returns, so each progress redraw is its own line.
     return [line for line in stderr.splitlines() if line.strip() and not PROGRESS.match(line.strip())]
@@ -424,10 +455,10 @@ def kill_cli(spec: Spec, argv: list[str], out: Path, sig: signal.Signals, moment
     finally:  # never leave a process behind, even when this script itself is interrupted
         if proc.poll() is None and not kill["sent"]:
             os.killpg(proc.pid, signal.SIGKILL)
-    _, err = proc.communicate(timeout=PROCESS_TIMEOUT)
+    _, err, hang = wait_stopped(proc, kill)
     stderr = err.decode("utf-8", "replace")
     record = {"signal": sig.name, "mode": moment.mode, "delay_s": round(moment.delay, 3), **kill,
-              "exit": proc.returncode, "stderr_tail": stderr[-600:], "contract": []}
+              "exit": proc.returncode, "stderr_tail": stderr[-600:], "contract": [hang] if hang else []}
     # Exit 0: it finished before the signal reached it (or the signal came during its last instants),
     # unless the handler's exception was raised where Python can only print and drop it (a weakref
     # callback, a __del__): then the signal was delivered and swallowed, and the command carried on.
@@ -471,7 +502,9 @@ def kill_cli(spec: Spec, argv: list[str], out: Path, sig: signal.Signals, moment
 def finish_cli(argv: list[str], env: dict[str, str]) -> dict[str, Any]:
     """Run the continuing command to its end: 0, or a clean refusal (2 and one error line)."""
     started = time.monotonic()
-    proc = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=PROCESS_TIMEOUT)
+    # Its own session, like the killed ones: a Ctrl-C meant for this script must not reach it.
+    proc = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=PROCESS_TIMEOUT,
+                          start_new_session=True)
     stderr = proc.stderr.decode("utf-8", "replace")
     lines = message_lines(stderr)
     result = {"argv": argv[1:], "exit": proc.returncode, "seconds": round(time.monotonic() - started, 2)}
@@ -531,7 +564,11 @@ def kill_ratings(db: Path, sig: signal.Signals, moment: Moment, env: dict[str, s
     finally:
         if proc.poll() is None and not kill["sent"]:
             os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=PROCESS_TIMEOUT)
+    try:
+        proc.wait(timeout=STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:  # the child must die of SIGINT/SIGTERM; see reset_inherited_signals
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
     reader.join(timeout=10)
     stderr = proc.stderr.read().decode("utf-8", "replace") if proc.stderr else ""
     # Only whole lines are acknowledgements: a line cut by the kill was never fully printed.
@@ -597,6 +634,7 @@ def prepare(workdir: Path) -> tuple[Setup, dict[str, float]]:
     sys.path.insert(0, str(REPO / "tests"))
     from helpers import make_tiny_model, write_gsm8k_dir
 
+    sys.path.insert(0, str(freeze_source(workdir)))  # this process's own imports of mathtune too
     env = child_env(workdir)
     setup = Setup(workdir / "model" / "llama", workdir / "data", workdir / "ref", env)
     done = workdir / "ref" / "walls.json"
@@ -782,6 +820,24 @@ def describe(index: int, total: int, record: dict[str, Any]) -> str:
             f"{status} ({record['seconds']:.0f} s)")
 
 
+def reset_inherited_signals() -> None:
+    """An ignored signal stays ignored across fork and exec: started with `nohup` or `&` from a
+    script, this process and every child would ignore SIGINT (and SIGHUP/SIGQUIT), and Python
+    installs no KeyboardInterrupt handler then. The children must meet the signals as a terminal's
+    user's commands do, so give them back their default dispositions."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also: Ctrl-C stops this battery cleanly
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        if signal.getsignal(sig) == signal.SIG_IGN:
+            signal.signal(sig, signal.SIG_DFL)
+
+
+def write_json(path: Path | None, lines: list[str], args: argparse.Namespace, walls: dict[str, float],
+               records: list[dict[str, Any]]) -> None:
+    if path:
+        path.write_text(json.dumps({"summary": lines, "seed": args.seed, "walls": walls, "trials": records},
+                                   indent=1, default=str))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=15)
@@ -799,6 +855,7 @@ def main() -> None:
     if args.ratings_child:
         ratings_child(args.ratings_child)
         return
+    reset_inherited_signals()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="mathtune-fi-"))
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -816,11 +873,15 @@ def main() -> None:
         shutil.rmtree(trial_dir, ignore_errors=True)
         trial_dir.mkdir(parents=True)
         t0 = time.monotonic()
-        if command == "ratings":
-            record = ratings_trial(setup, walls[command], trial_dir, sig, rng, args.again, args.max_kills)
-        else:
-            record = cli_trial(SPECS[command], setup, walls[command], trial_dir, sig, rng, args.again,
-                               args.max_kills)
+        try:
+            if command == "ratings":
+                record = ratings_trial(setup, walls[command], trial_dir, sig, rng, args.again, args.max_kills)
+            else:
+                record = cli_trial(SPECS[command], setup, walls[command], trial_dir, sig, rng, args.again,
+                                   args.max_kills)
+        except KeyboardInterrupt:  # Ctrl-C: the trials done so far still get their summary
+            print(f"stopped by Ctrl-C during trial {index}; summarizing the {index - 1} finished", flush=True)
+            break
         record["seconds"] = round(time.monotonic() - t0, 1)
         record["trial"] = index
         record["survived"], record["problems"] = verdict(record)
@@ -832,15 +893,14 @@ def main() -> None:
             print(f"      litter left by a kill: {record['litter']}", flush=True)
         if record["survived"]:
             shutil.rmtree(trial_dir, ignore_errors=True)  # failed trials stay for inspection
+        # after every trial: a battery stopped from outside still leaves its records
+        write_json(args.json, summarize(records, time.monotonic() - started), args, walls, records)
     lines = summarize(records, time.monotonic() - started)
     print("\n".join(lines), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps({"summary": lines, "seed": args.seed, "walls": walls, "trials": records},
-                                        indent=1, default=str))
+    write_json(args.json, lines, args, walls, records)
     if not args.workdir:
         shutil.rmtree(workdir, ignore_errors=True)
     sys.exit(1 if any(not r["survived"] for r in records) else 0)
-
 
 if __name__ == "__main__":
     main()

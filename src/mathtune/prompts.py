@@ -28,15 +28,40 @@ class PromptStrategy:
     stop: tuple[str, ...]
     few_shot_draw: str = "shared"  # shared: one draw for all problems; per-problem: lm-eval's sampler
 
+    @property
+    def writes_programs(self) -> bool:
+        """The model writes a program (a `{program}` target): trained on programs converted from the
+        reference solutions, answered by what the sandbox computes from the program it writes."""
+        return "{program}" in self.target
+
     def format_prompt(self, question: str) -> str:
         return self.prompt.format(question=question.strip())
 
     def format_target(self, problem: Problem, program: str | None = None) -> str:
-        if self.name == "program":
+        if self.writes_programs:
             if program is None:
                 raise ValueError(f"problem {problem.id} has no program target")
             return self.target.format(program=program)
         return self.target.format(solution=problem.solution.strip())
+
+    def answer_texts(self, outputs: list[str]) -> tuple[list[str], list[Any]]:
+        """What answer extraction reads for each output, and the sandbox's results (programs only):
+        the output itself, or '#### <the answer the sandbox computed>' ('' when the program failed)."""
+        if not self.writes_programs:
+            return list(outputs), []
+        from mathtune.sandbox import run_programs  # model-written code runs only there
+
+        results = run_programs([extract_program(output) for output in outputs])
+        texts = [f"#### {r.answer}" if r.ok and r.answer is not None else "" for r in results]
+        return texts, results
+
+    def reference_program(self, problem: Problem) -> str | None:
+        """The program target of a reference solution (None for strategies that write no program)."""
+        if not self.writes_programs:
+            return None
+        from mathtune.data.programs import solution_to_program
+
+        return solution_to_program(problem.solution) or f"answer = {problem.answer}"
 
 
 @cache
@@ -60,7 +85,7 @@ def few_shot_prefix(
     """Seeded worked examples from the train split; returns the prefix and the example ids used."""
     if count == 0:
         return "", []
-    usable = [p for p in pool if strategy.name != "program" or (programs and p.id in programs)]
+    usable = [p for p in pool if not strategy.writes_programs or (programs and p.id in programs)]
     shots = random.Random(seed).sample(usable, min(count, len(usable)))
     blocks = [
         strategy.format_prompt(p.question) + strategy.format_target(p, (programs or {}).get(p.id)) for p in shots

@@ -14,7 +14,7 @@ from mathtune.data.programs import (
     reference_answer,
     solution_to_program,
 )
-from mathtune.evaluate.sandbox import SandboxLimits, run_programs
+from mathtune.sandbox import SandboxLimits, run_programs
 
 GSM8K_TRAIN = Path("/work/shared/datasets/gsm8k/train.jsonl")
 NATALIA = (

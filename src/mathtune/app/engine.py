@@ -203,13 +203,11 @@ def stream_generate(backend: Any, prompt: str, stops: tuple[str, ...], max_new_t
 def answer_details(strategy: str, output: str, reference: str | None) -> dict[str, Any]:
     """The answer read from an output (the sandbox's, for programs) and, if known, whether it is right."""
     details: dict[str, Any] = {"strategy": strategy}
-    text = output
-    if strategy == "program":
-        from mathtune.evaluate.sandbox import run_program  # another module's heavy import: lazily
-
-        code = extract_program(output)
-        result = run_program(code)
-        details["program"] = code
+    prompt_strategy = get_strategy(strategy)
+    (text,), results = prompt_strategy.answer_texts([output])
+    if results:  # the model wrote a program; the sandbox ran it
+        result = results[0]
+        details["program"] = extract_program(output)
         details["sandbox"] = {
             "ok": result.ok,
             "answer": result.answer,
@@ -217,7 +215,6 @@ def answer_details(strategy: str, output: str, reference: str | None) -> dict[st
             "stdout": result.stdout[-2000:],
             "seconds": round(result.seconds, 2),
         }
-        text = f"#### {result.answer}" if result.ok and result.answer is not None else ""
     details["extracted"] = extract_all(text)
     if reference:
         details["correct"] = score_all(text, reference)

@@ -19,7 +19,6 @@ from mathtune.evaluate.generation import Backend, Generation, GenerationRequest
 from mathtune.evaluate.metrics import mean_and_stderr, perplexity_from_nll
 from mathtune.prompts import (
     PromptStrategy,
-    extract_program,
     few_shot_prefix,
     get_strategy,
     per_problem_prefixes,
@@ -60,7 +59,7 @@ def build_prompts(cfg: RunConfig, problems: list[Problem]) -> tuple[list[str], d
         return _per_problem_prompts(cfg, strategy, problems)
     if cfg.prompt.few_shot:
         pool = load_split(cfg.data, cfg.resolved_data_dir(), "train")
-        programs = _programs_for(pool) if strategy.name == "program" else None
+        programs = _programs_for(pool) if strategy.writes_programs else None
         prefix, shot_ids = few_shot_prefix(strategy, pool, cfg.prompt.few_shot, cfg.eval.seed, programs)
     prompts = [prefix + strategy.format_prompt(p.question) for p in problems]
     record = {"strategy": strategy.name, "template": strategy.prompt, "few_shot": cfg.prompt.few_shot,
@@ -93,31 +92,18 @@ def stop_strings(cfg: RunConfig, strategy: PromptStrategy) -> tuple[str, ...]:
     return tuple(cfg.eval.stop) if cfg.eval.stop is not None else strategy.stop
 
 
-def answer_text(strategy: PromptStrategy, output: str, sandbox_results: dict[int, Any], index: int) -> str:
-    """What extraction reads: the output itself, or for programs '#### <sandbox result>'."""
-    if strategy.name != "program":
-        return output
-    result = sandbox_results[index]
-    return f"#### {result.answer}" if result.ok and result.answer is not None else ""
-
-
 def score_rows(problems: list[Problem], generations: list[Generation], strategy: PromptStrategy,
                prompts: list[str]) -> list[dict[str, Any]]:
-    sandbox_results: dict[int, Any] = {}
-    if strategy.name == "program":
-        from mathtune.evaluate.sandbox import run_programs
-
-        results = run_programs([extract_program(g.text) for g in generations])
-        sandbox_results = dict(enumerate(results))
+    texts, sandbox_results = strategy.answer_texts([g.text for g in generations])
     rows = []
     for index, (problem, generation) in enumerate(zip(problems, generations, strict=True)):
-        text = answer_text(strategy, generation.text, sandbox_results, index)
+        text = texts[index]
         extracted, correct = score_answer(text, problem.solution, problem.answer, problem.kind)
         row = {"id": problem.id, "question": problem.question, "reference": problem.solution,
                "reference_answer": problem.answer, "prompt": prompts[index], "output": generation.text,
                "extracted": extracted, "correct": correct, "truncated": generation.truncated,
                "new_tokens": generation.new_tokens}
-        if index in sandbox_results:
+        if sandbox_results:
             result = sandbox_results[index]
             row["sandbox"] = {"ok": result.ok, "answer": result.answer, "reason": result.reason}
         # Categorised wherever lm-eval's strict score fails, so `answer-format` (the right number in
@@ -165,14 +151,6 @@ def quick_accuracy(cfg: RunConfig, backend: Backend, problems: list[Problem]) ->
     requests = [GenerationRequest(p, stop_strings(cfg, strategy), cfg.eval.max_new_tokens) for p in prompts]
     rows = score_rows(problems, backend.generate(requests), strategy, prompts)
     return {name: sum(bool(r["correct"][name]) for r in rows) / len(rows) for name in score_names(rows)}
-
-
-def _target_program(strategy: PromptStrategy, problem: Problem) -> str | None:
-    if strategy.name != "program":
-        return None
-    from mathtune.data.programs import solution_to_program
-
-    return solution_to_program(problem.solution) or f"answer = {problem.answer}"
 
 
 def text_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:

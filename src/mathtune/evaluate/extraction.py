@@ -23,13 +23,14 @@ import math
 import re
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
 
 from mathtune.errors import MathtuneError
 
 INVALID = "[invalid]"
 
-# gsm8k.yaml metric_list[exact_match].regexes_to_ignore, in the order lm-eval applies them.
-GSM8K_REGEXES_TO_IGNORE: tuple[str, ...] = (",", r"\$", r"(?s).*#### ", r"\.$")
 
 # A number as people write it: optional sign and $, thousands groups or plain digits, decimals,
 # an optional "/denominator". The sign must not follow a digit, or "5-3" would read as 5 and -3.
@@ -70,11 +71,26 @@ class AnswerFilter:
         return match.strip()
 
 
-FILTERS: dict[str, AnswerFilter] = {
-    "strict-match": AnswerFilter("strict-match", r"#### (\-?[0-9\.\,]+)", group_select=0),
-    "flexible-extract": AnswerFilter("flexible-extract", r"(-?[$0-9.,]{2,})|(-?[0-9]+)", group_select=-1),
-}
+GSM8K_TASK = Path(__file__).with_name("tasks") / "gsm8k.yaml"  # lm-eval's gsm8k.yaml, shipped as data
+
+
+def _gsm8k_filters_and_ignores() -> tuple[dict[str, AnswerFilter], tuple[str, ...]]:
+    """lm-eval's filters (regex, then take_first) and exact_match's regexes_to_ignore, read from the
+    task YAML the lm-eval bridge also runs, so the regexes live in one place."""
+    task = yaml.safe_load(GSM8K_TASK.read_text(encoding="utf-8"))
+    filters = {}
+    for entry in task["filter_list"]:
+        regex = next(step for step in entry["filter"] if step["function"] == "regex")
+        filters[entry["name"]] = AnswerFilter(entry["name"], regex["regex_pattern"], regex.get("group_select", 0))
+    exact_match = next(m for m in task["metric_list"] if m["metric"] == "exact_match")
+    return filters, tuple(exact_match["regexes_to_ignore"])
+
+
+# FILTERS: strict-match and flexible-extract. The regexes to ignore are applied in this order.
+FILTERS, GSM8K_REGEXES_TO_IGNORE = _gsm8k_filters_and_ignores()
 SCORE_NAMES: tuple[str, ...] = (*FILTERS, "numeric-match", "math-verify")
+SCORE_TITLES = {"strict-match": "EM strict", "flexible-extract": "EM flexible", "numeric-match": "numeric",
+                "math-verify": "math-verify"}  # column titles of reports, in SCORE_NAMES order
 # Multiple choice: the letter after '####' (strict), or also after "answer is"/"answer:" (flexible).
 CHOICE_FILTERS: dict[str, AnswerFilter] = {
     "strict-match": AnswerFilter("strict-match", r"#### \(?([A-J])\b", group_select=0),

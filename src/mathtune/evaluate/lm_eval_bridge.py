@@ -20,11 +20,12 @@ from typing import Any
 import yaml
 
 from mathtune.errors import MathtuneError
+from mathtune.evaluate.extraction import FILTERS
 
 TASKS_DIR = Path(__file__).with_name("tasks")
 TASK_FILES = {"gsm8k": "gsm8k.yaml", "gsm8k_cot": "gsm8k_cot.yaml"}
 HUB_DATASET = ("openai/gsm8k", "main")
-FILTER_NAMES = ("strict-match", "flexible-extract")
+FILTER_NAMES = tuple(FILTERS)  # lm-eval's gsm8k filters, read from the same task YAML
 
 
 def shipped_task(name: str) -> dict[str, Any]:

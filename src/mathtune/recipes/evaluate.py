@@ -16,7 +16,6 @@ from mathtune.errors import MathtuneError
 from mathtune.evaluate.backend import build_backend
 from mathtune.evaluate.decoding import add_majority_votes, majority_summary
 from mathtune.evaluate.evaluator import (
-    _target_program,
     build_prompts,
     check_run,
     eval_problems,
@@ -81,7 +80,7 @@ def evaluate(cfg: RunConfig, backend: Backend, out_dir: Path, label: str, tokeni
         batch_problems = [problems[i] for i in indices]
         rows = score_rows(batch_problems, generations, strategy, [prompts[i] for i in indices])
         if cfg.eval.perplexity:
-            pairs = [(prompts[i], strategy.format_target(problems[i], _target_program(strategy, problems[i])))
+            pairs = [(prompts[i], strategy.format_target(problems[i], strategy.reference_program(problems[i])))
                      for i in indices]
             for row, (nll, count) in zip(rows, backend.target_nll(pairs), strict=True):
                 row["reference_nll"], row["reference_tokens"] = nll, count

@@ -64,7 +64,7 @@ def build_examples(cfg: RunConfig, problems: list[Problem], loaded: LoadedModel)
     strategy = get_strategy(cfg.prompt.strategy)
     programs: dict[str, str] = {}
     stats: dict[str, Any] = {"rows": len(problems)}
-    if strategy.name == "program":
+    if strategy.writes_programs:
         from mathtune.data.programs import convert_solutions
 
         converted, report = convert_solutions([(p.solution, p.answer) for p in problems])

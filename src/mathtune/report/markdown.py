@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from mathtune.compare import format_value as fmt
+from mathtune.evaluate.extraction import SCORE_TITLES
 
-SCORE_TITLES = {"strict-match": "EM strict", "flexible-extract": "EM flexible", "numeric-match": "numeric",
-                "math-verify": "math-verify"}
 TABLE_HEAD = [
     "model",
     "n",

@@ -14,7 +14,7 @@ import pytest
 
 import mathtune
 from mathtune.errors import MathtuneError
-from mathtune.evaluate.sandbox import SANDBOX_TAG, SandboxLimits, SandboxResult, run_program, run_programs
+from mathtune.sandbox import SANDBOX_TAG, SandboxLimits, SandboxResult, run_program, run_programs
 
 # Short limits keep the battery fast; timeouts still exercise both the CPU and the wall-clock path.
 LIMITS = SandboxLimits(cpu_seconds=1, wall_seconds=2)

@@ -9,18 +9,16 @@ from typing import Any
 
 import pytest
 
+from mathtune.answers import MissingAnswerError, parse_number, reference_answer
 from mathtune.errors import MathtuneError
 from mathtune.evaluate.extraction import (
     FILTERS,
     GSM8K_REGEXES_TO_IGNORE,
     INVALID,
     AnswerFilter,
-    MissingAnswerError,
     extract_all,
     lm_eval_exact_match,
     numeric_match,
-    parse_number,
-    reference_answer,
     score_all,
 )
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mathtune.answers import ANSWER_MARK, parse_number_text, parse_reference_answer
+from mathtune.answers import ANSWER_MARK, format_number, parse_number_text, parse_reference_answer
 from mathtune.data.hub_sets import load_hub_set
 from mathtune.data.problem import Problem, hub_rows
 from mathtune.data.records import read_json_list, read_records, row_locator
@@ -52,16 +52,12 @@ def _problem(row: dict[str, Any], index: int, where: Callable[[int], str], quest
     return Problem(id=str(row.get("id", index)), question=question, solution=solution, answer=answer)
 
 
-def _format_number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
-
-
 def _svamp_problems(rows: list[dict[str, Any]], source: str) -> list[Problem]:
     where, problems = row_locator(rows, source), []
     for index, row in enumerate(rows):
         try:
             question = f"{row['Body'].strip()} {row['Question'].strip()}".strip()
-            answer = _format_number(float(row["Answer"]))
+            answer = format_number(float(row["Answer"]))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise MathtuneError(f"{where(index)}: bad or missing SVAMP field ({exc})") from None
         equation = str(row.get("Equation", "")).strip()

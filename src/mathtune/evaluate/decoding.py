@@ -233,7 +233,8 @@ def add_majority_votes(rows: list[dict[str, Any]], backend: Any, requests: Seque
                        k: int, temperature: float, seed: int) -> None:
     """Self-consistency: sample `k` solutions per request, vote on their numeric answers, and store
     ``row["majority"] = {"k", "answers", "vote", "correct"}`` beside the greedy result."""
-    from mathtune.evaluate.extraction import extract_numeric, numbers_equal, numeric_match
+    from mathtune.answers import numbers_equal
+    from mathtune.evaluate.extraction import extract_numeric, numeric_match
 
     repeated = [request for request in requests for _ in range(k)]
     generations = backend.generate(repeated, sample=True, temperature=temperature, seed=seed)

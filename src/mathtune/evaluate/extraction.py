@@ -19,7 +19,6 @@ Pure functions: nothing here imports torch or transformers.
 
 from __future__ import annotations
 
-import math
 import re
 import threading
 from dataclasses import dataclass, field
@@ -27,22 +26,16 @@ from pathlib import Path
 
 import yaml
 
-from mathtune.errors import MathtuneError
+from mathtune.answers import (
+    ANSWER_MARK,
+    find_numbers,
+    format_number,
+    numbers_equal,
+    parse_number,
+    reference_answer,
+)
 
 INVALID = "[invalid]"
-
-
-# A number as people write it: optional sign and $, thousands groups or plain digits, decimals,
-# an optional "/denominator". The sign must not follow a digit, or "5-3" would read as 5 and -3.
-_NUMBER = re.compile(
-    r"(?:(?<![\w)])(?P<sign>-))?(?:\$\s?)?(?P<int>\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?P<frac>\.\d+)?"
-    r"(?:\s?/\s?(?P<den>\d+)(?![\d.]))?"
-)
-_ANSWER_MARK = "####"
-
-
-class MissingAnswerError(MathtuneError, ValueError):
-    """A GSM8K solution without its ``#### answer`` line: bad data the user has to fix."""
 
 
 @dataclass(frozen=True)
@@ -122,35 +115,13 @@ def lm_eval_exact_match(prediction: str, reference: str) -> bool:
     return _exact_match_normalize(prediction) == _exact_match_normalize(reference)
 
 
-def _to_float(match: re.Match[str]) -> float | None:
-    value = float(match["int"].replace(",", "") + (match["frac"] or ""))
-    if match["den"] is not None:
-        denominator = int(match["den"])
-        if denominator == 0:
-            return None
-        value /= denominator
-    return -value if match["sign"] else value
-
-
-def find_numbers(text: str) -> list[float]:
-    """Every number written in `text`, in order, by the same reading as `parse_number`."""
-    values = (_to_float(match) for match in _NUMBER.finditer(text))
-    return [value for value in values if value is not None]
-
-
-def parse_number(text: str) -> float | None:
-    """The first number written in `text` ("$1,000.50 each" -> 1000.5, "1/2" -> 0.5), else None."""
-    numbers = find_numbers(text)
-    return numbers[0] if numbers else None
-
-
 def extract_numeric(output: str) -> float | None:
     """The model's numeric answer: the first number after the first ``####``, else the last number.
 
     First-after-first mirrors strict-match's choice when a model repeats ``####`` or rambles on
     after it ("#### 18 eggs, 2 per box" answers 18, not 2).
     """
-    _, mark, after = output.partition(_ANSWER_MARK)
+    _, mark, after = output.partition(ANSWER_MARK)
     if mark:
         answer = parse_number(after)
         if answer is not None:
@@ -159,22 +130,9 @@ def extract_numeric(output: str) -> float | None:
     return numbers[-1] if numbers else None
 
 
-def numbers_equal(a: float, b: float) -> bool:
-    return math.isclose(a, b, rel_tol=1e-6)
-
-
-def reference_answer(solution: str) -> str:
-    """The answer of a GSM8K solution: the text after ``#### ``, commas removed, stripped."""
-    _, mark, answer = solution.rpartition("#### ")
-    answer = answer.replace(",", "").strip()
-    if not mark or not answer:
-        raise MissingAnswerError(f"GSM8K solution has no '#### <answer>' line: {solution[-80:]!r}")
-    return answer
-
-
 def _reference_number(reference_solution_or_answer: str) -> float | None:
     text = reference_solution_or_answer
-    if _ANSWER_MARK in text:
+    if ANSWER_MARK in text:
         text = reference_answer(text)
     return parse_number(text)
 
@@ -188,15 +146,11 @@ def numeric_match(output: str, reference_answer: str) -> bool:
     return numbers_equal(predicted, expected)
 
 
-def _format_number(value: float) -> str:
-    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
-
-
 def extract_all(output: str) -> dict[str, str]:
     """Every score's extracted answer, ``[invalid]`` where none was found."""
     extracted = {name: answer_filter.apply(output) for name, answer_filter in FILTERS.items()}
     numeric = extract_numeric(output)
-    extracted["numeric-match"] = INVALID if numeric is None else _format_number(numeric)
+    extracted["numeric-match"] = INVALID if numeric is None else format_number(numeric)
     return extracted
 
 
@@ -213,7 +167,7 @@ def score_all(output: str, reference_solution_or_answer: str) -> dict[str, bool]
 
 def _answer_span(output: str) -> str:
     """The line after the first '####' (what strict-match reads), else the whole output."""
-    _, mark, after = output.partition(_ANSWER_MARK)
+    _, mark, after = output.partition(ANSWER_MARK)
     return after.strip().split("\n", 1)[0] if mark and after.strip() else output
 
 

@@ -33,9 +33,10 @@ from dataclasses import dataclass
 from itertools import product
 from typing import Any
 
+from mathtune.answers import find_numbers, numbers_equal
 from mathtune.arithmetic import FOUR_OPERATIONS, evaluate_number
 from mathtune.errors import MathtuneError
-from mathtune.evaluate.extraction import extract_numeric, find_numbers, numbers_equal, numeric_match
+from mathtune.evaluate.extraction import extract_numeric, numeric_match
 
 FAILURE_CATEGORIES: tuple[str, ...] = (
     "truncated",

@@ -74,19 +74,9 @@ def evaluate(cfg: RunConfig, backend: Backend, out_dir: Path, label: str, tokeni
     new_tokens = 0
     for start in range(0, len(todo), chunk):
         indices = todo[start : start + chunk]
-        requests = [GenerationRequest(prompts[i], stop, cfg.eval.max_new_tokens, cfg.eval.calculator) for i in indices]
-        generations = backend.generate(requests)
-        new_tokens += sum(g.new_tokens for g in generations)
-        batch_problems = [problems[i] for i in indices]
-        rows = score_rows(batch_problems, generations, strategy, [prompts[i] for i in indices])
-        if cfg.eval.perplexity:
-            pairs = [(prompts[i], strategy.format_target(problems[i], strategy.reference_program(problems[i])))
-                     for i in indices]
-            for row, (nll, count) in zip(rows, backend.target_nll(pairs), strict=True):
-                row["reference_nll"], row["reference_tokens"] = nll, count
-        if cfg.eval.samples > 1:  # self-consistency beside greedy: sample k, vote on the numbers
-            add_majority_votes(rows, backend, requests, [p.solution for p in batch_problems], cfg.eval.samples,
-                               cfg.eval.temperature, cfg.eval.seed + start)
+        rows, tokens = _predict_chunk(cfg, backend, [problems[i] for i in indices], [prompts[i] for i in indices],
+                                      stop, cfg.eval.seed + start)
+        new_tokens += tokens
         append_jsonl(predictions_path, rows)
         done.update({row["id"]: row for row in rows})
         bar.update(len(indices))
@@ -104,21 +94,46 @@ def evaluate(cfg: RunConfig, backend: Backend, out_dir: Path, label: str, tokeni
         "generated_tokens": new_tokens,
         "generated_tokens_per_second": round(new_tokens / max(wall, 1e-9), 1),
         "peak_rss_mb": round(peak_rss_mb(), 1), "peak_cuda_mb": peak_cuda_mb(),
-        "reproducibility": {
-            "prompt": prompt_record,
-            "problems": {"split": cfg.eval.split, "n": len(problems), "perturbed": cfg.eval.perturbed,
-                         "seed": cfg.eval.seed, "ids": [p.id for p in problems]},
-            "extraction": {name: {"regex": f.pattern, "group_select": f.group_select} for name, f in
-                           (CHOICE_FILTERS if problems and problems[0].kind == "choice" else FILTERS).items()},
-            "generation": {"greedy": True, "max_new_tokens": cfg.eval.max_new_tokens, "stop": list(stop),
-                           "batch_size": cfg.eval.batch_size, "dtype": cfg.eval.dtype,
-                           "calculator": cfg.eval.calculator, "samples": cfg.eval.samples,
-                           "temperature": cfg.eval.temperature if cfg.eval.samples > 1 else None},
-            "dataset": cfg.data.model_dump(mode="json"), **(meta or {}), **provenance(),
-        },
+        "reproducibility": _reproducibility(cfg, problems, prompt_record, stop, meta),
     })
     atomic_write_json(out_dir / "metrics.json", metrics)
     return metrics
+
+
+def _predict_chunk(cfg: RunConfig, backend: Backend, problems: list[Problem], prompts: list[str],
+                   stop: tuple[str, ...], seed: int) -> tuple[list[dict[str, Any]], int]:
+    """Generate, extract and score one chunk of problems (plus the reference's perplexity and maj@k
+    when asked); returns the prediction rows and the tokens generated."""
+    strategy = get_strategy(cfg.prompt.strategy)
+    requests = [GenerationRequest(prompt, stop, cfg.eval.max_new_tokens, cfg.eval.calculator) for prompt in prompts]
+    generations = backend.generate(requests)
+    rows = score_rows(problems, generations, strategy, prompts)
+    if cfg.eval.perplexity:
+        pairs = [(prompt, strategy.format_target(problem, strategy.reference_program(problem)))
+                 for prompt, problem in zip(prompts, problems, strict=True)]
+        for row, (nll, count) in zip(rows, backend.target_nll(pairs), strict=True):
+            row["reference_nll"], row["reference_tokens"] = nll, count
+    if cfg.eval.samples > 1:  # self-consistency beside greedy: sample k, vote on the numbers
+        add_majority_votes(rows, backend, requests, [p.solution for p in problems], cfg.eval.samples,
+                           cfg.eval.temperature, seed)
+    return rows, sum(g.new_tokens for g in generations)
+
+
+def _reproducibility(cfg: RunConfig, problems: list[Problem], prompt_record: dict[str, Any],
+                     stop: tuple[str, ...], meta: dict[str, Any] | None) -> dict[str, Any]:
+    """Everything needed to rerun this evaluation: prompt, problems, extraction, generation, data, model."""
+    filters = CHOICE_FILTERS if problems and problems[0].kind == "choice" else FILTERS
+    return {
+        "prompt": prompt_record,
+        "problems": {"split": cfg.eval.split, "n": len(problems), "perturbed": cfg.eval.perturbed,
+                     "seed": cfg.eval.seed, "ids": [p.id for p in problems]},
+        "extraction": {name: {"regex": f.pattern, "group_select": f.group_select} for name, f in filters.items()},
+        "generation": {"greedy": True, "max_new_tokens": cfg.eval.max_new_tokens, "stop": list(stop),
+                       "batch_size": cfg.eval.batch_size, "dtype": cfg.eval.dtype,
+                       "calculator": cfg.eval.calculator, "samples": cfg.eval.samples,
+                       "temperature": cfg.eval.temperature if cfg.eval.samples > 1 else None},
+        "dataset": cfg.data.model_dump(mode="json"), **(meta or {}), **provenance(),
+    }
 
 
 def evaluate_model(cfg: RunConfig, out_dir: Path, label: str, adapter_dir: Path | None = None,

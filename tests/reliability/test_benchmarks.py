@@ -164,36 +164,27 @@ def test_training_on_test_problems_is_refused_unless_asked(tmp_path, run_cli, ti
 # --- a run's model on another benchmark --------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, tiny_llama, data_dir) -> Path:
-    from mathtune.recipes.train import train_workflow
-
-    out = tmp_path_factory.mktemp("bench-run") / "run"
-    cfg = build_config({"model": {"name": str(tiny_llama)}, "data": {"data_dir": str(data_dir), "train_size": 8},
-                        "train": {"max_steps": 1, "precision": "fp32"}, "output_dir": str(out)})
-    return train_workflow(cfg)
-
-
-def test_data_overrides_evaluate_a_run_on_another_benchmark(tmp_path, run_cli, tiny_run, data_dir):
+def test_data_overrides_evaluate_a_run_on_another_benchmark(tmp_path, run_cli, finished_run, data_dir):
     """`eval RUN -s data.dataset=jsonl -s data.test_file=F` tests the run's model on F (it used to test
     on the run's own data again), into eval/jsonl-<stem>/tuned; `compare` pairs within a benchmark."""
     rows = [{"id": f"x{i}", "question": f"Ann has {i} pens and buys 2. How many?", "answer": f"#### {i + 2}"}
             for i in range(3)]
     test_file = _jsonl(tmp_path / "mine.jsonl", rows)
     common = ("-s", "eval.max_new_tokens=4", "-s", "eval.perplexity=false", "--data-dir", str(data_dir))
-    result = run_cli("eval", str(tiny_run), "-s", "data.dataset=jsonl", "-s", f"data.test_file={test_file}", *common)
+    result = run_cli("eval", str(finished_run), "-s", "data.dataset=jsonl", "-s", f"data.test_file={test_file}",
+                     *common)
     assert result.code == 0, result.stderr
-    out = tiny_run / "eval" / "jsonl-mine" / "tuned"
+    out = finished_run / "eval" / "jsonl-mine" / "tuned"
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert sorted(row["id"] for row in predictions) == ["x0", "x1", "x2"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["benchmark"] == "jsonl-mine" and "math-verify" in metrics["scores"]
-    assert run_cli("eval", str(tiny_run), "-s", "eval.num_problems=3", *common).code == 0  # its own data
-    assert (tiny_run / "eval" / "tuned" / "metrics.json").is_file()
+    assert run_cli("eval", str(finished_run), "-s", "eval.num_problems=3", *common).code == 0  # its own data
+    assert (finished_run / "eval" / "tuned" / "metrics.json").is_file()
 
     from mathtune.compare import compare_runs
 
-    comparison = compare_runs([tiny_run])
+    comparison = compare_runs([finished_run])
     assert {row["benchmark"] for row in comparison["rows"]} == {"gsm8k", "jsonl-mine"}
     assert comparison["pairs"] == []  # one model per benchmark: nothing paired across benchmarks
 

@@ -11,7 +11,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
 from helpers import console_script
 
 from mathtune import interrupts
@@ -25,17 +24,6 @@ def _base_eval(model: Path, data: Path, out: Path, *extra: str) -> tuple[str, ..
 def _train(model: Path, data: Path, out: Path, *extra: str) -> tuple[str, ...]:
     return ("train", "--model", str(model), "--data-dir", str(data), "-o", str(out), "--train-size", "8",
             "--max-steps", "4", "-s", "train.save_every=2", "-s", "train.precision=fp32", *extra)
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, tiny_llama, data_dir) -> Path:
-    from mathtune.config import build_config
-    from mathtune.recipes.train import train_workflow
-
-    out = tmp_path_factory.mktemp("safety") / "run"
-    cfg = build_config({"model": {"name": str(tiny_llama)}, "data": {"data_dir": str(data_dir), "train_size": 8},
-                        "train": {"max_steps": 2, "precision": "fp32"}, "output_dir": str(out)})
-    return train_workflow(cfg)
 
 
 def test_an_eval_dir_never_takes_another_models_predictions(run_cli, tiny_llama, data_dir, finished_run, tmp_path):

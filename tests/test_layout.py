@@ -8,7 +8,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "mathtune"
 # Front ends and recipes may import anything below them; nothing below may import them.
-TOP = ("mathtune.recipes", "mathtune.cli", "mathtune.app")
+TOP = ("mathtune.recipes", "mathtune.cli", "mathtune.app", "mathtune.__main__")
 
 
 def _module(path: Path) -> str:

@@ -55,7 +55,7 @@ def build_run_config(config: Path | None, sets: list[str] | None, **flags: Any) 
     return build_config(tree, overrides)
 
 
-def become_training_process(cfg: Any, program: tuple[str, ...] = ("-m", "mathtune.cli")) -> None:
+def become_training_process(cfg: Any, program: tuple[str, ...] = ("-m", "mathtune")) -> None:
     """`train` and `run` re-execute themselves once under the heap allocator (training/allocator.py);
     the re-executed process exists for this run alone, so it also leaves out bitsandbytes when neither
     the method nor the checkpoint is quantized (methods/registry.py). In-process callers (tests) keep
@@ -199,7 +199,9 @@ def report_cmd(paths: Annotated[list[Path], typer.Argument(help="Run dirs (or ev
     """One self-contained HTML page and a Markdown report: accuracy with 95% CIs, loss, cost, failures."""
     from mathtune.report.build import write_report
 
-    written = write_report(paths, output or (paths[0] / "report" if len(paths) == 1 else Path("report")))
+    output = output or (paths[0] / "report" if len(paths) == 1 else Path("report"))
+    interrupts.watch(output)
+    written = write_report(paths, output)
     typer.echo(f"report written to {written['html']} and {written['markdown']}")
 
 
@@ -249,12 +251,11 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices, not ours
-    interrupts.install()
+    interrupts.install()  # again: `python -m mathtune.cli` and in-process callers skip __main__.py
     try:
         code = app(standalone_mode=False)
     except interrupts.Interrupted as exc:
-        print(f"mathtune: interrupted by {exc.signal_name}; {interrupts.summary()}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+        _exit_interrupted(exc)
     except MathtuneError as exc:
         print(f"mathtune: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
@@ -272,10 +273,20 @@ def main() -> None:
             sys.exit(getattr(exc, "exit_code", 1))
         print(f"mathtune: internal error: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
         sys.exit(1)
+    swallowed = interrupts.received()
+    if swallowed is not None:  # raised where Python drops exceptions (a weakref callback): still an interrupt
+        _exit_interrupted(swallowed)
     if code == 130:  # typer's answer to a KeyboardInterrupt our handler did not raise (a library's own)
         print(f"mathtune: interrupted; {interrupts.summary()}", file=sys.stderr)
+    interrupts.ignore_from_now()
     if isinstance(code, int) and code:
         sys.exit(code)
+
+
+def _exit_interrupted(exc: interrupts.Interrupted) -> None:
+    interrupts.close_progress_bars()
+    print(f"mathtune: interrupted by {exc.signal_name}; {interrupts.summary()}", file=sys.stderr)
+    sys.exit(exc.exit_code)
 
 
 if __name__ == "__main__":

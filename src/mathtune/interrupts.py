@@ -26,17 +26,47 @@ class Interrupted(BaseException):
 
 
 _watched: dict[str, object] = {"path": None, "resume_flag": False}
+_received: list[int] = []  # the first signal; main() checks it even if the exception was swallowed
 
 
 def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
-    for sig in EXIT_CODES:  # once is enough: let the clean-up finish
-        signal.signal(sig, signal.SIG_IGN)
+    if _received:  # once is enough: let the clean-up of the first finish
+        return
+    _received.append(signum)
     raise Interrupted(signum)
+
+
+def _quiet_about_interrupts(unraisable: sys.UnraisableHookArgs) -> None:
+    """A signal that lands in a weakref callback or a __del__ (matplotlib's teardown, say) raises
+    where Python can only print and drop it; `received()` still reports it, so stay quiet here."""
+    if isinstance(unraisable.exc_value, Interrupted):
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 def install() -> None:
     for sig in EXIT_CODES:
         signal.signal(sig, _raise_interrupted)
+    sys.unraisablehook = _quiet_about_interrupts
+
+
+def received() -> Interrupted | None:
+    """The interrupt this process received, if any, whether or not its exception got through."""
+    return Interrupted(_received[0]) if _received else None
+
+
+def ignore_from_now() -> None:
+    """The command is done and its results are written: a signal during interpreter shutdown must
+    not turn a finished run into a killed one."""
+    for sig in EXIT_CODES:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def close_progress_bars() -> None:
+    """End any progress bar on its own line, so the interrupt message is one clean last line."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
 
 
 def watch(path: Path, resume_flag: bool = False) -> None:
@@ -48,6 +78,8 @@ def watch(path: Path, resume_flag: bool = False) -> None:
 def _kept(path: Path) -> str:
     if not path.exists():
         return f"nothing was kept ({path} was removed)"
+    if (path / "train_card.json").is_file() and (path / "adapter").is_dir():
+        return f"training had finished: the adapter and train card are in {path}"
     kept = []
     steps = sorted(path.glob("checkpoints/step-*"))
     if steps:
@@ -58,7 +90,10 @@ def _kept(path: Path) -> str:
         with open(predictions, "rb") as handle:
             count = sum(1 for line in handle if line.endswith(b"\n"))
         kept.append(f"{count} predictions in {predictions.parent}")
-    return "kept " + ", ".join(kept) if kept else f"nothing worth resuming in {path}"
+    if kept:
+        return "kept " + ", ".join(kept)
+    files = [f for f in path.rglob("*") if f.is_file() and not f.name.startswith(".")]
+    return f"kept {len(files)} complete files in {path}" if files else f"nothing worth resuming in {path}"
 
 
 def resume_command(argv: list[str], resume_flag: bool) -> str:

@@ -8,6 +8,7 @@ import os
 import shlex
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -134,3 +135,21 @@ def test_sigterm_to_a_real_training_process(tiny_llama, data_dir, tmp_path):
     lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith("train:")]  # tqdm
     assert len(lines) == 1 and "kept checkpoint at step" in lines[0] and lines[0].endswith("--resume")
     assert not (out / "adapter").exists() and not list(out.rglob("*.tmp"))
+
+
+def test_a_signal_python_would_drop_is_still_reported(tmp_path):
+    """A signal landing in a weakref callback (matplotlib's teardown) raises where Python only prints
+    "Exception ignored" and goes on: the report command then exited 0. Now the handler records it,
+    stays quiet there, and `mathtune` exits as interrupted once the command returns."""
+    script = (
+        "import os, signal, weakref\n"
+        "from mathtune import interrupts\n"
+        "interrupts.install()\n"
+        "class Thing: pass\n"
+        "thing = Thing()\n"
+        "ref = weakref.ref(thing, lambda _: os.kill(os.getpid(), signal.SIGTERM))\n"
+        "del thing\n"
+        "print('received', interrupts.received().exit_code)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "received 143" and done.stderr == ""

@@ -59,7 +59,7 @@ def allocator_environment(choice: str, environ: dict[str, str]) -> dict[str, str
             PRIMITIVE_CACHE: environ.get(PRIMITIVE_CACHE, PRIMITIVE_CACHE_ENTRIES), ACTIVE_MARKER: "mimalloc"}
 
 
-def reexec_with_allocator(choice: str, program: tuple[str, ...] = ("-m", "mathtune.cli")) -> None:
+def reexec_with_allocator(choice: str, program: tuple[str, ...] = ("-m", "mathtune")) -> None:
     """Replace this process by `python <program> <same arguments>` under the chosen allocator."""
     env = allocator_environment(choice, dict(os.environ))
     if env is not None:

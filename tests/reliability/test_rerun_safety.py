@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from helpers import console_script
 
 from mathtune import interrupts
@@ -153,3 +154,18 @@ def test_a_signal_python_would_drop_is_still_reported(tmp_path):
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "received 143" and done.stderr == ""
+
+
+@pytest.mark.parametrize("delay", [0.2, 1.0])
+def test_a_signal_during_start_up_is_one_line(delay, tiny_llama, data_dir, tmp_path):
+    """The handlers go in before torch is imported (mathtune/__main__.py): a SIGTERM seconds into the
+    start used to kill silently or print a traceback with exit 1."""
+    env = {k: v for k, v in os.environ.items() if k != "MATHTUNE_DATA_DIR"}
+    env.update(HF_HUB_OFFLINE="1", MATHTUNE_CACHE_DIR=str(tmp_path / "cache"))
+    proc = subprocess.Popen([console_script(), *_base_eval(tiny_llama, data_dir, tmp_path / "out")], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith("eval ")]
+    assert proc.returncode == 143 and len(lines) == 1 and lines[0].startswith("mathtune: interrupted by SIGTERM")

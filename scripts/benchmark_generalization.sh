@@ -7,7 +7,7 @@ set -euo pipefail
 RUN=${1:?usage: scripts/benchmark_generalization.sh RUN_DIR [N]}
 N=${2:-500}
 export MATHTUNE_DATA_DIR=${MATHTUNE_DATA_DIR:-../shared/datasets}
-EVAL=(-s eval.num_problems="$N" -s eval.batch_size=64 -s eval.perplexity=false)
+EVAL=(-s eval.num_problems="$N" -s eval.batch_size=32 -s eval.perplexity=false)
 mathtune eval "$RUN" "${EVAL[@]}" -o "$RUN/eval/gsm8k-$N/tuned"
 mathtune eval --base "${EVAL[@]}" -o "$RUN/eval/gsm8k-$N/base"
 mathtune eval "$RUN" --dataset svamp -s data.svamp_test=all "${EVAL[@]}" -o "$RUN/eval/svamp-all-$N/tuned"

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
     become_training_process(side_config(args, args.a), (__file__,))  # allocator and imports as `mathtune train`
     from mathtune.recipes.train import setup, train_step
-    from mathtune.training.allocator import active_allocator
+    from mathtune.speedups.allocator import active_allocator
 
     sides = {"A": setup(side_config(args, args.a)), "B": setup(side_config(args, args.b))}
     steps = min(s.total_steps for s in sides.values())

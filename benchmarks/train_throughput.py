@@ -355,7 +355,7 @@ ARMS = {"reference": run_reference, "mathtune": run_mathtune}
 
 
 def _child(arm: str, args: argparse.Namespace, overrides: dict[str, Any], queue: Any, gate: Gate) -> None:
-    from mathtune.training.allocator import active_allocator
+    from mathtune.speedups.allocator import active_allocator
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.threads:
@@ -375,13 +375,13 @@ def _child(arm: str, args: argparse.Namespace, overrides: dict[str, Any], queue:
 
 def start_arm(arm: str, args: argparse.Namespace, overrides: dict[str, Any], gate: Gate) -> tuple[Any, Any]:
     """The arm's child process (started) and the queue its result arrives on."""
-    from mathtune.training.allocator import allocator_environment
+    from mathtune.speedups.allocator import allocator_environment
 
     context = mp.get_context("spawn")
     queue = context.Queue()
     child = context.Process(target=_child, args=(arm, args, overrides, queue, gate))
     # mathtune's arm runs under the allocator `mathtune train` would re-execute itself with
-    # (training/allocator.py); the spawned child inherits this process's environment.
+    # (speedups/allocator.py); the spawned child inherits this process's environment.
     allocator_env = allocator_environment(bench_config(args, overrides).train.allocator, dict(os.environ)) \
         if arm == "mathtune" else None
     saved = dict(os.environ)

@@ -11,7 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # hub calls fail fast instead of hanging offline
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# In-process CLI tests must not re-execute pytest under another allocator (training/allocator.py);
+# In-process CLI tests must not re-execute pytest under another allocator (speedups/allocator.py);
 # tests/training/test_allocator.py drops this to check the re-execution itself.
 os.environ["MATHTUNE_ALLOCATOR"] = "system"
 

@@ -146,7 +146,7 @@ def built_cpu_kernels() -> Any:
 
     import pytest
 
-    from mathtune.training.cpu_kernels import load_cpu_kernels
+    from mathtune.speedups.cpu_kernels import load_cpu_kernels
 
     if sys.platform != "linux" or not (shutil.which("cc") or shutil.which("gcc")):
         pytest.skip("no C compiler here: the torch path runs instead of the C kernels")

@@ -70,7 +70,7 @@ def test_packed_hidden_states_match_each_example_alone(arch, tiny_models):
 @pytest.mark.parametrize("arch", ["llama", "phi"])
 def test_varlen_attention_equals_masked_packing_in_loss_and_gradients(arch, tiny_models):
     """The per-example SDPA backend computes what the block-diagonal mask computes, gradients included."""
-    from mathtune.models.attention import VARLEN_SDPA, use_varlen_sdpa
+    from mathtune.speedups.attention import VARLEN_SDPA, use_varlen_sdpa
 
     model, tokenizer = load(arch, tiny_models)
     batch = packed_batch([causal_example(tokenizer, p, t, 128, "all") for p, t in PAIRS])
@@ -92,7 +92,7 @@ def test_varlen_attention_equals_masked_packing_in_loss_and_gradients(arch, tiny
 
 def test_varlen_backend_without_boundaries_is_plain_sdpa(tiny_models):
     """Generation and padded batches carry no boundaries: the backend must then be SDPA itself."""
-    from mathtune.models.attention import use_varlen_sdpa
+    from mathtune.speedups.attention import use_varlen_sdpa
 
     model, tokenizer = load("llama", tiny_models)
     examples = [causal_example(tokenizer, p, t, 128, "completion") for p, t in PAIRS]
@@ -111,7 +111,7 @@ def test_packed_causal_attention_matches_sdpa_per_example(dtype):
     grouped-query heads (6 query heads, 2 kv heads)."""
     import torch.nn.functional as F
 
-    from mathtune.models.attention import PackedCausalAttention
+    from mathtune.speedups.attention import PackedCausalAttention
 
     torch.manual_seed(0)
     spans = ((0, 5), (5, 17), (17, 30))

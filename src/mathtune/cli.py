@@ -18,7 +18,7 @@ from mathtune import interrupts
 from mathtune.config import DEFAULT_CONFIG_DIR, RunConfig, build_config, parse_override, read_yaml
 from mathtune.errors import MathtuneError
 from mathtune.methods.registry import hide_unused_bitsandbytes
-from mathtune.training.allocator import reexec_with_allocator, reexecuted
+from mathtune.speedups.allocator import reexec_with_allocator, reexecuted
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fine-tune small language models on math word problems and measure them honestly.")
@@ -56,7 +56,7 @@ def build_run_config(config: Path | None, sets: list[str] | None, **flags: Any) 
 
 
 def become_training_process(cfg: Any, program: tuple[str, ...] = ("-m", "mathtune")) -> None:
-    """`train` and `run` re-execute themselves once under the heap allocator (training/allocator.py);
+    """`train` and `run` re-execute themselves once under the heap allocator (speedups/allocator.py);
     the re-executed process exists for this run alone, so it also leaves out bitsandbytes when neither
     the method nor the checkpoint is quantized (methods/registry.py). In-process callers (tests) keep
     their imports."""

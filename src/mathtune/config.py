@@ -81,7 +81,13 @@ class TrainConfig(Section):
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm")
     loss_on: Literal["completion", "all"] = Field("completion", description="Loss on the answer only, or everything")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="'auto': fp16 on CUDA, bf16 autocast on CPUs that support it, else fp32"
+        "auto", description="Mixed precision through accelerate. 'auto': bf16 on GPUs that support it, else fp16 "
+        "with loss scaling; bf16 autocast on CPUs that support it, else fp32 (fp16 on CPU only when asked)"
+    )
+    speedups: bool = Field(
+        True, description="Master switch of the CPU speedups (mathtune/speedups/): false turns off packing, "
+        "varlen attention, the fused loss, fast dropout, fused ops and LoRA, the C kernels and mimalloc: "
+        "plain transformers + PEFT"
     )
     packing: bool = Field(True, description="Padding-free packing with per-example attention and positions")
     varlen_attention: bool = Field(True, description="Packed rows: attention run per example (causal kernel)")
@@ -110,6 +116,19 @@ class TrainConfig(Section):
     dev_eval_every: int = Field(0, ge=0, description="Dev-slice accuracy every N steps (0: off)")
     dev_size: int = Field(20, ge=1, description="Dev problems carved from the train split (never test)")
     seed: int = Field(42, description="Seed for shuffling, dropout and init")
+
+    @model_validator(mode="after")
+    def _speedups_off_means_every_lever_off(self) -> TrainConfig:
+        if not self.speedups:  # written out in config.yaml, so the run dir says what ran
+            for lever in SPEEDUP_LEVERS:
+                object.__setattr__(self, lever, False)
+            object.__setattr__(self, "allocator", "system")
+        return self
+
+
+# What `train.speedups: false` turns off (beside the allocator): every lever of mathtune/speedups/.
+SPEEDUP_LEVERS = ("packing", "varlen_attention", "fused_loss", "fast_dropout", "fused_ops", "fused_lora",
+                  "cpu_kernels")
 
 
 class EvalConfig(Section):

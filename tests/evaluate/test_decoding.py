@@ -124,7 +124,7 @@ def test_packed_prefill_equals_padded_prefill(arch, tiny_models, data_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from mathtune.evaluate import decoding
-    from mathtune.models.attention import use_varlen_sdpa
+    from mathtune.speedups.attention import use_varlen_sdpa
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_models[arch])
     model = AutoModelForCausalLM.from_pretrained(tiny_models[arch], dtype=torch.float32)

@@ -107,7 +107,7 @@ def prefill_padded(model: Any, tokenizer: Any, prompts: Sequence[str], device: t
 
 
 def packed_prefill_supported(model: Any) -> bool:
-    from mathtune.models.attention import VARLEN_SDPA
+    from mathtune.speedups.attention import VARLEN_SDPA
 
     core = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = core.config

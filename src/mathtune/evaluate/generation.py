@@ -15,8 +15,8 @@ from typing import Any, Protocol
 import torch
 
 from mathtune.data.batching import IGNORE
-from mathtune.models.attention import use_varlen_sdpa
 from mathtune.models.heads import nll_at_labels
+from mathtune.speedups.attention import use_varlen_sdpa
 
 
 @dataclass(frozen=True)

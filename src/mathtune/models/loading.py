@@ -146,7 +146,7 @@ def load_model(source: ModelSource, architecture: str = "auto", dtype: Any = Non
     seq2seq = is_seq2seq(config) if architecture == "auto" else architecture == "seq2seq"
     auto_class = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
     # Since transformers 5.25 hub kernels are on by default: every `model.train()`/`eval()` re-kernelizes
-    # and drops mathtune's own fused forwards (training/fused_ops.py), and on GPUs it would fetch code
+    # and drops mathtune's own fused forwards (speedups/fused_ops.py), and on GPUs it would fetch code
     # from the hub. mathtune's numbers come from transformers' own modules plus its measured fast paths.
     kwargs.setdefault("use_kernels", False)
     try:

@@ -14,6 +14,7 @@ import random
 import shutil
 import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,25 +29,23 @@ from mathtune.errors import MathtuneError
 from mathtune.io import atomic_write_json, atomic_write_text, output_dir_guard, read_jsonl_tolerant
 from mathtune.methods.base import count_parameters
 from mathtune.methods.registry import build_method
-from mathtune.models.attention import use_varlen_sdpa
 from mathtune.models.device import choose_placement
 from mathtune.models.setup import LoadedModel, load_for_run
 from mathtune.prompts import get_strategy, render_prompts
 from mathtune.recipes.checks import check_train_dir, load_train_problems, preflight
 from mathtune.runcard import peak_cuda_mb, peak_rss_mb, provenance
-from mathtune.training.allocator import active_allocator
+from mathtune.speedups import SpeedupReport, apply_speedups
+from mathtune.speedups.allocator import active_allocator
 from mathtune.training.checkpoints import latest_checkpoint, restore_checkpoint, save_checkpoint
-from mathtune.training.cpu_kernels import load_cpu_kernels
 from mathtune.training.distributed import (
-    launched_distributed,
+    backward_scale,
+    configure_deepspeed,
     make_accelerator,
-    maybe_no_sync,
     process_rank,
     rank_shard,
+    shards_state,
+    uses_deepspeed,
 )
-from mathtune.training.dropout import use_fast_dropout
-from mathtune.training.fused_lora import use_fused_lora
-from mathtune.training.fused_ops import check_fused_ops_kept, use_fused_ops
 from mathtune.training.loss import LossModule, loss_tokens, make_batch
 from mathtune.training.optim import make_optimizer
 
@@ -124,9 +123,16 @@ class Session:
     total_steps: int
     optimizer: Any
     scheduler: Any
-    accelerator: Any
-    rank: int
-    world: int
+    accelerator: Any  # accelerate.Accelerator, one process included (training/distributed.py)
+    speedups: SpeedupReport
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
 
     @property
     def main(self) -> bool:
@@ -136,6 +142,8 @@ class Session:
     def micro_batch_tokens(self) -> int:
         """Token budget of one forward/backward (0: none); see TrainConfig.max_micro_batch_tokens."""
         budget = self.cfg.train.max_micro_batch_tokens
+        if uses_deepspeed(self.accelerator):  # its engine steps at the first backward of the boundary
+            return 0
         if budget is None:
             return CPU_MICRO_BATCH_TOKENS if self.loaded.placement.device.type == "cpu" else 0
         return budget
@@ -144,8 +152,8 @@ class Session:
 def setup(cfg: RunConfig) -> Session:
     torch.manual_seed(cfg.train.seed)
     placement = choose_placement(cfg.model.device, cfg.train.precision)
-    accelerator = make_accelerator(placement.device.type == "cpu") if launched_distributed() else None
-    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    accelerator = make_accelerator(placement.device, placement.compute_dtype, cfg.train.grad_accum)
+    configure_deepspeed(accelerator, cfg.train.batch_size, cfg.train.max_grad_norm)
     method = build_method(cfg.method)
     problems, dev = load_train_problems(cfg), []
     if cfg.train.dev_eval_every:
@@ -158,42 +166,16 @@ def setup(cfg: RunConfig) -> Session:
         raise MathtuneError("no training examples left after preparing the data")
     if cfg.train.gradient_checkpointing:
         loaded.model.gradient_checkpointing_enable()
-    if cfg.train.packing and cfg.train.varlen_attention:
-        use_varlen_sdpa(loaded.model)
     model = method.apply(loaded.model)
-    kernels = load_cpu_kernels() if cfg.train.cpu_kernels and placement.device.type == "cpu" else None
-    fast_paths = {"cpu_kernels": kernels is not None}
-    if cfg.train.fast_dropout:
-        fast_paths["fast_dropout"] = use_fast_dropout(model, kernels)
-    if cfg.train.fused_lora:
-        fast_paths["fused_lora"] = use_fused_lora(model, cfg.train.dropout_mask_storage, kernels)
-    if cfg.train.fused_ops:  # after method.apply: only frozen modules are fused
-        fast_paths["fused_ops"] = use_fused_ops(model, kernels)
-    if placement.autocast:
-        keep_adapter_inputs_in_compute_dtype(model)
-    model.train()
-    if cfg.train.fused_ops:
-        fast_paths["fused_ops"] = check_fused_ops_kept(model, fast_paths["fused_ops"])
-    data_stats["fast_paths"] = fast_paths  # into the train card: what actually ran
-    plan, total_steps = micro_batch_plan(len(examples), cfg, world)
+    speedups = apply_speedups(model, cfg.train, placement.device.type == "cpu", placement.autocast)
+    plan, total_steps = micro_batch_plan(len(examples), cfg, accelerator.num_processes)
     optimizer, scheduler = make_optimizer(model, cfg, total_steps)
     loss_fn = LossModule(model, loaded.seq2seq, cfg.train.fused_loss)
-    if accelerator is not None:  # DDP (or FSDP/DeepSpeed) wrapper: all-reduces gradients in backward
-        loss_fn, optimizer = accelerator.prepare(loss_fn, optimizer)
+    # The engine wraps the module whose forward uses the weights (DDP/FSDP/DeepSpeed), the optimizer
+    # (fp16 loss scaling; DeepSpeed's step) and the scheduler (held back when fp16 skips a step).
+    loss_fn, optimizer, scheduler = accelerator.prepare(loss_fn, optimizer, scheduler)
     return Session(cfg, method, loaded, model, loss_fn, examples, data_stats, problems, dev, plan, total_steps,
-                   optimizer, scheduler, accelerator, rank, world)
-
-
-def keep_adapter_inputs_in_compute_dtype(model: Any) -> None:
-    """PEFT casts each adapter's input to the adapter weights' float32 before dropout and the A
-    matmul. Under autocast that matmul runs in bf16 anyway, so the cast only adds a float32 copy
-    per adapted module, kept for backward (~0.2 GB of peak RSS on SmolLM2-135M, measured in
-    docs/performance.md). Without it dropout runs in the compute dtype; A and B stay float32."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    for module in model.modules():
-        if isinstance(module, BaseTunerLayer):
-            module.cast_input_dtype_enabled = False
+                   optimizer, scheduler, accelerator, speedups)
 
 
 def train_step(s: Session, step: int) -> tuple[float, int]:
@@ -202,26 +184,25 @@ def train_step(s: Session, step: int) -> tuple[float, int]:
     # Each rank's loss is weighted by its share of the step's loss tokens (all micro-batches, all
     # ranks), so the gradient equals one big batch's however it is split (one process: weight 1.0).
     step_loss_tokens = sum(loss_tokens([s.examples[i] for i in micro], s.loaded.seq2seq) for micro in micros)
+    scale = backward_scale(s.accelerator, s.cfg.train.grad_accum)
     loss_sum, tokens = 0.0, 0
-    for index, micro in enumerate(micros):
+    for micro in micros:
         shard = [s.examples[i] for i in rank_shard(micro, s.rank, s.world)]
         pieces = split_by_tokens(shard, s.micro_batch_tokens) or [[]]
-        for piece_index, piece in enumerate(pieces):
-            last = index == len(micros) - 1 and piece_index == len(pieces) - 1
-            weight = loss_tokens(piece, s.loaded.seq2seq) / max(step_loss_tokens, 1)
-            batch = make_batch(piece or [s.examples[micro[0]]], s.loaded, s.cfg.train.packing)  # empty: weight 0
-            with maybe_no_sync(s.accelerator, s.loss_fn, last), s.loaded.placement.autocast_context():
-                loss = s.loss_fn(batch) * weight
-            (loss * s.world).backward()  # DDP averages gradients over ranks; we want their sum
-            loss_sum += loss.item()
+        with s.accelerator.accumulate(s.loss_fn):  # the step's last micro-batch syncs the gradients
+            for piece_index, piece in enumerate(pieces):
+                weight = loss_tokens(piece, s.loaded.seq2seq) / max(step_loss_tokens, 1)
+                batch = make_batch(piece or [s.examples[micro[0]]], s.loaded, s.cfg.train.packing)  # empty: weight 0
+                last_piece = piece_index == len(pieces) - 1
+                with nullcontext() if last_piece else s.accelerator.no_sync(s.loss_fn):  # one all-reduce
+                    loss = s.loss_fn(batch) * weight
+                    s.accelerator.backward(loss * scale)
+                loss_sum += loss.item()
         tokens += sum(s.examples[i].num_tokens for i in micro)
-    params = [p for p in s.model.parameters() if p.requires_grad]
-    if s.accelerator is not None:
+    if s.world > 1:
         loss_sum = s.accelerator.reduce(torch.tensor(loss_sum, device=s.accelerator.device), "sum").item()
-        s.accelerator.clip_grad_norm_(params, s.cfg.train.max_grad_norm)
-    else:
-        torch.nn.utils.clip_grad_norm_(params, s.cfg.train.max_grad_norm)
-    s.optimizer.step()
+    s.accelerator.clip_grad_norm_([p for p in s.loss_fn.parameters() if p.requires_grad], s.cfg.train.max_grad_norm)
+    s.optimizer.step()  # skipped by the fp16 scaler when a gradient overflowed (the scheduler waits too)
     s.scheduler.step()
     s.optimizer.zero_grad(set_to_none=True)
     if not math.isfinite(loss_sum):
@@ -234,7 +215,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, show_progress: bo
     s = setup(cfg)
     checkpoint = latest_checkpoint(run_dir) if resume else None
     start_step, tokens_before = (0, 0) if checkpoint is None else restore_checkpoint(
-        checkpoint, s.model, s.optimizer, s.scheduler)
+        checkpoint, s.accelerator, s.model, s.optimizer, s.scheduler)
     writer, log_path = _start_logs(s, run_dir, resume, start_step)
     started, tokens, loss = time.perf_counter(), 0, float("nan")
     bar = tqdm(range(start_step, s.total_steps), initial=start_step, total=s.total_steps, desc="train",
@@ -250,16 +231,17 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, show_progress: bo
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens / max(elapsed, 1e-9):.0f}")
         if s.main and s.dev and (done % cfg.train.dev_eval_every == 0 or done == s.total_steps):
             _log_dev_accuracy(s, writer, log_path, done)
-        if s.main and done % cfg.train.save_every == 0 and done < s.total_steps:
-            save_checkpoint(run_dir, done, s.model, s.optimizer, s.scheduler, tokens_before + tokens)
+        if done % cfg.train.save_every == 0 and done < s.total_steps:  # every rank: sharded engines save parts
+            save_checkpoint(run_dir, done, s.accelerator, s.model, s.optimizer, s.scheduler, tokens_before + tokens)
     card = _train_card(s, start_step, loss, time.perf_counter() - started, tokens)
+    # FSDP/DeepSpeed: every rank takes part in gathering the whole weights; rank 0 writes them.
+    full_state = _gathered_model_state(s) if shards_state(s.accelerator) else None
     if s.main:
-        _save_final(s.method, s.model, s.loaded.tokenizer, run_dir / "adapter")
+        _save_final(s.method, s.model, s.loaded.tokenizer, run_dir / "adapter", full_state)
         writer.close()
         atomic_write_json(run_dir / "train_card.json", card)
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-    if s.accelerator is not None:
-        s.accelerator.wait_for_everyone()  # the adapter exists for every rank once train() returns
+    s.accelerator.wait_for_everyone()  # the adapter exists for every rank once train() returns
     return TrainResult(run_dir / "adapter", s.total_steps, loss, card)
 
 
@@ -306,6 +288,8 @@ def _train_card(s: Session, start_step: int, loss: float, wall: float, tokens: i
         "loss_tokens": count_loss_tokens(s.examples), "peak_rss_mb": round(peak_rss_mb(), 1),
         "peak_cuda_mb": peak_cuda_mb(), "allocator": active_allocator(),
         "micro_batch_tokens": s.micro_batch_tokens, "data": s.data_stats, "processes": s.world,
+        "engine": s.accelerator.distributed_type.value, "mixed_precision": s.accelerator.mixed_precision,
+        "loss_scaler": s.accelerator.scaler is not None, "speedups": s.speedups.as_card(),
         "contamination": train_card_entry(s.cfg, s.problems), **provenance(),
     }
 
@@ -320,10 +304,18 @@ def train_card_entry(cfg: RunConfig, train_problems: list[Problem]) -> dict[str,
         return {"skipped": str(exc)}
 
 
-def _save_final(method: Any, model: Any, tokenizer: Any, adapter_dir: Path) -> None:
+def _gathered_model_state(s: Session) -> dict[str, Any]:
+    """The model's whole state dict from sharded engines (collective: every rank calls it)."""
+    state = s.accelerator.get_state_dict(s.loss_fn)
+    prefix = "model."  # LossModule holds the model under this name
+    return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+
+
+def _save_final(method: Any, model: Any, tokenizer: Any, adapter_dir: Path,
+                state_dict: dict[str, Any] | None = None) -> None:
     tmp = Path(tempfile.mkdtemp(dir=adapter_dir.parent, prefix=".adapter-"))
     try:
-        method.save(model, tmp)
+        method.save(model, tmp, state_dict)
         tokenizer.save_pretrained(tmp)
         # Directories cannot be swapped atomically: move the old one aside first, so at every moment
         # either the old or the new adapter exists under a known name.

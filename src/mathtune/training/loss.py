@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from mathtune.data.batching import Example, packed_batch, padded_batch, seq2seq_batch
 from mathtune.models.heads import hidden_at_labels
 from mathtune.models.setup import LoadedModel
-from mathtune.training.fused_ce import linear_cross_entropy
+from mathtune.speedups.fused_ce import linear_cross_entropy
 
 
 def make_batch(examples: list[Example], loaded: LoadedModel, packing: bool) -> dict[str, torch.Tensor | int]:

@@ -25,8 +25,8 @@ class FullMethod:
             param.requires_grad_(True)
         return model
 
-    def save(self, model: nn.Module, out_dir: Path) -> None:
-        model.save_pretrained(out_dir)
+    def save(self, model: nn.Module, out_dir: Path, state_dict: dict[str, Any] | None = None) -> None:
+        model.save_pretrained(out_dir, state_dict=state_dict)
 
     def load(self, base_model: nn.Module, saved_dir: Path) -> nn.Module:
         return type(base_model).from_pretrained(saved_dir, dtype=base_model.dtype, use_kernels=False)

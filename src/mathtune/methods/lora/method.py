@@ -62,13 +62,13 @@ class LoraMethod:
 
         return get_peft_model(model, peft_lora_config(self.cfg, model))
 
-    def save(self, model: nn.Module, out_dir: Path) -> None:
+    def save(self, model: nn.Module, out_dir: Path, state_dict: dict[str, Any] | None = None) -> None:
         if model.peft_config["default"].trainable_token_indices:
             # The new rows are in the adapter already; PEFT would also save the whole resized embedding
             # matrix (its vocab size differs from the base's), which loading rebuilds anyway.
-            model.save_pretrained(out_dir, save_embedding_layers=False)
+            model.save_pretrained(out_dir, state_dict=state_dict, save_embedding_layers=False)
         else:
-            model.save_pretrained(out_dir)
+            model.save_pretrained(out_dir, state_dict=state_dict)
 
     def load(self, base_model: nn.Module, saved_dir: Path) -> nn.Module:
         from peft import PeftModel

@@ -95,15 +95,17 @@ class StackedLoraMethod:
         add_stage(model, paths, "stage2", cfg.r, cfg.alpha, cfg.activation, cfg.dropout)
         return model  # only stage-2 tensors were created trainable: stage 1 stays frozen
 
-    def save(self, model: nn.Module, out_dir: Path) -> None:
+    def save(self, model: nn.Module, out_dir: Path, state_dict: dict[str, Any] | None = None) -> None:
         from safetensors.torch import save_file
 
         layers = stacked_layers(model)
+        gathered = state_dict or {}  # from a sharded engine: the same names, whole tensors
         tensors = {}
         for path, layer in layers.items():
             for stage in layer.lora_A:
-                tensors[f"{path}.lora_A.{stage}.weight"] = layer.lora_A[stage].weight.detach().contiguous()
-                tensors[f"{path}.lora_B.{stage}.weight"] = layer.lora_B[stage].weight.detach().contiguous()
+                for kind, weights in (("lora_A", layer.lora_A), ("lora_B", layer.lora_B)):
+                    name = f"{path}.{kind}.{stage}.weight"
+                    tensors[name] = gathered.get(name, weights[stage].weight).detach().contiguous()
         rows = token_rows(model)
         tensors.update({f"{path}.{TOKEN_ROWS}": row.rows.detach().contiguous() for path, row in rows.items()})
         meta = describe(model, layers)

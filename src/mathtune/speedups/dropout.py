@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from mathtune.training.cpu_kernels import CpuKernels
+    from mathtune.speedups.cpu_kernels import CpuKernels
 
 LANES = 1 << 16
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from mathtune.training.dropout import FastDropout, pack_mask, unpack_mask, use_fast_dropout
+from mathtune.speedups.dropout import FastDropout, pack_mask, unpack_mask, use_fast_dropout
 
 
 def test_drop_rate_and_scale_match_p():

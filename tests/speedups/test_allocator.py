@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from mathtune.training.allocator import (
+from mathtune.speedups.allocator import (
     ACTIVE_MARKER,
     PRIMITIVE_CACHE,
     active_allocator,
@@ -66,7 +66,7 @@ def test_a_training_process_leaves_out_bitsandbytes_unless_it_quantizes(method, 
 
 
 def test_in_process_callers_are_not_the_reexecuted_process(monkeypatch):
-    from mathtune.training.allocator import reexecuted
+    from mathtune.speedups.allocator import reexecuted
 
     assert not reexecuted()  # conftest's "system" marker keeps CLI tests in-process, imports untouched
     monkeypatch.setenv(ACTIVE_MARKER, "mimalloc")

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mathtune.training.cpu_kernels import KERNELS_ATTRIBUTE, CpuKernels
-from mathtune.training.dropout import LANES, FastDropout, draw_seed, keep_mask, masked, pack_mask, unpack_mask
+from mathtune.speedups.cpu_kernels import KERNELS_ATTRIBUTE, CpuKernels
+from mathtune.speedups.dropout import LANES, FastDropout, draw_seed, keep_mask, masked, pack_mask, unpack_mask
 
 MASK_STORAGE_ATTRIBUTE = "mathtune_dropout_mask_storage"
 
@@ -169,3 +169,13 @@ def use_fused_lora(model: nn.Module, mask_storage: str = "bytes", kernels: CpuKe
             setattr(module, KERNELS_ATTRIBUTE, kernels)
             swapped += 1
     return swapped
+
+
+def unfused_lora_layers(model: nn.Module) -> int:
+    """LoRA layers on a plain `nn.Linear` base that kept PEFT's forward: what `use_fused_lora` should
+    have bound but did not (PEFT renamed or subclassed its Linear). Quantized bases are not counted."""
+    from peft.tuners.lora.layer import LoraLayer
+
+    return sum(1 for module in model.modules()
+               if isinstance(module, LoraLayer) and type(getattr(module, "base_layer", None)) is nn.Linear
+               and getattr(vars(module).get("forward"), "__func__", None) is not fused_lora_forward)

@@ -8,10 +8,10 @@ import pytest
 import torch
 from helpers import CountingKernels, built_cpu_kernels
 
-from mathtune.training import cpu_kernels
-from mathtune.training.cpu_kernels import KERNELS_ATTRIBUTE, load_cpu_kernels
-from mathtune.training.dropout import LANES, FastDropout, keep_mask, splitmix64_words
-from mathtune.training.fused_lora import DropoutLinearFunction, KernelDropoutLinearFunction, MaskSpec
+from mathtune.speedups import cpu_kernels
+from mathtune.speedups.cpu_kernels import KERNELS_ATTRIBUTE, load_cpu_kernels
+from mathtune.speedups.dropout import LANES, FastDropout, keep_mask, splitmix64_words
+from mathtune.speedups.fused_lora import DropoutLinearFunction, KernelDropoutLinearFunction, MaskSpec
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,6 @@ def test_training_with_and_without_kernels_learns_the_same(tiny_models, data_dir
     are, and the losses agree to bf16 rounding step by step (masks and gradients: the tests above)."""
     import json
 
-    import mathtune.recipes.train as train_module
     from mathtune.config import build_config
     from mathtune.recipes.train import setup, train
 
@@ -127,7 +126,7 @@ def test_training_with_and_without_kernels_learns_the_same(tiny_models, data_dir
     on = setup(build_config(tree(tmp_path / "on", True)))
     assert sum(getattr(m, KERNELS_ATTRIBUTE, None) is not None for m in on.model.modules()) > 0
     calls = counting.calls
-    monkeypatch.setattr(train_module, "load_cpu_kernels", lambda: counting)
+    monkeypatch.setattr(cpu_kernels, "load_cpu_kernels", lambda: counting)  # apply_speedups reads it per run
     losses = {}
     for kernels in (True, False):
         out = tmp_path / str(kernels)
@@ -149,13 +148,13 @@ def test_fused_forwards_survive_model_train_and_are_recorded(tiny_models, data_d
     train card must say how many ran."""
     from mathtune.config import build_config
     from mathtune.recipes.train import setup
-    from mathtune.training.fused_ops import check_fused_ops_kept
+    from mathtune.speedups.fused_ops import check_fused_ops_kept
 
     cfg = build_config({"model": {"name": str(tiny_models["llama"])}, "data": {"data_dir": str(data_dir),
                         "train_size": 4}, "method": {"name": "lora"},
                         "train": {"max_steps": 1, "precision": "bf16"}, "output_dir": str(tmp_path)})
     session = setup(cfg)
-    bound = session.data_stats["fast_paths"]["fused_ops"]
+    bound = session.speedups.bound["fused_ops"]
     assert bound == 7  # 2 layers x (2 norms + 1 MLP) + the final norm
     session.model.eval()
     session.model.train()

@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mathtune.training import fused_ce
-from mathtune.training.fused_ce import linear_cross_entropy
+from mathtune.speedups import fused_ce
+from mathtune.speedups.fused_ce import linear_cross_entropy
 
 
 def reference_and_fused(rows: int, bias: bool, train_head: bool, dtype: torch.dtype):

@@ -121,3 +121,7 @@ def use_varlen_sdpa(model: Any) -> None:
     if getattr(model.config, "_attn_implementation", None) == "sdpa" and not model.config.is_encoder_decoder:
         model.set_attn_implementation(register_varlen_sdpa())
 
+
+
+def uses_varlen_sdpa(model: Any) -> bool:
+    return getattr(model.config, "_attn_implementation", None) == VARLEN_SDPA

@@ -9,7 +9,7 @@ import torch
 from helpers import CountingKernels, built_cpu_kernels, saved_bytes
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from mathtune.training.fused_ops import RMSNormFunction, SiluMulFunction, use_fused_ops
+from mathtune.speedups.fused_ops import RMSNormFunction, SiluMulFunction, use_fused_ops
 
 
 def tiny_llama(dtype: torch.dtype) -> LlamaForCausalLM:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mathtune.training.cpu_kernels import KERNELS_ATTRIBUTE, CpuKernels
+from mathtune.speedups.cpu_kernels import KERNELS_ATTRIBUTE, CpuKernels
 
 
 class RMSNormFunction(torch.autograd.Function):
@@ -150,3 +150,12 @@ def check_fused_ops_kept(model: nn.Module, bound: int) -> int:
             "without them (slower, same math)", bound - kept, bound)
     return kept
 
+
+
+def unfused_norms(model: nn.Module) -> int:
+    """Frozen modules shaped like a Llama RMSNorm (a `weight` and a `variance_epsilon`) that kept their
+    library forward: a class transformers renamed, or one `LLAMA_STYLE_NORMS` does not list yet."""
+    return sum(1 for module in model.modules()
+               if type(module).__name__.endswith("RMSNorm") and hasattr(module, "variance_epsilon")
+               and not _trains_own_weights(module)
+               and getattr(vars(module).get("forward"), "__func__", None) is not fused_rms_norm_forward)

@@ -9,8 +9,8 @@ from helpers import CountingKernels, built_cpu_kernels, saved_bytes
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from mathtune.training.dropout import use_fast_dropout
-from mathtune.training.fused_lora import use_fused_lora
+from mathtune.speedups.dropout import use_fast_dropout
+from mathtune.speedups.fused_lora import use_fused_lora
 
 
 def tiny_llama() -> LlamaForCausalLM:

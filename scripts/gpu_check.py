@@ -1,0 +1,212 @@
+"""The GPU paths no CPU test can see, checked in one run on one CUDA GPU with no internet (< 8 minutes).
+
+    bash scripts/gpu_check.sh            # prints one PASS/FAIL/SKIP line per check, exit 1 on any FAIL
+
+Checks (tiny random Phi and Llama models built from config, as the tests build them, and the embedded
+SmolLM2-135M-Instruct when its package is installed):
+  lora-{phi,llama}-{fp16,bf16}  20 LoRA steps under accelerate's mixed precision: the loss falls, no
+                                inf/NaN, fp16 runs hold a GradScaler (bf16 skipped where unsupported)
+  qlora-4bit, qlora-8bit        bitsandbytes-quantized tiny Llama + LoRA, 10 steps, finite and falling
+  fsdp-1gpu                     the same LoRA run under `accelerate launch --use_fsdp` (FSDP2), adapter saved
+  deepspeed-zero2-1gpu          the same under `--use_deepspeed --zero_stage 2` (SKIP without deepspeed)
+  eval-cuda-vs-cpu              greedy answers of a trained tiny model on 8 problems: CUDA fp32 == CPU fp32
+  embedded-20-steps             SmolLM2-135M-Instruct, precision auto, 20 LoRA steps + 8-problem eval
+Record the output in docs/gpu.md. `GPU_CHECK_DEVICE=cpu` runs the same checks on the CPU (launched
+engines skipped) to try the script itself on a machine without a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the tests' tiny-model and synthetic-data builders
+
+RESULTS: list[tuple[str, str, str]] = []
+DEVICE = os.environ.get("GPU_CHECK_DEVICE", "cuda")
+
+
+def bf16_supported() -> bool:
+    return DEVICE == "cpu" or torch.cuda.is_bf16_supported()
+
+
+def check(name: str, run: Callable[[], str]) -> None:
+    started = time.perf_counter()
+    try:
+        detail = run()
+        status = "SKIP" if detail.startswith("skip:") else "PASS"
+    except Exception as exc:  # one failed check must not stop the others
+        status, detail = "FAIL", f"{type(exc).__name__}: {exc}"
+        traceback.print_exc(file=sys.stderr)
+    line = f"{status} {name} ({time.perf_counter() - started:.0f}s): {detail}"
+    RESULTS.append((status, name, detail))
+    print(line, flush=True)
+
+
+def tree(model: Path, data: Path, out: Path, method: dict, precision: str, steps: int = 20) -> dict:
+    return {"model": {"name": str(model), "device": DEVICE}, "data": {"data_dir": str(data), "train_size": 40},
+            "method": method, "output_dir": str(out),
+            "train": {"max_steps": steps, "batch_size": 4, "lr": 3e-3, "precision": precision, "log_every": 1,
+                      "save_every": 10},
+            "eval": {"num_problems": 8, "batch_size": 8, "max_new_tokens": 48, "perplexity": False}}
+
+
+def losses(run_dir: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+
+
+def falling_and_finite(values: list[float]) -> str:
+    if not values or not all(math.isfinite(v) for v in values):
+        raise AssertionError(f"non-finite loss: {values}")
+    first, last = sum(values[:3]) / 3, sum(values[-3:]) / 3
+    if not last < first:
+        raise AssertionError(f"loss did not fall: first {first:.4f} last {last:.4f}")
+    return f"loss {first:.3f} -> {last:.3f}"
+
+
+def lora_run(model: Path, data: Path, work: Path, precision: str, method: dict | None = None,
+             steps: int = 20) -> str:
+    from mathtune.config import build_config
+    from mathtune.recipes.train import train
+
+    if precision == "bf16" and not bf16_supported():
+        return "skip: this GPU has no bf16"
+    out = Path(tempfile.mkdtemp(dir=work))
+    card = train(build_config(tree(model, data, out, method or {"name": "lora"}, precision, steps)), out,
+                 show_progress=False).card
+    if precision == "fp16" and not card["loss_scaler"]:
+        raise AssertionError("fp16 run without a GradScaler")
+    peak = card["peak_cuda_mb"]
+    return f"{falling_and_finite(losses(out))}, mixed_precision {card['mixed_precision']}, peak {peak} MB"
+
+
+def launched(kind: list[str], model: Path, data: Path, work: Path) -> str:
+    import yaml
+
+    out = work / kind[0].strip("-")
+    config = work / f"{out.name}.yaml"
+    config.write_text(yaml.safe_dump(tree(model, data, out, {"name": "lora"}, "bf16" if bf16_supported() else "fp16")))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "-m", "accelerate.commands.launch", *kind, "--num_processes", "1",
+               "--main_process_port", str(port), "-m", "mathtune", "train", "-c", str(config)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    if done.returncode != 0:
+        raise AssertionError(done.stderr[-1500:])
+    card = json.loads((out / "train_card.json").read_text())
+    if not any((out / "adapter").glob("adapter_model.*")):
+        raise AssertionError("no adapter saved")
+    return f"{falling_and_finite(losses(out))}, engine {card['engine']}"
+
+
+def eval_agreement(model: Path, data: Path, work: Path) -> str:
+    from mathtune.config import build_config
+    from mathtune.recipes.evaluate import evaluate_model
+    from mathtune.recipes.train import train
+
+    run = work / "agree"
+    cfg = build_config(tree(model, data, run, {"name": "lora"}, "fp32"))
+    train(cfg, run, show_progress=False)
+    answers: dict[int, list[str]] = {}
+    for device in ("cpu", DEVICE):
+        cfg_device = build_config({**tree(model, data, run, {"name": "lora"}, "fp32"),
+                                   "model": {"name": str(model), "device": device}, "eval": {
+                                       "num_problems": 8, "batch_size": 8, "max_new_tokens": 48, "perplexity": False,
+                                       "dtype": "fp32"}})
+        out = work / f"agree-eval-{device}-{len(answers)}"
+        evaluate_model(cfg_device, out, "tuned", adapter_dir=run / "adapter", show_progress=False)
+        rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+        answers[len(answers)] = [row["output"] for row in rows]
+    same = sum(a == b for a, b in zip(answers[0], answers[1], strict=True))
+    if same < len(answers[0]):
+        raise AssertionError(f"{same}/{len(answers[0])} outputs identical")
+    return f"{same}/{len(answers[0])} greedy outputs identical"
+
+
+def embedded(work: Path) -> str:
+    from mathtune.config import build_config
+    from mathtune.recipes.evaluate import evaluate_model
+    from mathtune.recipes.train import train
+
+    try:
+        from mathtune.models.loading import embedded_gguf
+
+        embedded_gguf("smollm2-135m")
+    except Exception as exc:  # noqa: BLE001 - the package may be absent on a bare GPU machine
+        return f"skip: embedded model not installed ({exc})"
+    data_dir = os.environ.get("MATHTUNE_DATA_DIR") or str(ROOT.parent / "shared" / "datasets")
+    if not (Path(data_dir) / "gsm8k").exists():
+        from helpers import write_gsm8k_dir
+
+        data_dir = str(write_gsm8k_dir(work / "embedded-data"))
+    run = work / "embedded"
+    tree_ = tree(Path("smollm2-135m"), Path(data_dir), run, {"name": "lora"}, "auto")
+    tree_["model"]["name"] = "smollm2-135m"
+    card = train(build_config(tree_), run, show_progress=False).card
+    metrics = evaluate_model(build_config(tree_), run / "eval" / "tuned", "tuned", adapter_dir=run / "adapter",
+                             show_progress=False)
+    values = losses(run)
+    if not all(math.isfinite(v) for v in values):
+        raise AssertionError(f"non-finite loss {values}")
+    return (f"loss {values[0]:.3f} -> {values[-1]:.3f}, {card['mixed_precision']}, "
+            f"{card['tokens_per_second']} tok/s, eval n={metrics.get('n')}")
+
+
+def main() -> int:
+    if DEVICE == "cuda" and not torch.cuda.is_available():
+        print("FAIL cuda: torch.cuda.is_available() is False")
+        return 1
+    name = torch.cuda.get_device_name(0) if DEVICE == "cuda" else "CPU (GPU_CHECK_DEVICE=cpu)"
+    print(f"device: {name}, torch {torch.__version__}, bf16 {bf16_supported()}", flush=True)
+    from helpers import make_tiny_model, write_gsm8k_dir
+
+    work = Path(tempfile.mkdtemp(prefix="mathtune-gpu-check-"))
+    data = write_gsm8k_dir(work / "data")
+    texts = [line for f in sorted((data / "gsm8k").glob("*.jsonl")) for line in f.read_text().splitlines()]
+    models = {arch: make_tiny_model(arch, work / arch, texts) for arch in ("phi", "llama")}
+    for arch in ("phi", "llama"):
+        for precision in ("fp16", "bf16"):
+            check(f"lora-{arch}-{precision}", lambda a=arch, p=precision: lora_run(models[a], data, work, p))
+    for bits in (4, 8):
+        def qlora(b: int = bits) -> str:
+            import importlib.util
+
+            if importlib.util.find_spec("bitsandbytes") is None or DEVICE == "cpu":
+                return "skip: bitsandbytes not installed, or CPU (tests/methods/test_qlora.py covers CPU)"
+            return lora_run(models["llama"], data, work, "auto", {"name": "qlora", "bits": b}, steps=10)
+        check(f"qlora-{bits}bit", qlora)
+    def fsdp() -> str:
+        if DEVICE == "cpu":
+            return "skip: accelerate runs FSDP only on accelerator devices"
+        return launched(["--use_fsdp", "--fsdp_version", "2"], models["llama"], data, work)
+    check("fsdp-1gpu", fsdp)
+
+    def deepspeed() -> str:
+        import importlib.util
+
+        if importlib.util.find_spec("deepspeed") is None or DEVICE == "cpu":
+            return "skip: deepspeed not installed, or no accelerator device"
+        return launched(["--use_deepspeed", "--zero_stage", "2"], models["llama"], data, work)
+    check("deepspeed-zero2-1gpu", deepspeed)
+    check("eval-cuda-vs-cpu", lambda: eval_agreement(models["llama"], data, work))
+    check("embedded-20-steps", lambda: embedded(work))
+    failed = [name for status, name, _ in RESULTS if status == "FAIL"]
+    print(f"{len(RESULTS) - len(failed)}/{len(RESULTS)} checks passed or skipped; failed: {failed or 'none'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -28,7 +28,7 @@ QUICKSTART = DEFAULT_CONFIG_DIR / "quickstart.yaml"
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (default: quickstart)")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a key: -s train.lr=1e-4")]
 ModelOpt = Annotated[str | None, typer.Option(help="Model: smollm2-135m, a hub id, a directory or a .gguf")]
-MethodOpt = Annotated[str | None, typer.Option(help="Tuning method: lora, qlora, full, stacked-lora")]
+MethodOpt = Annotated[str | None, typer.Option(help="Tuning method: lora, qlora, full, stacked-lora, grpo (RL)")]
 PromptOpt = Annotated[str | None, typer.Option(help="Prompt strategy: qa, breakdown, no-breakdown, program")]
 DataDirOpt = Annotated[str | None, typer.Option(help="Folder with gsm8k/ and svamp/ (env MATHTUNE_DATA_DIR)")]
 OutOpt = Annotated[str | None, typer.Option("--output-dir", "-o", help="Run directory to write")]

@@ -174,6 +174,14 @@ class RunConfig(Section):
             raise ValueError("data.dataset=jsonl needs data.train_file and/or data.test_file")
         if self.prompt.strategy == "breakdown" and self.data.dataset == "gsm8k" and self.data.subset != "socratic":
             raise ValueError("prompt.strategy=breakdown needs data.subset=socratic (its sub-questions)")
+        if self.method.name == "grpo":
+            programs = self.prompt.strategy == "program"
+            if self.method.reward_program > 0 and not programs:
+                raise ValueError("method.reward_program runs the completion as a program: it needs "
+                                 "prompt.strategy=program (or set method.reward_program=0)")
+            if self.method.reward_correct > 0 and programs:
+                raise ValueError("method.reward_correct reads a final answer from text, but the program strategy "
+                                 "writes code: set method.reward_correct=0 and method.reward_program above 0")
         return self
 
     def eval_precision(self) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 
 from mathtune.methods.base import TuningMethod
 from mathtune.methods.full.method import FullMethod
+from mathtune.methods.grpo.method import GrpoMethod
 from mathtune.methods.lora.method import LoraMethod
 from mathtune.methods.qlora.method import QloraMethod
 from mathtune.methods.stacked_lora.method import StackedLoraMethod
@@ -17,6 +18,7 @@ METHODS: dict[str, Callable[[Any], TuningMethod]] = {
     "full": FullMethod,
     "qlora": QloraMethod,
     "stacked-lora": StackedLoraMethod,
+    "grpo": GrpoMethod,  # RL with verifiable rewards on a LoRA adapter (recipes/rl.py)
 }
 
 

@@ -32,8 +32,8 @@ def preflight(cfg: RunConfig, splits: tuple[str, ...] = ("train", "test"), train
 
         check_chat_template(load_tokenizer(source))
     method = build_method(cfg.method)
-    if training and hasattr(method, "check"):  # e.g. stacked-lora: its stage-1 adapter must exist
-        method.check()
+    if training and hasattr(method, "check"):  # stacked-lora, grpo: the adapter they start from
+        method.check(cfg.model.name)
 
 
 def check_no_test_problems_in_training(cfg: RunConfig, test: list[Any] | None = None) -> None:

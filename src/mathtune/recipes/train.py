@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import shutil
-import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -26,7 +24,7 @@ from mathtune.config import RunConfig, config_to_yaml
 from mathtune.data.batching import Example, causal_example, count_loss_tokens, seq2seq_example, split_by_tokens
 from mathtune.data.problems import Problem, split_train_dev
 from mathtune.errors import MathtuneError
-from mathtune.io import atomic_write_json, atomic_write_text, output_dir_guard, read_jsonl_tolerant
+from mathtune.io import atomic_write_json, atomic_write_text, output_dir_guard, read_jsonl_tolerant, replace_dir
 from mathtune.methods.base import count_parameters
 from mathtune.methods.registry import build_method
 from mathtune.models.device import choose_placement
@@ -212,6 +210,11 @@ def train_step(s: Session, step: int) -> tuple[float, int]:
 
 def train(cfg: RunConfig, run_dir: Path, resume: bool = False, show_progress: bool = True) -> TrainResult:
     """Fine-tune `cfg.model` with `cfg.method` on the train split; write the adapter and a run card."""
+    if cfg.method.name == "grpo":  # RL: TRL's loop (recipes/rl.py), the same run dir
+        from mathtune.recipes.rl import train_grpo
+
+        card = train_grpo(cfg, run_dir, resume, show_progress)
+        return TrainResult(run_dir / "adapter", card["steps"], card["final_loss"], card)
     s = setup(cfg)
     checkpoint = latest_checkpoint(run_dir) if resume else None
     start_step, tokens_before = (0, 0) if checkpoint is None else restore_checkpoint(
@@ -313,20 +316,11 @@ def _gathered_model_state(s: Session) -> dict[str, Any]:
 
 def _save_final(method: Any, model: Any, tokenizer: Any, adapter_dir: Path,
                 state_dict: dict[str, Any] | None = None) -> None:
-    tmp = Path(tempfile.mkdtemp(dir=adapter_dir.parent, prefix=".adapter-"))
-    try:
+    def write(tmp: Path) -> None:
         method.save(model, tmp, state_dict)
         tokenizer.save_pretrained(tmp)
-        # Directories cannot be swapped atomically: move the old one aside first, so at every moment
-        # either the old or the new adapter exists under a known name.
-        old = adapter_dir.with_name(f".{adapter_dir.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if adapter_dir.exists():
-            os.replace(adapter_dir, old)
-        os.replace(tmp, adapter_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    replace_dir(adapter_dir, write)
 
 
 def _tensorboard(run_dir: Path) -> Any:

@@ -30,6 +30,12 @@ def make_figures(data: dict[str, Any], out_dir: Path) -> list[dict[str, Any]]:
             lambda p: plots.loss_curves(data["runs"], p),
         ),
         (
+            "reward.png",
+            "GRPO reward",
+            "Mean reward of the sampled completions on the training prompts per step (train_log.jsonl).",
+            lambda p: plots.reward_curves(data["runs"], p),
+        ),
+        (
             "accuracy_vs_params.png",
             "Accuracy vs trainable parameters",
             "Tuned models only (train_card.json); bars: Wilson 95% intervals.",

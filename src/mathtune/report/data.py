@@ -79,9 +79,9 @@ def _run_dirs(named: list[tuple[str, Path]]) -> list[Path]:
     return seen
 
 
-def read_loss_curve(run_dir: Path) -> list[dict[str, float]]:
+def read_loss_curve(run_dir: Path, key: str = "loss") -> list[dict[str, float]]:
     return [
-        row for row in read_jsonl_tolerant(run_dir / "train_log.jsonl") if "step" in row and "loss" in row
+        row for row in read_jsonl_tolerant(run_dir / "train_log.jsonl") if "step" in row and key in row
     ]
 
 
@@ -93,6 +93,7 @@ def _run_summary(run_dir: Path) -> dict[str, Any]:
         "name": run_dir.name,
         "dir": str(run_dir),
         "loss": read_loss_curve(run_dir),
+        "reward": read_loss_curve(run_dir, "reward"),  # GRPO runs
         "model": (config.get("model") or {}).get("name"),
         "method": (config.get("method") or {}).get("name"),
         "prompt": (config.get("prompt") or {}).get("strategy"),

@@ -64,18 +64,28 @@ def accuracy_ci_chart(rows: list[dict[str, Any]], path: Path, score: str = "stri
 
 def loss_curves(runs: list[dict[str, Any]], path: Path) -> Path | None:
     """Training loss against optimizer step, one line per run; None when no run logged a loss."""
-    runs = [run for run in runs if run.get("loss")]
+    return train_curves(runs, "loss", "training loss", "Training loss", path)
+
+
+def reward_curves(runs: list[dict[str, Any]], path: Path) -> Path | None:
+    """Mean reward on the training prompts per step (GRPO runs); None when no run logged a reward."""
+    return train_curves(runs, "reward", "mean reward (training prompts)", "GRPO reward", path)
+
+
+def train_curves(runs: list[dict[str, Any]], key: str, ylabel: str, title: str, path: Path) -> Path | None:
+    """One line per run of train_log.jsonl's `key` against the optimizer step."""
+    runs = [run for run in runs if run.get(key)]
     if not runs:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for run in runs:
-        steps = [point["step"] for point in run["loss"]]
-        ax.plot(steps, [point["loss"] for point in run["loss"]], marker="o" if len(steps) < 30 else None,
+        steps = [point["step"] for point in run[key]]
+        ax.plot(steps, [point[key] for point in run[key]], marker="o" if len(steps) < 30 else None,
                 label=run["name"])
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("training loss")
-    ax.set_title("Training loss")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend(fontsize=8)
     return _save(plt, fig, path)
 

@@ -73,7 +73,7 @@ class StackedLoraMethod:
     def base_load_kwargs(self, placement: Any) -> dict[str, Any]:
         return {"dtype": placement.compute_dtype}  # frozen base in the compute dtype, as lora
 
-    def check(self) -> None:
+    def check(self, model_name: str | None = None) -> None:
         """Before training touches any output: the stage-1 adapter must be there."""
         if self.cfg.stage1_adapter is not None:
             resolve_adapter_dir(Path(self.cfg.stage1_adapter))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,32 @@ def tiny_models(tmp_path_factory, corpus) -> dict[str, Path]:
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MATHTUNE_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def run_cli(monkeypatch, capsys):
+    """Call the `mathtune` entry point (mathtune.cli:main) in-process with argv, as the shell would."""
+    from mathtune.cli import main
+
+    monkeypatch.delenv("MATHTUNE_DATA_DIR", raising=False)  # `make test` sets it; cases set their own
+
+    def run(*argv: str) -> CliResult:
+        capsys.readouterr()
+        monkeypatch.setattr(sys, "argv", ["mathtune", *argv])
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+

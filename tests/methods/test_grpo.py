@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from safetensors.torch import load_file
 
 import mathtune.recipes.rl as rl
@@ -103,7 +101,6 @@ def test_grpo_continues_an_sft_adapter_and_evaluates_like_any_run(tiny_models, d
     train(build_config({"model": {"name": str(tiny_models["llama"])}, "data": {"data_dir": str(data_dir),
                         "train_size": 8}, "train": {"max_steps": 1, "precision": "fp32"}, "output_dir": str(sft)}),
           sft, show_progress=False)
-    (sft / "config.yaml").write_text(yaml.safe_dump({"model": {"name": str(tiny_models["llama"])}}))
     start = load_file(sft / "adapter" / "adapter_model.safetensors")
     out = tmp_path / "rl"
     cfg = build_config(grpo_tree(tiny_models["llama"], data_dir, out, init_adapter=str(sft)))
@@ -143,43 +140,30 @@ def test_resume_after_a_kill_continues_from_the_checkpoint(tiny_models, data_dir
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
 
 
-def cli(monkeypatch, capsys, *argv: str) -> tuple[int, str]:
-    from mathtune.cli import main
-
-    capsys.readouterr()
-    monkeypatch.setattr(sys, "argv", ["mathtune", *argv])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    return code, capsys.readouterr().err
-
-
 @pytest.mark.parametrize(("overrides", "says"), [
     (["-s", "method.reward_correct=-1"], "method.reward_correct"),
     (["-s", "method.reward_correct=0"], "every GRPO reward weight is 0"),
     (["-s", "method.reward_program=1"], "needs prompt.strategy=program"),
     (["--prompt", "program"], "program strategy writes code"),
 ])
-def test_bad_grpo_settings_are_one_line(tiny_models, data_dir, tmp_path, monkeypatch, capsys, overrides, says):
+def test_bad_grpo_settings_are_one_line(tiny_models, data_dir, tmp_path, run_cli, overrides, says):
     out = tmp_path / "out"
-    code, err = cli(monkeypatch, capsys, "train", "--model", str(tiny_models["llama"]), "--data-dir", str(data_dir),
-                    "-o", str(out), "--method", "grpo", "--max-steps", "1", *overrides)
+    result = run_cli("train", "--model", str(tiny_models["llama"]), "--data-dir", str(data_dir),
+                     "-o", str(out), "--method", "grpo", "--max-steps", "1", *overrides)
+    code, err = result.code, result.stderr
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("mathtune: error: ") and says in lines[0], err
     assert not out.exists()
 
 
-def test_an_sft_adapter_of_another_base_model_is_refused(tiny_models, data_dir, tmp_path, monkeypatch, capsys):
+def test_an_sft_adapter_of_another_base_model_is_refused(tiny_models, data_dir, tmp_path, run_cli):
     phi_run = tmp_path / "phi"
     train(build_config({"model": {"name": str(tiny_models["phi"])}, "data": {"data_dir": str(data_dir),
                         "train_size": 8}, "train": {"max_steps": 1, "precision": "fp32"},
                         "output_dir": str(phi_run)}), phi_run, show_progress=False)
-    (phi_run / "config.yaml").write_text(yaml.safe_dump({"model": {"name": str(tiny_models["phi"])}}))
     out = tmp_path / "out"
-    code, err = cli(monkeypatch, capsys, "train", "--model", str(tiny_models["llama"]), "--data-dir", str(data_dir),
-                    "-o", str(out), "--method", "grpo", "--max-steps", "1", "-s",
-                    f"method.init_adapter={phi_run}")
+    result = run_cli("train", "--model", str(tiny_models["llama"]), "--data-dir", str(data_dir),
+                     "-o", str(out), "--method", "grpo", "--max-steps", "1", "-s", f"method.init_adapter={phi_run}")
+    code, err = result.code, result.stderr
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "was trained on model" in lines[0], err

@@ -1,9 +1,7 @@
-"""Fixtures for the reliability tests: one tiny Llama (no Phi/T5 needed) and a CLI driver."""
+"""Fixtures for the reliability tests: one tiny Llama (no Phi/T5 needed) and runs of it (run_cli: tests/conftest.py)."""
 
 from __future__ import annotations
 
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -33,32 +31,3 @@ def finished_run(trained_run, tmp_path) -> Path:
     import shutil
 
     return Path(shutil.copytree(trained_run, tmp_path / "finished-run"))
-
-
-@dataclass
-class CliResult:
-    code: int
-    stdout: str
-    stderr: str
-
-
-@pytest.fixture
-def run_cli(monkeypatch, capsys):
-    """Call the `mathtune` entry point (mathtune.cli:main) in-process with argv, as the shell would."""
-    from mathtune.cli import main
-
-    monkeypatch.delenv("MATHTUNE_DATA_DIR", raising=False)  # `make test` sets it; cases set their own
-
-    def run(*argv: str) -> CliResult:
-        capsys.readouterr()
-        monkeypatch.setattr(sys, "argv", ["mathtune", *argv])
-        try:
-            main()
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        captured = capsys.readouterr()
-        return CliResult(code, captured.out, captured.err)
-
-    return run
-

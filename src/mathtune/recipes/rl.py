@@ -71,7 +71,7 @@ def _policy(cfg: RunConfig, loaded: LoadedModel) -> tuple[Any, Any]:
     """The model TRL trains: the SFT run's adapter made trainable again, or the base + a fresh LoRA
     config (TRL wraps it). Returns (model, peft_config or None)."""
     if cfg.method.init_adapter is None:
-        return loaded.model, peft_lora_config(GrpoMethod(cfg.method).cfg, loaded.model)
+        return loaded.model, peft_lora_config(cfg.method, loaded.model)
     from peft import PeftModel
 
     adapter = init_adapter_dir(cfg.method.init_adapter)

@@ -7,20 +7,19 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from mathtune.methods.lora.config import LoraMethodConfig
 
 
-class GrpoMethodConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+class GrpoMethodConfig(LoraMethodConfig):
+    """LoRA's fields (r, alpha, bias, target_modules: a fresh adapter's shape) and GRPO's."""
 
-    name: Literal["grpo"] = "grpo"
+    name: Literal["grpo"] = "grpo"  # type: ignore[assignment]
     init_adapter: str | None = Field(
         None, description="A finished lora run dir (or its adapter/) to continue with RL (SFT, then RL); "
         "null: a fresh LoRA adapter on the base model")
-    r: int = Field(8, ge=1, le=1024, description="LoRA rank (a fresh adapter; init_adapter keeps its own)")
-    alpha: float = Field(16.0, gt=0, description="LoRA scale alpha / r (a fresh adapter)")
     dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout (RL compares log-probs: 0 keeps them exact)")
-    target_modules: list[str] | None = Field(None, description="Modules to adapt; null: per architecture")
     num_generations: int = Field(4, ge=2, description="Completions sampled per prompt (the group)")
     max_completion_length: int = Field(160, ge=8, description="New tokens per completion at most")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of the completions")

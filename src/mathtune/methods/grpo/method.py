@@ -7,7 +7,6 @@ from pathlib import Path
 
 from mathtune.errors import MathtuneError
 from mathtune.methods.grpo.config import GrpoMethodConfig
-from mathtune.methods.lora.config import LoraMethodConfig
 from mathtune.methods.lora.method import LoraMethod
 
 
@@ -15,8 +14,7 @@ class GrpoMethod(LoraMethod):
     name = "grpo"
 
     def __init__(self, cfg: GrpoMethodConfig) -> None:
-        super().__init__(LoraMethodConfig(r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout,
-                                          target_modules=cfg.target_modules))
+        super().__init__(cfg)  # a GrpoMethodConfig is a LoraMethodConfig: the adapter's shape
         self.grpo = cfg
 
     def check(self, model_name: str | None = None) -> None:

@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 
 import mathtune.recipes.rl as rl
 from mathtune.config import build_config
+from mathtune.evaluate.rewards import build_rewards, correct_reward, format_reward, program_reward
 from mathtune.methods.grpo.config import GrpoMethodConfig
-from mathtune.methods.grpo.rewards import build_rewards, correct_reward, format_reward, program_reward
 from mathtune.prompts import get_strategy
 from mathtune.recipes.train import train
 

@@ -21,10 +21,10 @@ import torch
 from mathtune.config import RunConfig, config_to_yaml
 from mathtune.data.problems import Problem, split_train_dev
 from mathtune.errors import MathtuneError
+from mathtune.evaluate.rewards import build_rewards
 from mathtune.io import atomic_write_json, atomic_write_text, replace_dir
 from mathtune.methods.base import count_parameters
 from mathtune.methods.grpo.method import GrpoMethod, check_same_base, init_adapter_dir
-from mathtune.methods.grpo.rewards import build_rewards
 from mathtune.methods.lora.method import peft_lora_config
 from mathtune.models.device import choose_placement
 from mathtune.models.setup import LoadedModel, load_for_run

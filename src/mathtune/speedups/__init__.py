@@ -25,8 +25,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # `mathtune train` imports allocator.py before torch, to re-execute itself quickly
     from torch import nn
 
-    from mathtune.config import TrainConfig
-
 LOG = logging.getLogger("mathtune")
 _WARNED: set[str] = set()
 
@@ -43,9 +41,10 @@ class SpeedupReport:
         return {"enabled": self.enabled, "bound": dict(self.bound), "unbound": dict(self.unbound)}
 
 
-def apply_speedups(model: nn.Module, train: TrainConfig, on_cpu: bool, autocast: bool) -> SpeedupReport:
+def apply_speedups(model: nn.Module, train: Any, on_cpu: bool, autocast: bool) -> SpeedupReport:
     """Bind every enabled speedup to `model` (after the method wrapped it: only frozen modules get
-    fused ops), put the model in train mode and check the bindings survived; returns the report."""
+    fused ops), put the model in train mode and check the bindings survived; returns the report.
+    `train`: the run's TrainConfig (its lever fields; not imported here, so speedups/ sits below config)."""
     report = SpeedupReport(enabled=train.speedups)
     if not train.speedups:
         model.train()

@@ -9,6 +9,7 @@ SmolLM2-135M-Instruct when its package is installed):
   qlora-4bit, qlora-8bit        bitsandbytes-quantized tiny Llama + LoRA, 10 steps, finite and falling
   fsdp-1gpu                     the same LoRA run under `accelerate launch --use_fsdp` (FSDP2), adapter saved
   deepspeed-zero2-1gpu          the same under `--use_deepspeed --zero_stage 2` (SKIP without deepspeed)
+  grpo-tiny-2-steps             method: grpo (TRL's GRPOTrainer) 2 steps, precision auto: the adapter changes
   eval-cuda-vs-cpu              greedy answers of a trained tiny model on 8 problems: CUDA fp32 == CPU fp32
   embedded-20-steps             SmolLM2-135M-Instruct, precision auto, 20 LoRA steps + 8-problem eval
 Record the output in docs/gpu.md. `GPU_CHECK_DEVICE=cpu` runs the same checks on the CPU (launched
@@ -112,6 +113,38 @@ def launched(kind: list[str], model: Path, data: Path, work: Path) -> str:
     return f"{falling_and_finite(losses(out))}, engine {card['engine']}"
 
 
+def grpo_steps(model: Path, data: Path, work: Path) -> str:
+    import importlib.util
+
+    from safetensors.torch import load_file
+
+    from mathtune.config import build_config
+    from mathtune.recipes.train import train
+
+    if importlib.util.find_spec("trl") is None:
+        return "skip: trl not installed"
+    import mathtune.recipes.rl as rl
+
+    def distinct_characters(prompts: list, completions: list[str], **_: object) -> list[float]:
+        # a random tiny model never answers right, so its real rewards are all 0 and so is the update
+        return [len(set(text)) / 10 for text in completions]
+
+    rl.build_rewards = lambda method, strategy: ([distinct_characters], [1.0])
+    out = work / "grpo"
+    tree_ = {"model": {"name": str(model), "device": DEVICE}, "data": {"data_dir": str(data), "train_size": 8},
+             "method": {"name": "grpo", "num_generations": 4, "max_completion_length": 16, "temperature": 1.0},
+             "train": {"max_steps": 2, "batch_size": 2, "lr": 5e-2, "log_every": 1, "save_every": 2,
+                       "precision": "auto"}, "output_dir": str(out)}
+    card = train(build_config(tree_), out, show_progress=False).card
+    if card["steps"] != 2 or len(card["reward_curve"]) != 2:
+        raise AssertionError(f"steps {card['steps']}, reward curve {card['reward_curve']}")
+    adapter = load_file(out / "adapter" / "adapter_model.safetensors")
+    if max((t.abs().max().item() for k, t in adapter.items() if "lora_B" in k), default=0.0) == 0:
+        raise AssertionError("the adapter did not change (LoRA B is still 0)")
+    return (f"reward {card['reward_curve']}, {card['compute_dtype']} on {card['device']}, "
+            f"generation {card['generation_seconds']:.1f}s of {card['wall_seconds']:.1f}s")
+
+
 def eval_agreement(model: Path, data: Path, work: Path) -> str:
     from mathtune.config import build_config
     from mathtune.recipes.evaluate import evaluate_model
@@ -201,6 +234,7 @@ def main() -> int:
             return "skip: deepspeed not installed, or no accelerator device"
         return launched(["--use_deepspeed", "--zero_stage", "2"], models["llama"], data, work)
     check("deepspeed-zero2-1gpu", deepspeed)
+    check("grpo-tiny-2-steps", lambda: grpo_steps(models["llama"], data, work))
     check("eval-cuda-vs-cpu", lambda: eval_agreement(models["llama"], data, work))
     check("embedded-20-steps", lambda: embedded(work))
     failed = [name for status, name, _ in RESULTS if status == "FAIL"]

@@ -61,6 +61,26 @@ def test_only_weighted_rewards_are_used():
     assert [f.__name__ for f in funcs] == ["correct_numeric_match", "answer_format"] and weights == [1.0, 0.25]
 
 
+def test_max_solution_steps_keeps_the_problems_with_few_calculations():
+    from types import SimpleNamespace
+
+    from mathtune.data.problem import Problem
+
+    def problem(solution: str) -> Problem:
+        return Problem(id=solution[:8], question="q?", solution=solution, answer=solution.split("#### ")[-1])
+
+    one = problem("He has 2+3=<<2+3=5>>5 apples.\n#### 5")
+    three = problem("a <<1+1=2>>2 b <<2*3=6>>6 c <<6-1=5>>5\n#### 5")
+    lines = problem("No annotations.\nTwo lines.\n#### 4")
+    assert [rl.solution_steps(p.solution) for p in (one, three, lines)] == [1, 3, 2]
+    cfg = build_config({"method": {"name": "grpo", "max_solution_steps": 2}})
+    rows = rl._prompt_dataset(cfg, [one, three, lines], SimpleNamespace(tokenizer=None))
+    assert [row["solution"] for row in rows] == [one.solution, lines.solution]
+    with pytest.raises(rl.MathtuneError, match="at most 1 solution steps"):
+        rl._prompt_dataset(build_config({"method": {"name": "grpo", "max_solution_steps": 1}}), [three],
+                           SimpleNamespace(tokenizer=None))
+
+
 def length_reward(prompts: list[Any], completions: list[str], **_: Any) -> list[float]:
     """A reward a random tiny model's completions differ on, so GRPO's advantages are not all zero
     (its real rewards would all be 0 on a random model, and the update with them)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -33,6 +34,17 @@ from mathtune.recipes.checks import load_train_problems
 from mathtune.runcard import peak_cuda_mb, peak_rss_mb, provenance
 
 CHECKPOINT_DIR = "checkpoints"
+CALCULATION = re.compile(r"<<[^>]*>>")
+
+
+def solution_steps(solution: str) -> int:
+    """Calculations in a reference solution: its <<expr=value>> annotations (GSM8K), else its reasoning
+    lines before the final '#### N' (at least 1)."""
+    found = len(CALCULATION.findall(solution))
+    if found:
+        return found
+    body = solution.split("####")[0]
+    return max(1, sum(1 for line in body.splitlines() if line.strip()))
 
 
 def train_grpo(cfg: RunConfig, run_dir: Path, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
@@ -88,10 +100,14 @@ def _prompt_dataset(cfg: RunConfig, problems: list[Problem], loaded: LoadedModel
     from datasets import Dataset
 
     strategy = get_strategy(cfg.prompt.strategy)
+    if cfg.method.max_solution_steps is not None:
+        problems = [p for p in problems if solution_steps(p.solution) <= cfg.method.max_solution_steps]
+    if not problems:
+        raise MathtuneError("no training problems for GRPO" + (
+            f" with at most {cfg.method.max_solution_steps} solution steps (method.max_solution_steps)"
+            if cfg.method.max_solution_steps is not None else ""))
     prompts = render_prompts(loaded.tokenizer, [strategy.format_prompt(p.question) for p in problems],
                              cfg.prompt.chat_template)
-    if not problems:
-        raise MathtuneError("no training problems for GRPO")
     return Dataset.from_list([{"prompt": prompt, "solution": p.solution, "answer": p.answer, "kind": p.kind}
                               for prompt, p in zip(prompts, problems, strict=True)])
 
@@ -158,13 +174,18 @@ def _trainer(cfg: RunConfig, model: Any, peft_config: Any, loaded: LoadedModel, 
     previous = os.environ.get("TENSORBOARD_LOGGING_DIR")
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
     try:
-        return TimedGRPOTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=dataset,
-                                processing_class=loaded.tokenizer, peft_config=peft_config, callbacks=callbacks)
+        trainer = TimedGRPOTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=dataset,
+                                   processing_class=loaded.tokenizer, peft_config=peft_config, callbacks=callbacks)
     finally:
         if previous is None:
             os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
         else:
             os.environ["TENSORBOARD_LOGGING_DIR"] = previous
+    if not show_progress:  # without a progress bar transformers prints every log dict to stdout instead
+        from transformers import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+    return trainer
 
 
 def _dev_accuracy_callback(cfg: RunConfig, dev: list[Problem], loaded: LoadedModel, run_dir: Path) -> Any:

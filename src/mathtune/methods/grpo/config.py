@@ -20,6 +20,10 @@ class GrpoMethodConfig(LoraMethodConfig):
         None, description="A finished lora run dir (or its adapter/) to continue with RL (SFT, then RL); "
         "null: a fresh LoRA adapter on the base model")
     dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout (RL compares log-probs: 0 keeps them exact)")
+    max_solution_steps: int | None = Field(
+        None, ge=1, description="Train only on problems whose reference solution has at most this many "
+        "calculations (GSM8K's <<expr=value>> annotations): problems the starting model sometimes solves, so a "
+        "group's rewards differ and GRPO has a signal; null: every train problem")
     num_generations: int = Field(4, ge=2, description="Completions sampled per prompt (the group)")
     max_completion_length: int = Field(160, ge=8, description="New tokens per completion at most")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of the completions")

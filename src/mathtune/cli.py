@@ -132,6 +132,124 @@ def eval_cmd(run_dirs: Annotated[list[Path] | None, typer.Argument(
     typer.echo(f"predictions and metrics written to {out}")
 
 
+@app.command("sample")
+def sample_cmd(run_dir: Annotated[Path | None, typer.Argument(help="Finished run dir whose tuned model to sample")]
+               = None, base: Annotated[bool, typer.Option(help="Sample the base model instead")] = False,
+               k: Annotated[int, typer.Option("--k", "-k", min=2, max=64, help="Samples per problem")] = 16,
+               temperature: Annotated[float | None, typer.Option(help="Sampling temperature (eval.temperature)")]
+               = None,
+               top_p: Annotated[float | None, typer.Option(help="Nucleus sampling (eval.top_p)")] = None,
+               seed: Annotated[int | None, typer.Option(help="Seed of the samples (eval.sample_seed)")] = None,
+               split: Annotated[str | None, typer.Option(help="test, or train (the verifier's training data)")]
+               = None,
+               share_prefix: Annotated[bool, typer.Option(help="One prefill per problem for its k samples")] = True,
+               config: ConfigOpt = None, set_: SetOpt = None, model: ModelOpt = None, prompt: PromptOpt = None,
+               data_dir: DataDirOpt = None, eval_size: EvalSizeOpt = None, output_dir: OutOpt = None,
+               overwrite: OverwriteOpt = False) -> None:
+    """k sampled solutions per problem, each scored like an evaluation (for maj@k, verifiers, curves)."""
+    from mathtune.io import output_dir_guard
+    from mathtune.recipes.checks import preflight
+    from mathtune.recipes.evaluate import tuned_config
+    from mathtune.recipes.sample import sample_model
+
+    named = {"eval.samples": k, "eval.temperature": temperature, "eval.top_p": top_p, "eval.sample_seed": seed,
+             "eval.split": split}
+    sets = [*(set_ or []), *(f"{key}={value}" for key, value in named.items() if value is not None)]
+    cfg = build_run_config(config, sets, model=model, prompt=prompt, data_dir=data_dir, eval_size=eval_size)
+    tuned = run_dir is not None and not base
+    if tuned:
+        cfg = tuned_config(cfg, run_dir)
+    preflight(cfg, (cfg.eval.split,), training=False)
+    root = run_dir if tuned else Path(cfg.output_dir)
+    default = root / "samples" / f"{'tuned' if tuned else 'base'}-{cfg.eval.split}-k{cfg.eval.samples}"
+    out_path = Path(output_dir) if output_dir else default
+    interrupts.watch(out_path)
+    with output_dir_guard(out_path, overwrite, resume=not overwrite) as out:
+        summary = sample_model(cfg, out, run_dir / "adapter" if tuned else None, share_prefix)
+    typer.echo(f"{summary['n']} problems x {summary['k']} samples in {summary['wall_seconds']:.0f} s "
+               f"({summary['generated_tokens_per_second']} tokens/s) written to {out / 'samples.jsonl'}")
+
+
+verifier_app = typer.Typer(no_args_is_help=True, help="Train a verifier on sampled solutions; score samples with it.")
+app.add_typer(verifier_app, name="verifier")
+
+
+@verifier_app.command("train")
+def verifier_train_cmd(samples: Annotated[list[Path], typer.Argument(
+                           help="Samples dirs of train problems (`mathtune sample RUN --split train`)")],
+                       output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Verifier dir to write")],
+                       config: ConfigOpt = None, set_: SetOpt = None, model: ModelOpt = None,
+                       overwrite: OverwriteOpt = False) -> None:
+    """LoRA + scalar head on the base model, labels from the evaluation's extractor, split by problem."""
+    from mathtune.io import output_dir_guard
+    from mathtune.recipes.verifier import train_verifier
+
+    cfg = build_run_config(config, set_, model=model)
+    for directory in samples:
+        if not (directory / "samples.jsonl").is_file():
+            raise MathtuneError(f"{directory} holds no samples.jsonl (run `mathtune sample ... --split train`)")
+    with output_dir_guard(output_dir, overwrite) as out:
+        card = train_verifier(cfg, samples, out)
+    dev = card["dev"] or {}
+    auc = dev.get("auc")
+    typer.echo(f"verifier trained on {card['train_samples']} samples of {card['train_problems']} problems "
+               f"({card['train_right']} right) in {card['wall_seconds']:.0f} s; dev AUC "
+               f"{'n/a' if auc is None else f'{auc:.3f}'}; written to {out}")
+
+
+@verifier_app.command("score")
+def verifier_score_cmd(verifier: Annotated[Path, typer.Argument(help="Verifier dir (`mathtune verifier train`)")],
+                       samples: Annotated[Path, typer.Argument(help="Samples dir to score")]) -> None:
+    """One probability of being right per sample, into SAMPLES/verifier_scores.jsonl."""
+    from mathtune.config import load_config
+    from mathtune.recipes.verifier import score_samples
+
+    if not (verifier / "config.yaml").is_file():
+        raise MathtuneError(f"no verifier at {verifier}: train one with `mathtune verifier train`")
+    path = score_samples(load_config(verifier / "config.yaml"), verifier, samples)
+    typer.echo(f"verifier scores written to {path}")
+
+
+@app.command("curve")
+def curve_cmd(samples: Annotated[Path, typer.Argument(help="Samples dir (`mathtune sample`)")],
+              greedy: Annotated[Path | None, typer.Option(
+                  help="Eval dir (or run dir) of the same model's greedy predictions, compared at N = k")] = None,
+              score: Annotated[str, typer.Option(help="Score that counts a sample right")] = "numeric-match",
+              output: Annotated[Path | None, typer.Option("--output", "-o", help="Write <output>.md/.json/.png "
+                                                          "(default: SAMPLES/curve)")] = None) -> None:
+    """Test-time compute curve: pass@N, maj@N and (with verifier scores) best-of-N and weighted voting."""
+    from mathtune.evaluate.curves import compute_curve, curve_markdown, plot_curve, rerank_table, scores_by_id
+    from mathtune.io import atomic_write_json, atomic_write_text, read_jsonl_tolerant
+    from mathtune.recipes.sample import read_samples
+    from mathtune.recipes.verifier import SCORES_FILE
+
+    rows = read_samples(samples)
+    if not rows:
+        raise MathtuneError(f"no samples in {samples} (run `mathtune sample`)")
+    scored = read_jsonl_tolerant(samples / SCORES_FILE)
+    scores = scores_by_id(scored) if scored else None
+    if scores is not None and any(row["id"] not in scores for row in rows):
+        raise MathtuneError(f"{samples / SCORES_FILE} lacks some problems: finish `mathtune verifier score`")
+    greedy_correct = None
+    if greedy is not None:
+        path = next((p for p in (greedy / "predictions.jsonl", greedy / "eval" / "tuned" / "predictions.jsonl")
+                     if p.is_file()), None)
+        if path is None:
+            raise MathtuneError(f"no predictions.jsonl in {greedy} or {greedy / 'eval' / 'tuned'}")
+        greedy_correct = {row["id"]: bool(row["correct"].get(score)) for row in read_jsonl_tolerant(path)}
+    try:
+        curve = compute_curve(rows, scores, score)
+        rerank = rerank_table(rows, greedy_correct, scores, score)
+    except ValueError as exc:
+        raise MathtuneError(f"curve: {exc}") from None
+    prefix = output if output is not None else samples / "curve"
+    atomic_write_json(prefix.with_suffix(".json"), {"curve": curve, "rerank": rerank})
+    text = curve_markdown(curve, rerank)
+    atomic_write_text(prefix.with_suffix(".md"), text)
+    plot_curve(curve, prefix.with_suffix(".png"))
+    typer.echo(text)
+
+
 @app.command("augment")
 def augment_cmd(output: Annotated[Path, typer.Option("--output", "-o", help="JSONL file to write")],
                 variants: Annotated[int, typer.Option(min=1, max=32, help="Variants asked for per problem")] = 3,

@@ -141,13 +141,33 @@ class EvalConfig(Section):
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="Inference dtype ('auto' as train)")
     calculator: bool = Field(False, description="Calculator-augmented decoding of '<<expr=' annotations")
     samples: int = Field(1, ge=1, le=64, description="k > 1: also sample k solutions and report maj@k")
-    temperature: float = Field(0.7, gt=0, description="Sampling temperature for maj@k")
+    temperature: float = Field(0.7, gt=0, description="Sampling temperature for maj@k and `mathtune sample`")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling for `mathtune sample` (1: off)")
+    sample_seed: int = Field(0, description="Seed of the sampled solutions (`mathtune sample`); each sample "
+                             "has its own stream from (seed, problem, index)")
     perplexity: bool = Field(True, description="Perplexity of the reference solution under the model")
     perturbed: bool = Field(
         False, description="Robustness check: each drawn problem with new numbers and a recomputed answer "
         "(data/augment.py, seeded by `seed`); problems with no clean variant are left out"
     )
     text_metrics: bool = Field(False, description="ROUGE-1 and semantic similarity vs reference solutions")
+
+
+class VerifierConfig(Section):
+    """`mathtune verifier train`: a scalar-head verifier (outcome reward model) on the base model, trained
+    on sampled solutions labelled right/wrong by the evaluation's extractor (the GSM8K paper's recipe)."""
+
+    score: Literal["numeric-match", "strict-match", "flexible-extract", "math-verify"] = Field(
+        "numeric-match", description="The evaluation score that labels a sample right or wrong")
+    r: int = Field(16, ge=1, description="LoRA rank of the verifier's backbone")
+    alpha: int = Field(32, ge=1, description="LoRA alpha")
+    lr: float = Field(1e-4, gt=0, description="AdamW learning rate (the LoRA weights and the scalar head)")
+    epochs: float = Field(1.0, gt=0, description="Passes over the (balanced) labelled samples")
+    batch_size: int = Field(8, ge=1, description="Samples per optimizer step")
+    max_length: int = Field(512, ge=16, description="Tokens of prompt + solution; longer ones lose their start")
+    dev_fraction: float = Field(0.1, ge=0, lt=1, description="Share of problems (all their samples) held out as dev")
+    balance: bool = Field(True, description="Repeat the minority class's samples until the classes are even")
+    seed: int = Field(0, description="Seed of the dev split, the balancing and training")
 
 
 class RunConfig(Section):
@@ -158,6 +178,7 @@ class RunConfig(Section):
         default_factory=lambda: MethodConfig.__args__[0]()  # type: ignore[attr-defined]
     )
     train: TrainConfig = Field(default_factory=TrainConfig)
+    verifier: VerifierConfig = Field(default_factory=VerifierConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output_dir: str = Field("runs/quickstart", description="Run directory (adapter, predictions, run card)")
 

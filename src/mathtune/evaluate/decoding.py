@@ -58,11 +58,25 @@ def decode_batch(
     temperature: float = 1.0,
     seed: int = 0,
     calculator: Sequence[bool] | None = None,
+    copies: int = 1,
+    row_seeds: Sequence[int] | None = None,
+    top_p: float = 1.0,
 ) -> list[Decoded]:
-    """Decode every prompt until EOS, a stop string or its token cap; left padding, one KV cache."""
+    """Decode every prompt until EOS, a stop string or its token cap; left padding, one KV cache.
+
+    `copies` > 1 (sampling k solutions of one problem): each prompt is prefilled once and its KV
+    cache expanded to `copies` rows, so the k samples share the prompt's prefill; the result holds
+    prompt i's copies at ``i * copies + j``. `row_seeds` (one per result row) gives every row its own
+    random stream, so a sample depends on its seed alone, not on the batch it was decoded in."""
     device = next(model.parameters()).device
-    rows = [_Row(i, tuple(stops[i]), max_new_tokens[i], bool(calculator and calculator[i]))
-            for i in range(len(prompts))]
+    total = len(prompts) * copies
+    rows = [_Row(i, tuple(stops[i // copies]), max_new_tokens[i // copies],
+                 bool(calculator and calculator[i // copies])) for i in range(total)]
+    if row_seeds is not None and len(row_seeds) != total:
+        raise ValueError(f"row_seeds: {len(row_seeds)} seeds for {total} rows")
+    generators: list[torch.Generator] | None = None
+    if sample and row_seeds is not None:
+        generators = [torch.Generator(device=device).manual_seed(s) for s in row_seeds]
     generator = torch.Generator(device=device).manual_seed(seed) if sample else None
     eos = _eos_ids(model, tokenizer)
     with torch.inference_mode():
@@ -70,9 +84,15 @@ def decode_batch(
             logits, cache, mask, position = prefill_packed(model, tokenizer, prompts, device)
         else:
             logits, cache, mask, position = prefill_padded(model, tokenizer, prompts, device)
+        if copies > 1:  # the shared prefix: one prefill per prompt, its cache repeated per sample
+            logits, mask, position = (t.repeat_interleave(copies, dim=0) for t in (logits, mask, position))
+            cache.batch_repeat_interleave(copies)
         active = list(range(len(rows)))
         while active:
-            chosen = _choose(logits, sample, temperature, generator).tolist()
+            if generators is not None:
+                chosen = _choose_per_row(logits, temperature, top_p, [generators[i] for i in active])
+            else:
+                chosen = _choose(logits, sample, temperature, generator, top_p).tolist()
             next_ids, keep = [], []
             for slot, row_index in enumerate(active):
                 token = _advance(rows[row_index], chosen[slot], tokenizer, eos)
@@ -155,11 +175,31 @@ def _left_padded(packed: torch.Tensor, lengths: list[int], width: int) -> torch.
     return out
 
 
-def _choose(logits: torch.Tensor, sample: bool, temperature: float, generator: Any) -> torch.Tensor:
+def _choose(logits: torch.Tensor, sample: bool, temperature: float, generator: Any,
+            top_p: float = 1.0) -> torch.Tensor:
     if not sample:
         return logits.argmax(dim=-1)
+    return torch.multinomial(sampling_probs(logits, temperature, top_p), 1, generator=generator).squeeze(1)
+
+
+def _choose_per_row(logits: torch.Tensor, temperature: float, top_p: float,
+                    generators: list[torch.Generator]) -> list[int]:
+    """One draw per row from the row's own generator: a row's tokens do not depend on its batch."""
+    probs = sampling_probs(logits, temperature, top_p)
+    return [int(torch.multinomial(probs[i], 1, generator=g)) for i, g in enumerate(generators)]
+
+
+def sampling_probs(logits: torch.Tensor, temperature: float, top_p: float = 1.0) -> torch.Tensor:
+    """Softmax at `temperature`, restricted to the nucleus (the smallest set of tokens whose
+    probability reaches `top_p`, as transformers' TopPLogitsWarper keeps it) and renormalised."""
     probs = torch.softmax(logits.float() / temperature, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    if top_p >= 1.0:
+        return probs
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of the tokens ranked above each one
+    sorted_probs = sorted_probs.masked_fill(before >= top_p, 0.0)  # the top token always stays
+    kept = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return kept / kept.sum(dim=-1, keepdim=True)
 
 
 def _advance(row: _Row, chosen: int, tokenizer: Any, eos: set[int]) -> int | None:

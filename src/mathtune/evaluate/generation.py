@@ -9,6 +9,7 @@ seq2seq models use `generate`.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -46,6 +47,12 @@ class Backend(Protocol):
     ) -> list[Generation]: ...
 
     def target_nll(self, pairs: list[tuple[str, str]]) -> list[tuple[float, int]]: ...
+
+
+def sample_seed(seed: int, key: str, index: int) -> int:
+    """The random stream of sample `index` of the problem `key`: stable across processes and runs."""
+    digest = hashlib.sha256(f"{seed}\0{key}\0{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
@@ -121,12 +128,54 @@ class HFBackend:
             [r.max_new_tokens for r in batch], sample=sample, temperature=temperature, seed=seed,
             calculator=[r.calculator for r in batch],
         )
-        generations = []
-        for result, request in zip(decoded, batch, strict=True):
-            text, stopped = cut_at_stop(self.tokenizer.decode(result.tokens, skip_special_tokens=True), request.stop)
-            truncated = not stopped and not result.hit_eos and len(result.tokens) >= request.max_new_tokens
-            generations.append(Generation(text, truncated, len(result.tokens), result.calculator_calls))
-        return generations
+        return [self._causal_generation(result, request) for result, request in zip(decoded, batch, strict=True)]
+
+    def sample(self, requests: list[GenerationRequest], keys: list[str], k: int, *, temperature: float = 1.0,
+               top_p: float = 1.0, seed: int = 0, share_prefix: bool = True) -> list[list[Generation]]:
+        """k sampled solutions per request. Sample j of the request keyed `keys[i]` draws from its own
+        random stream (`sample_seed(seed, key, j)`), so it is the same whatever batch, order or resume
+        it is decoded in. Causal models: with `share_prefix` the k samples share one prefill of the
+        prompt (its KV cache expanded to k rows); without, the prompt is prefilled k times (the same
+        samples, slower: kept to measure and test the shared prefix)."""
+        if self.seq2seq:
+            return [self._sample_seq2seq(request, key, k, temperature, top_p, seed)
+                    for request, key in zip(requests, keys, strict=True)]
+        from mathtune.evaluate.decoding import decode_batch
+
+        per_batch = max(1, self.batch_size // k)  # batch_size counts decoded rows: problems x k
+        order = sorted(range(len(requests)), key=lambda i: -len(requests[i].prompt))
+        results: dict[int, list[Generation]] = {}
+        for start in range(0, len(order), per_batch):
+            chunk = order[start : start + per_batch]
+            batch = [requests[i] for i in chunk]
+            seeds = [sample_seed(seed, keys[i], j) for i in chunk for j in range(k)]
+            copies, prompts = (k, batch) if share_prefix else (1, [r for r in batch for _ in range(k)])
+            decoded = decode_batch(
+                self.model, self.tokenizer, [r.prompt for r in prompts], [r.stop for r in prompts],
+                [r.max_new_tokens for r in prompts], sample=True, temperature=temperature, top_p=top_p,
+                calculator=[r.calculator for r in prompts], copies=copies, row_seeds=seeds)
+            for slot, index in enumerate(chunk):
+                results[index] = [self._causal_generation(result, requests[index])
+                                  for result in decoded[slot * k : (slot + 1) * k]]
+        return [results[i] for i in range(len(requests))]
+
+    def _sample_seq2seq(self, request: GenerationRequest, key: str, k: int, temperature: float, top_p: float,
+                        seed: int) -> list[Generation]:
+        encoded = self.tokenizer([request.prompt], return_tensors="pt").to(self.device)
+        torch.manual_seed(sample_seed(seed, key, 0))
+        kwargs: dict[str, Any] = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0,
+                                  "num_return_sequences": k, "max_new_tokens": request.max_new_tokens,
+                                  "pad_token_id": self.tokenizer.pad_token_id}
+        if request.stop:
+            kwargs.update(stop_strings=list(request.stop), tokenizer=self.tokenizer)
+        with torch.inference_mode():
+            output = self.model.generate(**encoded, **kwargs)  # the encoder runs once for the k samples
+        return [self._finish(row, request) for row in output]
+
+    def _causal_generation(self, result: Any, request: GenerationRequest) -> Generation:
+        text, stopped = cut_at_stop(self.tokenizer.decode(result.tokens, skip_special_tokens=True), request.stop)
+        truncated = not stopped and not result.hit_eos and len(result.tokens) >= request.max_new_tokens
+        return Generation(text, truncated, len(result.tokens), result.calculator_calls)
 
     def _finish(self, ids: torch.Tensor, request: GenerationRequest) -> Generation:
         special = {self.tokenizer.pad_token_id, self.tokenizer.eos_token_id}

@@ -1,0 +1,98 @@
+"""The sampling recipe: draw problems -> prompt -> k sampled solutions each -> extract/execute -> score
+-> samples.jsonl. The raw material of maj@k, verifier best-of-N and the test-time compute curve
+(evaluate/curves.py), and the verifier's training data when run on the train split.
+
+A row per problem: its k samples, each with the evaluation's own scoring (the extracted answer, or
+the sandbox's for program-of-thought, and every score's correctness). Appended per chunk, so a killed
+run resumes where it stopped; the fingerprint refuses to mix samples of other settings.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from mathtune.config import RunConfig
+from mathtune.evaluate.backend import build_backend
+from mathtune.evaluate.evaluator import build_prompts, eval_problems, score_rows, stop_strings
+from mathtune.evaluate.generation import GenerationRequest, HFBackend
+from mathtune.fingerprint import check_fingerprint, eval_fingerprint, write_fingerprint
+from mathtune.io import append_jsonl, atomic_write_json, read_jsonl_tolerant
+from mathtune.prompts import get_strategy, render_prompts
+from mathtune.runcard import peak_cuda_mb, peak_rss_mb, provenance
+
+SAMPLES_FILE = "samples.jsonl"
+# Per sample: what reranking and the verifier need; the prompt and question are stored once per problem.
+SAMPLE_KEYS = ("output", "extracted", "correct", "truncated", "new_tokens", "sandbox")
+
+
+def sampling_fingerprint(cfg: RunConfig, problems: list, adapter_dir: Path | None) -> dict[str, Any]:
+    fingerprint = eval_fingerprint(cfg, problems, adapter_dir)
+    fingerprint["kind"] = "samples"
+    fingerprint["generation"] |= {"samples": cfg.eval.samples, "temperature": cfg.eval.temperature,
+                                  "top_p": cfg.eval.top_p, "sample_seed": cfg.eval.sample_seed}
+    return fingerprint
+
+
+def sample_model(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None = None, share_prefix: bool = True,
+                 show_progress: bool = True, backend: HFBackend | None = None) -> dict[str, Any]:
+    """k = cfg.eval.samples solutions for each drawn problem, into out_dir/samples.jsonl; returns the
+    summary written to out_dir/sampling.json."""
+    problems = eval_problems(cfg)
+    fingerprint = sampling_fingerprint(cfg, problems, adapter_dir)
+    check_fingerprint(out_dir, fingerprint, "samples",
+                      "pass --overwrite to replace them, or -o another directory for these samples")
+    if backend is None:
+        backend, meta = build_backend(cfg, adapter_dir)
+    else:
+        meta = {"backend": "hf", "adapter": str(adapter_dir) if adapter_dir else None}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_fingerprint(out_dir, fingerprint)
+    strategy = get_strategy(cfg.prompt.strategy)
+    prompts, prompt_record = build_prompts(cfg, problems)
+    prompts = render_prompts(backend.tokenizer, prompts, cfg.prompt.chat_template)
+    path = out_dir / SAMPLES_FILE
+    done = {row["id"] for row in read_jsonl_tolerant(path)}
+    todo = [i for i, p in enumerate(problems) if p.id not in done]
+    stop, k = stop_strings(cfg, strategy), cfg.eval.samples
+    chunk = max(1, cfg.eval.batch_size // k) * 4
+    started, new_tokens = time.perf_counter(), 0
+    bar = tqdm(total=len(problems), initial=len(problems) - len(todo), desc=f"sample k={k}",
+               disable=not show_progress, dynamic_ncols=True)
+    for start in range(0, len(todo), chunk):
+        indices = todo[start : start + chunk]
+        requests = [GenerationRequest(prompts[i], stop, cfg.eval.max_new_tokens, cfg.eval.calculator) for i in indices]
+        samples = backend.sample(requests, [problems[i].id for i in indices], k, temperature=cfg.eval.temperature,
+                                 top_p=cfg.eval.top_p, seed=cfg.eval.sample_seed, share_prefix=share_prefix)
+        rows = []
+        for index, generations in zip(indices, samples, strict=True):
+            problem = problems[index]
+            scored = score_rows([problem] * k, generations, strategy, [prompts[index]] * k)
+            rows.append({"id": problem.id, "question": problem.question, "reference_answer": problem.answer,
+                         "prompt": prompts[index],
+                         "samples": [{key: row[key] for key in SAMPLE_KEYS if key in row} for row in scored]})
+            new_tokens += sum(g.new_tokens for g in generations)
+        append_jsonl(path, rows)
+        bar.update(len(indices))
+    bar.close()
+    wall = time.perf_counter() - started
+    summary = {"n": len(problems), "k": k, "temperature": cfg.eval.temperature, "top_p": cfg.eval.top_p,
+               "sample_seed": cfg.eval.sample_seed, "split": cfg.eval.split, "share_prefix": share_prefix,
+               "wall_seconds": round(wall, 2), "generated_tokens": new_tokens,
+               "generated_tokens_per_second": round(new_tokens / max(wall, 1e-9), 1),
+               "peak_rss_mb": round(peak_rss_mb(), 1), "peak_cuda_mb": peak_cuda_mb(),
+               "prompt": prompt_record, "stop": list(stop), "max_new_tokens": cfg.eval.max_new_tokens,
+               **meta, **provenance()}
+    if todo or not (out_dir / "sampling.json").is_file():
+        atomic_write_json(out_dir / "sampling.json", summary)
+    return json.loads((out_dir / "sampling.json").read_text(encoding="utf-8"))
+
+
+def read_samples(path: Path) -> list[dict[str, Any]]:
+    """The rows of a samples.jsonl (or of the samples dir holding one)."""
+    path = path / SAMPLES_FILE if path.is_dir() else path
+    return read_jsonl_tolerant(path)

@@ -1,0 +1,121 @@
+"""k samples per problem: seeded per sample, the shared prefix changes nothing but speed, labels are
+the evaluation's, and `mathtune sample` resumes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mathtune.config import build_config
+from mathtune.evaluate.decoding import sampling_probs
+from mathtune.evaluate.evaluator import score_rows
+from mathtune.evaluate.generation import GenerationRequest, HFBackend
+from mathtune.prompts import get_strategy
+from mathtune.recipes.sample import read_samples, sample_model
+
+STOP = ("Question:", "\n\n")
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_models):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["llama"])
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"], dtype=torch.float32)
+    return model, tokenizer
+
+
+def _requests(data_dir, count=3, max_new=16):
+    lines = (data_dir / "gsm8k" / "test.jsonl").read_text().splitlines()[:count]
+    return [GenerationRequest(f"Question: {json.loads(line)['question']}\nAnswer:", STOP, max_new)
+            for line in lines]
+
+
+def test_samples_are_seeded_per_sample_and_differ_across_seeds(llama, data_dir):
+    model, tokenizer = llama
+    requests, keys = _requests(data_dir), ["a", "b", "c"]
+    wide = HFBackend(model, tokenizer, torch.device("cpu"), False, 12).sample(requests, keys, 4, seed=3)
+    narrow = HFBackend(model, tokenizer, torch.device("cpu"), False, 4).sample(requests, keys, 4, seed=3)
+    alone = HFBackend(model, tokenizer, torch.device("cpu"), False, 4).sample(requests[1:2], keys[1:2], 4, seed=3)
+    other = HFBackend(model, tokenizer, torch.device("cpu"), False, 12).sample(requests, keys, 4, seed=4)
+    assert wide == narrow  # the batch a problem is decoded in does not change its samples
+    assert alone[0] == wide[1]  # nor do the other problems (a resume draws the same samples)
+    assert [len(group) for group in wide] == [4, 4, 4]
+    assert len({g.text for g in wide[0]}) > 1  # k different samples, not one repeated
+    assert other != wide
+
+
+def test_shared_prefix_samples_equal_unshared_ones(llama, data_dir):
+    model, tokenizer = llama
+    backend = HFBackend(model, tokenizer, torch.device("cpu"), False, 8)
+    requests, keys = _requests(data_dir, count=2), ["x", "y"]
+    shared = backend.sample(requests, keys, 4, temperature=0.9, top_p=0.95, seed=1, share_prefix=True)
+    unshared = backend.sample(requests, keys, 4, temperature=0.9, top_p=0.95, seed=1, share_prefix=False)
+    assert shared == unshared
+
+
+def test_top_p_keeps_the_nucleus():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.allclose(sampling_probs(logits, 1.0, 0.8), torch.tensor([[0.625, 0.375, 0.0, 0.0]]))
+    assert torch.allclose(sampling_probs(logits, 1.0, 0.1), torch.tensor([[1.0, 0.0, 0.0, 0.0]]))
+    assert torch.allclose(sampling_probs(logits, 1.0, 1.0), torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+
+
+def _tree(model, data_dir, out, **evals):
+    return {"model": {"name": str(model)}, "data": {"data_dir": str(data_dir)}, "output_dir": str(out),
+            "eval": {"num_problems": 4, "batch_size": 8, "max_new_tokens": 16, "samples": 4, "temperature": 1.0,
+                     **evals}}
+
+
+def test_sample_recipe_writes_scored_samples_and_resumes(tiny_models, data_dir, tmp_path):
+    out = tmp_path / "samples"
+    cfg = build_config(_tree(tiny_models["llama"], data_dir, tmp_path))
+    summary = sample_model(cfg, out, show_progress=False)
+    rows = read_samples(out)
+    assert summary["n"] == 4 and summary["k"] == 4 and len(rows) == 4
+    assert all(len(row["samples"]) == 4 for row in rows)
+    # each sample's labels are exactly what the evaluation's scoring gives its text
+    from mathtune.evaluate.evaluator import eval_problems
+    from mathtune.evaluate.generation import Generation
+
+    problems = {p.id: p for p in eval_problems(cfg)}
+    for row in rows:
+        generations = [Generation(s["output"], s["truncated"], s["new_tokens"]) for s in row["samples"]]
+        rescored = score_rows([problems[row["id"]]] * 4, generations, get_strategy("qa"), [row["prompt"]] * 4)
+        assert [r["correct"] for r in rescored] == [s["correct"] for s in row["samples"]]
+        assert [r["extracted"] for r in rescored] == [s["extracted"] for s in row["samples"]]
+    # killed after two problems: the rest are sampled, the first two kept, the result the same
+    lines = (out / "samples.jsonl").read_text().splitlines()
+    (out / "samples.jsonl").write_text("\n".join(lines[:2]) + "\n")
+    sample_model(cfg, out, show_progress=False)
+    assert read_samples(out) == rows
+    # other settings are refused, never mixed in
+    from mathtune.errors import MathtuneError
+
+    with pytest.raises(MathtuneError, match="sample_seed"):
+        sample_model(build_config(_tree(tiny_models["llama"], data_dir, tmp_path, sample_seed=9)), out,
+                     show_progress=False)
+
+
+def test_sample_cli_and_bad_input(tiny_models, data_dir, tmp_path, run_cli):
+    out = tmp_path / "cli-samples"
+    done = run_cli("sample", "--base", "--model", str(tiny_models["llama"]), "--data-dir", str(data_dir),
+                   "--eval-size", "2", "-k", "2", "-s", "eval.max_new_tokens=8", "-o", str(out))
+    assert done.code == 0, done.stderr
+    assert "2 problems x 2 samples" in done.stdout and len(read_samples(out)) == 2
+    bad = run_cli("sample", "--base", "--model", str(tiny_models["llama"]), "--data-dir", str(data_dir),
+                  "--top-p", "1.5", "-o", str(tmp_path / "x"))
+    assert bad.code == 2 and bad.stderr.startswith("mathtune: error:") and "Traceback" not in bad.stderr
+
+
+def test_seq2seq_samples_are_seeded(tiny_models, data_dir):
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["t5"])
+    model = AutoModelForSeq2SeqLM.from_pretrained(tiny_models["t5"])
+    backend = HFBackend(model, tokenizer, torch.device("cpu"), True, 4)
+    requests = _requests(data_dir, count=2, max_new=8)
+    first = backend.sample(requests, ["a", "b"], 3, seed=5)
+    assert first == backend.sample(requests, ["a", "b"], 3, seed=5) and [len(g) for g in first] == [3, 3]

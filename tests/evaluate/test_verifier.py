@@ -1,0 +1,67 @@
+"""The verifier: split by problem, balanced classes, a PEFT scalar-head adapter that learns a visible
+signal, and scores that `curve` reranks with."""
+
+from __future__ import annotations
+
+import json
+import random
+
+from mathtune.recipes.verifier import auc, balanced, labelled, split_by_problem
+
+
+def rows(count: int, k: int = 4, seed: int = 0) -> list[dict]:
+    """Problems whose right samples say 'checked' and wrong ones 'guess': a signal a verifier can learn."""
+    rng = random.Random(seed)
+    out = []
+    for index in range(count):
+        samples = []
+        for j in range(k):
+            right = j == 0 or rng.random() < 0.2
+            answer = "7" if right else str(rng.randint(8, 99))
+            samples.append({"output": f" {'checked' if right else 'guess'} so #### {answer}",
+                            "extracted": {"numeric-match": answer}, "correct": {"numeric-match": right}})
+        out.append({"id": f"p{index}", "prompt": f"Question: what is {index}?\nAnswer:", "samples": samples})
+    return out
+
+
+def test_split_keeps_every_problem_on_one_side_and_balance_evens_the_classes():
+    data = rows(30)
+    train, dev = split_by_problem(data, 0.2, seed=1)
+    assert len(dev) == 6 and not {r["id"] for r in train} & {r["id"] for r in dev}
+    assert split_by_problem(data, 0.2, seed=1) == (train, dev)
+    examples = labelled(train, "numeric-match")
+    assert all(label == float(s["correct"]["numeric-match"]) for (_, label), s in
+               zip(examples, [s for r in train for s in r["samples"]], strict=True))
+    even = balanced(examples, seed=0)
+    assert sum(y for _, y in even) * 2 == len(even)
+    assert auc([0.9, 0.8, 0.1], [1.0, 0.0, 0.0]) == 1.0 and auc([0.5, 0.5], [1.0, 0.0]) == 0.5
+
+
+def test_verifier_trains_saves_a_peft_adapter_and_scores_samples(tiny_models, tmp_path, run_cli):
+    train_dir, test_dir = tmp_path / "train-samples", tmp_path / "test-samples"
+    for directory, data in ((train_dir, rows(40, seed=1)), (test_dir, rows(6, seed=2))):
+        directory.mkdir()
+        (directory / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data))
+    out = tmp_path / "verifier"
+    done = run_cli("verifier", "train", str(train_dir), "-o", str(out), "--model", str(tiny_models["llama"]),
+                   "-s", "verifier.lr=0.01", "-s", "verifier.epochs=3", "-s", "verifier.max_length=64",
+                   "-s", "verifier.dev_fraction=0.25", "-s", "train.precision=fp32")
+    assert done.code == 0, done.stderr
+    card = json.loads((out / "verifier_card.json").read_text())
+    assert card["train_problems"] == 30 and card["dev_problems"] == 10
+    assert card["dev"]["auc"] > 0.9  # 'checked' vs 'guess' on problems it never saw
+    adapter = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert adapter["task_type"] == "SEQ_CLS" and "score" in adapter["modules_to_save"]
+    done = run_cli("verifier", "score", str(out), str(test_dir))
+    assert done.code == 0, done.stderr
+    scored = [json.loads(line) for line in (test_dir / "verifier_scores.jsonl").read_text().splitlines()]
+    assert len(scored) == 6 and all(len(r["scores"]) == 4 for r in scored)
+    assert all(0 <= s <= 1 for r in scored for s in r["scores"])
+    done = run_cli("curve", str(test_dir))
+    curve = json.loads((test_dir / "curve.json").read_text())
+    assert curve["rerank"]["methods"]["verifier@4"]["accuracy"] == 1.0  # it picks the 'checked' sample
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad = run_cli("verifier", "train", str(empty), "-o", str(tmp_path / "v2"), "--model", str(tiny_models["llama"]))
+    assert bad.code == 2 and bad.stderr.startswith("mathtune: error:") and "no samples.jsonl" in bad.stderr
+    assert not (tmp_path / "v2").exists()

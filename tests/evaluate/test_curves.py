@@ -99,3 +99,16 @@ def test_curve_cli_writes_table_plot_and_json(tmp_path, run_cli):
     assert saved["curve"] == compute_curve(ROWS, SCORES) and (samples / "curve.png").stat().st_size > 0
     missing = run_cli("curve", str(tmp_path / "nothing"))
     assert missing.code == 2 and missing.stderr.startswith("mathtune: error:")
+
+
+def test_the_report_draws_a_runs_curve(tmp_path):
+    from mathtune.report.data import _compute_curve
+    from mathtune.report.plots import compute_curves
+
+    run = tmp_path / "run"
+    assert _compute_curve(run) is None and compute_curves([{"compute_curve": None}], tmp_path / "c.png") is None
+    (run / "samples" / "tuned-test-k4").mkdir(parents=True)
+    (run / "samples" / "tuned-test-k4" / "curve.json").write_text(json.dumps({"curve": compute_curve(ROWS, SCORES)}))
+    curve = _compute_curve(run)
+    assert curve == compute_curve(ROWS, SCORES)
+    assert compute_curves([{"compute_curve": curve}], tmp_path / "c.png").stat().st_size > 0

@@ -36,6 +36,13 @@ def make_figures(data: dict[str, Any], out_dir: Path) -> list[dict[str, Any]]:
             lambda p: plots.reward_curves(data["runs"], p),
         ),
         (
+            "compute_curve.png",
+            "Test-time compute",
+            "Accuracy against N sampled solutions per problem: pass@N (oracle), maj@N, verifier best-of-N "
+            "and verifier-weighted voting (`mathtune curve`, RUN/samples/*/curve.json).",
+            lambda p: plots.compute_curves(data["runs"], p),
+        ),
+        (
             "accuracy_vs_params.png",
             "Accuracy vs trainable parameters",
             "Tuned models only (train_card.json); bars: Wilson 95% intervals.",

@@ -85,6 +85,12 @@ def read_loss_curve(run_dir: Path, key: str = "loss") -> list[dict[str, float]]:
     ]
 
 
+def _compute_curve(run_dir: Path) -> dict[str, Any] | None:
+    """The test-time compute curve of the run's test-split samples (RUN/samples/*/curve.json), if drawn."""
+    found = sorted((run_dir / "samples").glob("*-test-k*/curve.json"))
+    return _read_json(found[-1]).get("curve") if found else None
+
+
 def _run_summary(run_dir: Path) -> dict[str, Any]:
     """What a run was: its config essentials, its train card's numbers and provenance, its loss curve."""
     card = _read_json(run_dir / "train_card.json")
@@ -94,6 +100,7 @@ def _run_summary(run_dir: Path) -> dict[str, Any]:
         "dir": str(run_dir),
         "loss": read_loss_curve(run_dir),
         "reward": read_loss_curve(run_dir, "reward"),  # GRPO runs
+        "compute_curve": _compute_curve(run_dir),  # `mathtune curve` on the run's samples
         "model": (config.get("model") or {}).get("name"),
         "method": (config.get("method") or {}).get("name"),
         "prompt": (config.get("prompt") or {}).get("strategy"),

@@ -67,6 +67,18 @@ def loss_curves(runs: list[dict[str, Any]], path: Path) -> Path | None:
     return train_curves(runs, "loss", "training loss", "Training loss", path)
 
 
+def compute_curves(runs: list[dict[str, Any]], path: Path) -> Path | None:
+    """Accuracy against N samples (pass@N, maj@N, verifier best-of-N, weighted voting) of the first
+    run with a curve; None when no run has one."""
+    from mathtune.evaluate.curves import plot_curve
+
+    curve = next((run["compute_curve"] for run in runs if run.get("compute_curve")), None)
+    if curve is None:
+        return None
+    plot_curve(curve, path)
+    return path
+
+
 def reward_curves(runs: list[dict[str, Any]], path: Path) -> Path | None:
     """Mean reward on the training prompts per step (GRPO runs); None when no run logged a reward."""
     return train_curves(runs, "reward", "mean reward (training prompts)", "GRPO reward", path)

@@ -153,3 +153,15 @@ def built_cpu_kernels() -> Any:
     kernels = load_cpu_kernels()
     assert kernels is not None, "a C compiler is here but the C kernels did not build"
     return kernels
+
+
+STOP = ("Question:", "\n\n")
+
+
+def gsm8k_requests(data_dir: Path, count: int = 8, max_new: int = 20, calculator: bool = False) -> list:
+    """Greedy/sampling requests for the first `count` test questions, in the plain Q/A form."""
+    from mathtune.evaluate.generation import GenerationRequest
+
+    lines = (data_dir / "gsm8k" / "test.jsonl").read_text().splitlines()[:count]
+    return [GenerationRequest(f"Question: {json.loads(line)['question']}\nAnswer:", STOP, max_new, calculator)
+            for line in lines]

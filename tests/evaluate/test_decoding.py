@@ -2,38 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
+from helpers import STOP, gsm8k_requests
 
 from mathtune.config import build_config
 from mathtune.evaluate.decoding import _advance, _Row, calculator_tokens, majority_vote
 from mathtune.evaluate.extraction import numbers_equal
 from mathtune.evaluate.generation import GenerationRequest, HFBackend
 
-STOP = ("Question:", "\n\n")
-
-
-@pytest.fixture(scope="module")
-def llama(tiny_models):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_models["llama"])
-    model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"], dtype=torch.float32)
-    return model, tokenizer
-
-
-def _requests(data_dir, count=8, max_new=20, calculator=False):
-    lines = (data_dir / "gsm8k" / "test.jsonl").read_text().splitlines()[:count]
-    return [GenerationRequest(f"Question: {json.loads(line)['question']}\nAnswer:", STOP, max_new, calculator)
-            for line in lines]
-
 
 def test_greedy_does_not_depend_on_batch_size(llama, data_dir):
     model, tokenizer = llama
-    requests = _requests(data_dir)
+    requests = gsm8k_requests(data_dir)
     one = HFBackend(model, tokenizer, torch.device("cpu"), False, 1).generate(requests)
     eight = HFBackend(model, tokenizer, torch.device("cpu"), False, 8).generate(requests)
     assert one == eight
@@ -42,7 +25,7 @@ def test_greedy_does_not_depend_on_batch_size(llama, data_dir):
 
 def test_greedy_loop_matches_transformers_generate(llama, data_dir):
     model, tokenizer = llama
-    requests = _requests(data_dir, count=4, max_new=12)
+    requests = gsm8k_requests(data_dir, count=4, max_new=12)
     ours = HFBackend(model, tokenizer, torch.device("cpu"), False, 4).generate(requests)
     for request, generation in zip(requests, ours, strict=True):
         encoded = tokenizer(request.prompt, return_tensors="pt")
@@ -56,7 +39,7 @@ def test_greedy_loop_matches_transformers_generate(llama, data_dir):
 def test_sampling_is_seeded(llama, data_dir):
     model, tokenizer = llama
     backend = HFBackend(model, tokenizer, torch.device("cpu"), False, 4)
-    requests = _requests(data_dir, count=4)
+    requests = gsm8k_requests(data_dir, count=4)
     first = backend.generate(requests, sample=True, temperature=1.0, seed=7)
     assert first == backend.generate(requests, sample=True, temperature=1.0, seed=7)
 
@@ -88,8 +71,8 @@ def test_calculator_refuses_what_is_not_arithmetic(llama):
 def test_calculator_decoding_runs_batched_on_a_tiny_model(llama, data_dir):
     model, tokenizer = llama
     backend = HFBackend(model, tokenizer, torch.device("cpu"), False, 4)
-    with_calc = backend.generate(_requests(data_dir, count=4, calculator=True))
-    plain = backend.generate(_requests(data_dir, count=4))
+    with_calc = backend.generate(gsm8k_requests(data_dir, count=4, calculator=True))
+    plain = backend.generate(gsm8k_requests(data_dir, count=4))
     for a, b in zip(with_calc, plain, strict=True):
         assert a.calculator_calls > 0 or a.text == b.text  # no annotation written: nothing changes
 
@@ -128,9 +111,9 @@ def test_packed_prefill_equals_padded_prefill(arch, tiny_models, data_dir):
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_models[arch])
     model = AutoModelForCausalLM.from_pretrained(tiny_models[arch], dtype=torch.float32)
-    shots = [r.prompt + " 4 + 5 = 9\n#### 9" for r in _requests(data_dir, count=4)]
+    shots = [r.prompt + " 4 + 5 = 9\n#### 9" for r in gsm8k_requests(data_dir, count=4)]
     requests = [GenerationRequest("\n\n".join(shots[:k] + [r.prompt]), STOP, 20)  # 0..4-shot: unequal lengths
-                for k, r in enumerate(_requests(data_dir, count=5))]
+                for k, r in enumerate(gsm8k_requests(data_dir, count=5))]
     prompts = [r.prompt for r in requests]
     assert len({len(tokenizer(p)["input_ids"]) for p in prompts}) > 1
     use_varlen_sdpa(model)

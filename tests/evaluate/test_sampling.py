@@ -3,39 +3,21 @@ the evaluation's, and `mathtune sample` resumes."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
+from helpers import gsm8k_requests
 
 from mathtune.config import build_config
 from mathtune.evaluate.decoding import sampling_probs
 from mathtune.evaluate.evaluator import score_rows
-from mathtune.evaluate.generation import GenerationRequest, HFBackend
+from mathtune.evaluate.generation import HFBackend
 from mathtune.prompts import get_strategy
 from mathtune.recipes.sample import read_samples, sample_model
-
-STOP = ("Question:", "\n\n")
-
-
-@pytest.fixture(scope="module")
-def llama(tiny_models):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_models["llama"])
-    model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"], dtype=torch.float32)
-    return model, tokenizer
-
-
-def _requests(data_dir, count=3, max_new=16):
-    lines = (data_dir / "gsm8k" / "test.jsonl").read_text().splitlines()[:count]
-    return [GenerationRequest(f"Question: {json.loads(line)['question']}\nAnswer:", STOP, max_new)
-            for line in lines]
 
 
 def test_samples_are_seeded_per_sample_and_differ_across_seeds(llama, data_dir):
     model, tokenizer = llama
-    requests, keys = _requests(data_dir), ["a", "b", "c"]
+    requests, keys = gsm8k_requests(data_dir, count=3, max_new=16), ["a", "b", "c"]
     wide = HFBackend(model, tokenizer, torch.device("cpu"), False, 12).sample(requests, keys, 4, seed=3)
     narrow = HFBackend(model, tokenizer, torch.device("cpu"), False, 4).sample(requests, keys, 4, seed=3)
     alone = HFBackend(model, tokenizer, torch.device("cpu"), False, 4).sample(requests[1:2], keys[1:2], 4, seed=3)
@@ -50,7 +32,7 @@ def test_samples_are_seeded_per_sample_and_differ_across_seeds(llama, data_dir):
 def test_shared_prefix_samples_equal_unshared_ones(llama, data_dir):
     model, tokenizer = llama
     backend = HFBackend(model, tokenizer, torch.device("cpu"), False, 8)
-    requests, keys = _requests(data_dir, count=2), ["x", "y"]
+    requests, keys = gsm8k_requests(data_dir, count=2, max_new=16), ["x", "y"]
     shared = backend.sample(requests, keys, 4, temperature=0.9, top_p=0.95, seed=1, share_prefix=True)
     unshared = backend.sample(requests, keys, 4, temperature=0.9, top_p=0.95, seed=1, share_prefix=False)
     assert shared == unshared
@@ -116,6 +98,6 @@ def test_seq2seq_samples_are_seeded(tiny_models, data_dir):
     tokenizer = AutoTokenizer.from_pretrained(tiny_models["t5"])
     model = AutoModelForSeq2SeqLM.from_pretrained(tiny_models["t5"])
     backend = HFBackend(model, tokenizer, torch.device("cpu"), True, 4)
-    requests = _requests(data_dir, count=2, max_new=8)
+    requests = gsm8k_requests(data_dir, count=2, max_new=8)
     first = backend.sample(requests, ["a", "b"], 3, seed=5)
     assert first == backend.sample(requests, ["a", "b"], 3, seed=5) and [len(g) for g in first] == [3, 3]

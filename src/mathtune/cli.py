@@ -170,6 +170,16 @@ def sample_cmd(run_dir: Annotated[Path | None, typer.Argument(help="Finished run
                f"({summary['generated_tokens_per_second']} tokens/s) written to {out / 'samples.jsonl'}")
 
 
+def read_json_or_empty(path: Path) -> dict[str, Any]:
+    """A small JSON file written by mathtune, or {} when it is absent or unreadable."""
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
 verifier_app = typer.Typer(no_args_is_help=True, help="Train a verifier on sampled solutions; score samples with it.")
 app.add_typer(verifier_app, name="verifier")
 
@@ -188,6 +198,9 @@ def verifier_train_cmd(samples: Annotated[list[Path], typer.Argument(
     for directory in samples:
         if not (directory / "samples.jsonl").is_file():
             raise MathtuneError(f"{directory} holds no samples.jsonl (run `mathtune sample ... --split train`)")
+        if read_json_or_empty(directory / "sampling.json").get("split") == "test":
+            raise MathtuneError(f"{directory} holds samples of test problems: a verifier trained on them would "
+                                "later rank solutions of problems it has seen; sample with --split train")
     with output_dir_guard(output_dir, overwrite) as out:
         card = train_verifier(cfg, samples, out)
     dev = card["dev"] or {}

@@ -65,3 +65,6 @@ def test_verifier_trains_saves_a_peft_adapter_and_scores_samples(tiny_models, tm
     bad = run_cli("verifier", "train", str(empty), "-o", str(tmp_path / "v2"), "--model", str(tiny_models["llama"]))
     assert bad.code == 2 and bad.stderr.startswith("mathtune: error:") and "no samples.jsonl" in bad.stderr
     assert not (tmp_path / "v2").exists()
+    (test_dir / "sampling.json").write_text(json.dumps({"split": "test"}))
+    bad = run_cli("verifier", "train", str(test_dir), "-o", str(tmp_path / "v3"), "--model", str(tiny_models["llama"]))
+    assert bad.code == 2 and "samples of test problems" in bad.stderr

@@ -133,3 +133,33 @@ def test_packed_prefill_equals_padded_prefill(arch, tiny_models, data_dir):
         decoding.packed_prefill_supported = original
     assert packed == padded
     assert any(g.new_tokens > 1 for g in packed)
+
+
+@pytest.mark.parametrize("arch", ["llama", "phi"])
+def test_a_common_prefix_prefilled_once_decodes_as_the_whole_prompts_do(arch, tiny_models, data_dir):
+    """Fixed few-shot examples before every question (lm-eval's gsm8k_cot): the shared tokens are
+    prefilled once and the questions on top; logits and greedy text equal the unshared prefill's (fp32)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mathtune.evaluate import decoding
+    from mathtune.speedups.attention import use_varlen_sdpa
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models[arch])
+    model = AutoModelForCausalLM.from_pretrained(tiny_models[arch], dtype=torch.float32)
+    use_varlen_sdpa(model)
+    shots = "\n\n".join(r.prompt + " 4 + 5 = 9\n#### 9" for r in gsm8k_requests(data_dir, count=3))
+    requests = [GenerationRequest(shots + "\n\n" + r.prompt.replace("\nAnswer:", " Why?" * i + "\nAnswer:"), STOP, 20)
+                for i, r in enumerate(gsm8k_requests(data_dir, count=8)[3:])]  # questions of unequal length
+    prompts = [r.prompt for r in requests]
+    ids, common = decoding.common_prefix_ids(tokenizer, prompts)
+    assert common >= decoding.SHARED_PREFIX_MIN_TOKENS and len({len(x) for x in ids}) > 1
+    cpu = torch.device("cpu")
+    with torch.inference_mode():
+        shared_logits, *_ = decoding.prefill_common_prefix(model, tokenizer, ids, common, cpu)
+        padded_logits, *_ = decoding.prefill_padded(model, tokenizer, prompts, cpu)
+    torch.testing.assert_close(shared_logits, padded_logits, atol=1e-4, rtol=1e-4)
+    backend = HFBackend(model, tokenizer, cpu, False, 8)
+    shared = backend.generate(requests)
+    backend.share_common_prefix = False
+    assert backend.generate(requests) == shared
+    assert any(g.new_tokens > 1 for g in shared)

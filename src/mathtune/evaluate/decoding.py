@@ -23,6 +23,7 @@ import torch
 from mathtune.data.batching import varlen_boundaries
 
 Prefill = tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]  # last logits, KV cache, mask, last positions
+SHARED_PREFIX_MIN_TOKENS = 32  # below this a shared prefill saves less than the padded suffix step costs
 STOP_WINDOW = 24  # tokens decoded to look for a stop string; stop strings are a few tokens long
 
 
@@ -61,13 +62,17 @@ def decode_batch(
     copies: int = 1,
     row_seeds: Sequence[int] | None = None,
     top_p: float = 1.0,
+    share_common_prefix: bool = True,
 ) -> list[Decoded]:
     """Decode every prompt until EOS, a stop string or its token cap; left padding, one KV cache.
 
     `copies` > 1 (sampling k solutions of one problem): each prompt is prefilled once and its KV
     cache expanded to `copies` rows, so the k samples share the prompt's prefill; the result holds
     prompt i's copies at ``i * copies + j``. `row_seeds` (one per result row) gives every row its own
-    random stream, so a sample depends on its seed alone, not on the batch it was decoded in."""
+    random stream, so a sample depends on its seed alone, not on the batch it was decoded in.
+
+    `share_common_prefix`: when the prompts begin with the same tokens (fixed few-shot examples, a
+    chat template's system turn), that prefix is prefilled once (`prefill_common_prefix`)."""
     device = next(model.parameters()).device
     total = len(prompts) * copies
     rows = [_Row(i, tuple(stops[i // copies]), max_new_tokens[i // copies],
@@ -80,7 +85,10 @@ def decode_batch(
     generator = torch.Generator(device=device).manual_seed(seed) if sample else None
     eos = _eos_ids(model, tokenizer)
     with torch.inference_mode():
-        if packed_prefill_supported(model):
+        ids, common = common_prefix_ids(tokenizer, prompts) if share_common_prefix and len(prompts) > 1 else ([], 0)
+        if common >= SHARED_PREFIX_MIN_TOKENS:
+            logits, cache, mask, position = prefill_common_prefix(model, tokenizer, ids, common, device)
+        elif packed_prefill_supported(model):
             logits, cache, mask, position = prefill_packed(model, tokenizer, prompts, device)
         else:
             logits, cache, mask, position = prefill_padded(model, tokenizer, prompts, device)
@@ -123,6 +131,44 @@ def prefill_padded(model: Any, tokenizer: Any, prompts: Sequence[str], device: t
     # logits_to_keep=1: the vocabulary projection of every prompt position is ~20% of the prefill
     logits = model(input_ids=input_ids, attention_mask=mask, position_ids=position,
                    past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+    return logits, cache, mask, position[:, -1:]
+
+
+def common_prefix_ids(tokenizer: Any, prompts: Sequence[str]) -> tuple[list[list[int]], int]:
+    """Each prompt's token ids (tokenized whole, exactly as the other prefills do) and how many leading
+    tokens all share; every prompt keeps at least its last token, whose logits start the decoding."""
+    ids = [tokenizer(p)["input_ids"] for p in prompts]
+    shortest = min(len(x) for x in ids)
+    common = 0
+    while common < shortest - 1 and all(x[common] == ids[0][common] for x in ids):
+        common += 1
+    return ids, common
+
+
+def prefill_common_prefix(model: Any, tokenizer: Any, ids: list[list[int]], common: int,
+                          device: torch.device) -> Prefill:
+    """Prefill the tokens every prompt starts with once, repeat that KV cache per row, then prefill the
+    rows' own suffixes (left-padded after the prefix) on top of it.
+
+    An 8-shot prompt (lm-eval's gsm8k_cot: the same 8 examples before every question) is ~90 % shared
+    prefix; each row then costs its question alone. Rows hold [prefix | padding | suffix]; positions
+    come from the mask, so each row sees exactly the positions and keys of its unshared prefill."""
+    cache = _new_cache(model)
+    model(input_ids=torch.tensor([ids[0][:common]], device=device), past_key_values=cache, use_cache=True,
+          logits_to_keep=1)
+    cache.batch_repeat_interleave(len(ids))
+    suffixes = [row[common:] for row in ids]
+    width = max(len(x) for x in suffixes)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    input_ids = torch.full((len(ids), width), pad, dtype=torch.long, device=device)
+    suffix_mask = torch.zeros(len(ids), width, dtype=torch.long, device=device)
+    for row, suffix in enumerate(suffixes):
+        input_ids[row, width - len(suffix) :] = torch.tensor(suffix, device=device)
+        suffix_mask[row, width - len(suffix) :] = 1
+    mask = torch.cat([suffix_mask.new_ones(len(ids), common), suffix_mask], dim=1)
+    position = (mask.cumsum(-1) - 1)[:, common:].masked_fill(suffix_mask == 0, 0)
+    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=position, past_key_values=cache,
+                   use_cache=True, logits_to_keep=1).logits[:, -1, :]
     return logits, cache, mask, position[:, -1:]
 
 

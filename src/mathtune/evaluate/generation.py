@@ -70,6 +70,7 @@ class HFBackend:
         self.device = device
         self.seq2seq = seq2seq
         self.batch_size = batch_size
+        self.share_common_prefix = True  # prompts' common leading tokens prefilled once (decoding.py)
         if not seq2seq:
             tokenizer.padding_side = "left"  # generation continues from the right edge of each row
             use_varlen_sdpa(model.get_base_model() if hasattr(model, "get_base_model") else model)
@@ -126,7 +127,7 @@ class HFBackend:
         decoded = decode_batch(
             self.model, self.tokenizer, [r.prompt for r in batch], [r.stop for r in batch],
             [r.max_new_tokens for r in batch], sample=sample, temperature=temperature, seed=seed,
-            calculator=[r.calculator for r in batch],
+            calculator=[r.calculator for r in batch], share_common_prefix=self.share_common_prefix,
         )
         return [self._causal_generation(result, request) for result, request in zip(decoded, batch, strict=True)]
 
@@ -153,7 +154,8 @@ class HFBackend:
             decoded = decode_batch(
                 self.model, self.tokenizer, [r.prompt for r in prompts], [r.stop for r in prompts],
                 [r.max_new_tokens for r in prompts], sample=True, temperature=temperature, top_p=top_p,
-                calculator=[r.calculator for r in prompts], copies=copies, row_seeds=seeds)
+                calculator=[r.calculator for r in prompts], copies=copies, row_seeds=seeds,
+                share_common_prefix=self.share_common_prefix)
             for slot, index in enumerate(chunk):
                 results[index] = [self._causal_generation(result, requests[index])
                                   for result in decoded[slot * k : (slot + 1) * k]]

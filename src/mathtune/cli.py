@@ -143,6 +143,12 @@ def sample_cmd(run_dir: Annotated[Path | None, typer.Argument(help="Finished run
                split: Annotated[str | None, typer.Option(help="test, or train (the verifier's training data)")]
                = None,
                share_prefix: Annotated[bool, typer.Option(help="One prefill per problem for its k samples")] = True,
+               merge: Annotated[bool, typer.Option(help="Fold a LoRA adapter into the weights first (faster)")]
+               = True,
+               rows: Annotated[int, typer.Option(min=1, help="Rows decoded at once: problems x k (eval.batch_size)")]
+               = 64,
+               extend: Annotated[Path | None, typer.Option(help="Samples dir of these settings and a smaller k: "
+                                                                "keep its samples, draw only the rest")] = None,
                config: ConfigOpt = None, set_: SetOpt = None, model: ModelOpt = None, prompt: PromptOpt = None,
                data_dir: DataDirOpt = None, eval_size: EvalSizeOpt = None, output_dir: OutOpt = None,
                overwrite: OverwriteOpt = False) -> None:
@@ -153,7 +159,7 @@ def sample_cmd(run_dir: Annotated[Path | None, typer.Argument(help="Finished run
     from mathtune.recipes.sample import sample_model
 
     named = {"eval.samples": k, "eval.temperature": temperature, "eval.top_p": top_p, "eval.sample_seed": seed,
-             "eval.split": split}
+             "eval.split": split, "eval.batch_size": rows}
     sets = [*(set_ or []), *(f"{key}={value}" for key, value in named.items() if value is not None)]
     cfg = build_run_config(config, sets, model=model, prompt=prompt, data_dir=data_dir, eval_size=eval_size)
     tuned = run_dir is not None and not base
@@ -165,7 +171,8 @@ def sample_cmd(run_dir: Annotated[Path | None, typer.Argument(help="Finished run
     out_path = Path(output_dir) if output_dir else default
     interrupts.watch(out_path)
     with output_dir_guard(out_path, overwrite, resume=not overwrite) as out:
-        summary = sample_model(cfg, out, run_dir / "adapter" if tuned else None, share_prefix)
+        summary = sample_model(cfg, out, run_dir / "adapter" if tuned else None, share_prefix,
+                               merge=merge, extend=extend)
     typer.echo(f"{summary['n']} problems x {summary['k']} samples in {summary['wall_seconds']:.0f} s "
                f"({summary['generated_tokens_per_second']} tokens/s) written to {out / 'samples.jsonl'}")
 

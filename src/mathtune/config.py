@@ -162,11 +162,14 @@ class VerifierConfig(Section):
     r: int = Field(16, ge=1, description="LoRA rank of the verifier's backbone")
     alpha: int = Field(32, ge=1, description="LoRA alpha")
     lr: float = Field(1e-4, gt=0, description="AdamW learning rate (the LoRA weights and the scalar head)")
-    epochs: float = Field(1.0, gt=0, description="Passes over the (balanced) labelled samples")
+    epochs: float = Field(1.0, gt=0, description="Passes over the labelled train samples")
     batch_size: int = Field(8, ge=1, description="Samples per optimizer step")
     max_length: int = Field(512, ge=16, description="Tokens of prompt + solution; longer ones lose their start")
     dev_fraction: float = Field(0.1, ge=0, lt=1, description="Share of problems (all their samples) held out as dev")
-    balance: bool = Field(True, description="Repeat the minority class's samples until the classes are even")
+    balance: bool = Field(True, description="Weight the right class by wrong/right in the loss (BCE pos_weight)")
+    wrong_per_right: float | None = Field(
+        None, gt=0, description="Keep at most this many wrong samples per right one (seeded draw): a weak "
+        "model's samples are mostly wrong, and training on all of them costs time for little signal")
     seed: int = Field(0, description="Seed of the dev split, the balancing and training")
 
 

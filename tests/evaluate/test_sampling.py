@@ -81,6 +81,28 @@ def test_sample_recipe_writes_scored_samples_and_resumes(tiny_models, data_dir, 
                      show_progress=False)
 
 
+def test_a_larger_k_extends_the_smaller_run_with_the_same_samples(tiny_models, data_dir, tmp_path):
+    from mathtune.errors import MathtuneError
+
+    def run(out, samples, **kwargs):
+        cfg = build_config(_tree(tiny_models["llama"], data_dir, tmp_path, samples=samples))
+        sample_model(cfg, out, show_progress=False, **kwargs)
+        return read_samples(out)
+
+    small = run(tmp_path / "k2", 2)
+    (tmp_path / "k2" / "samples.jsonl").write_text(  # a k=2 run that stopped after three problems
+        "\n".join((tmp_path / "k2" / "samples.jsonl").read_text().splitlines()[:3]) + "\n")
+    extended = run(tmp_path / "k4-extended", 4, extend=tmp_path / "k2")
+    direct = run(tmp_path / "k4", 4)
+    assert extended == direct  # samples 0-1 kept, 2-3 drawn: the same as drawing all four
+    assert [row["samples"][:2] for row in extended[:3]] == [row["samples"] for row in small[:3]]
+    with pytest.raises(MathtuneError, match="ask for more"):
+        run(tmp_path / "k2-again", 2, extend=tmp_path / "k2")
+    other = build_config(_tree(tiny_models["llama"], data_dir, tmp_path, samples=4, temperature=0.5))
+    with pytest.raises(MathtuneError, match="other settings"):
+        sample_model(other, tmp_path / "k4-other", show_progress=False, extend=tmp_path / "k2")
+
+
 def test_sample_cli_and_bad_input(tiny_models, data_dir, tmp_path, run_cli):
     out = tmp_path / "cli-samples"
     done = run_cli("sample", "--base", "--model", str(tiny_models["llama"]), "--data-dir", str(data_dir),

@@ -1,4 +1,4 @@
-"""The verifier: split by problem, balanced classes, a PEFT scalar-head adapter that learns a visible
+"""The verifier: split by problem, classes weighted evenly, a PEFT scalar-head adapter that learns a visible
 signal, and scores that `curve` reranks with."""
 
 from __future__ import annotations
@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import random
 
-from mathtune.recipes.verifier import auc, balanced, labelled, split_by_problem
+import pytest
+
+from mathtune.errors import MathtuneError
+from mathtune.recipes.verifier import auc, fewer_wrong, labelled, right_class_weight, split_by_problem
 
 
 def rows(count: int, k: int = 4, seed: int = 0) -> list[dict]:
@@ -24,7 +27,7 @@ def rows(count: int, k: int = 4, seed: int = 0) -> list[dict]:
     return out
 
 
-def test_split_keeps_every_problem_on_one_side_and_balance_evens_the_classes():
+def test_split_keeps_every_problem_on_one_side_and_weighting_evens_the_classes():
     data = rows(30)
     train, dev = split_by_problem(data, 0.2, seed=1)
     assert len(dev) == 6 and not {r["id"] for r in train} & {r["id"] for r in dev}
@@ -32,8 +35,14 @@ def test_split_keeps_every_problem_on_one_side_and_balance_evens_the_classes():
     examples = labelled(train, "numeric-match")
     assert all(label == float(s["correct"]["numeric-match"]) for (_, label), s in
                zip(examples, [s for r in train for s in r["samples"]], strict=True))
-    even = balanced(examples, seed=0)
-    assert sum(y for _, y in even) * 2 == len(even)
+    right = sum(y for _, y in examples)
+    assert 0 < right < len(examples)
+    assert right_class_weight(examples) * right == len(examples) - right  # both classes weigh the same
+    fewer = fewer_wrong(examples, 1.0, seed=0)
+    assert sum(y for _, y in fewer) == right and len(fewer) == 2 * right  # all right ones, 1 wrong per right
+    assert set(fewer) <= set(examples) and fewer_wrong(examples, 100.0, seed=0) == examples
+    with pytest.raises(MathtuneError, match="both are needed"):
+        right_class_weight([(text, 0.0) for text, _ in examples])
     assert auc([0.9, 0.8, 0.1], [1.0, 0.0, 0.0]) == 1.0 and auc([0.5, 0.5], [1.0, 0.0]) == 0.5
 
 
@@ -68,3 +77,28 @@ def test_verifier_trains_saves_a_peft_adapter_and_scores_samples(tiny_models, tm
     (test_dir / "sampling.json").write_text(json.dumps({"split": "test"}))
     bad = run_cli("verifier", "train", str(test_dir), "-o", str(tmp_path / "v3"), "--model", str(tiny_models["llama"]))
     assert bad.code == 2 and "samples of test problems" in bad.stderr
+
+
+@pytest.mark.parametrize("arch", ["llama", "phi"])
+def test_shared_prompt_scores_equal_scoring_each_text_whole(tiny_models, arch):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mathtune.models.verifier import lora_verifier, scalar_head_model, score_solutions, score_texts
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models[arch])
+    causal = AutoModelForCausalLM.from_pretrained(tiny_models[arch], dtype=torch.float32)
+    torch.manual_seed(0)
+    model = lora_verifier(scalar_head_model(causal, tokenizer), r=4, alpha=8).eval()
+    for module in model.modules():  # LoRA's B starts at zero: make the adapter change the scores
+        if hasattr(module, "lora_B"):
+            torch.nn.init.normal_(module.lora_B["default"].weight, std=0.5)
+    prompt = "Question: Tom has 3 apples and buys 4 more. How many?\nAnswer:"
+    outputs = [" 3 + 4 = 7 #### 7", " He has 12", " 3 * 4 = 12 so #### 12 and more words here", " 7"]
+    whole = score_texts(model, tokenizer, [prompt + o for o in outputs], max_length=256, batch_size=4)
+    for rows in (1, 3, 4):  # groups of solutions by length, each reading the prompt once
+        shared = score_solutions(model, tokenizer, prompt, outputs, max_length=256, rows=rows)
+        assert torch.allclose(torch.tensor(shared), torch.tensor(whole), atol=1e-5)
+    assert len(set(round(s, 4) for s in whole)) == len(outputs)  # the texts are told apart
+    merged = score_solutions(model.merge_and_unload(), tokenizer, prompt, outputs, max_length=256)
+    assert torch.allclose(torch.tensor(merged), torch.tensor(whole), atol=1e-4)

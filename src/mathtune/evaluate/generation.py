@@ -132,25 +132,30 @@ class HFBackend:
         return [self._causal_generation(result, request) for result, request in zip(decoded, batch, strict=True)]
 
     def sample(self, requests: list[GenerationRequest], keys: list[str], k: int, *, temperature: float = 1.0,
-               top_p: float = 1.0, seed: int = 0, share_prefix: bool = True) -> list[list[Generation]]:
-        """k sampled solutions per request. Sample j of the request keyed `keys[i]` draws from its own
-        random stream (`sample_seed(seed, key, j)`), so it is the same whatever batch, order or resume
-        it is decoded in. Causal models: with `share_prefix` the k samples share one prefill of the
-        prompt (its KV cache expanded to k rows); without, the prompt is prefilled k times (the same
+               top_p: float = 1.0, seed: int = 0, share_prefix: bool = True, first: int = 0
+               ) -> list[list[Generation]]:
+        """Samples first..k-1 of each request (k - first solutions). Sample j of the request keyed
+        `keys[i]` draws from its own random stream (`sample_seed(seed, key, j)`), so it is the same
+        whatever batch, order or resume it is decoded in, and k = 32 extends k = 16 with first = 16.
+        Causal models: with `share_prefix` the samples share one prefill of the prompt (its KV cache
+        expanded to k - first rows); without, the prompt is prefilled once per sample (the same
         samples, slower: kept to measure and test the shared prefix)."""
         if self.seq2seq:
+            if first:
+                raise ValueError("seq2seq samples come from one generate() per problem and cannot be extended")
             return [self._sample_seq2seq(request, key, k, temperature, top_p, seed)
                     for request, key in zip(requests, keys, strict=True)]
         from mathtune.evaluate.decoding import decode_batch
 
-        per_batch = max(1, self.batch_size // k)  # batch_size counts decoded rows: problems x k
+        count = k - first
+        per_batch = max(1, self.batch_size // count)  # batch_size counts decoded rows: problems x samples
         order = sorted(range(len(requests)), key=lambda i: -len(requests[i].prompt))
         results: dict[int, list[Generation]] = {}
         for start in range(0, len(order), per_batch):
             chunk = order[start : start + per_batch]
             batch = [requests[i] for i in chunk]
-            seeds = [sample_seed(seed, keys[i], j) for i in chunk for j in range(k)]
-            copies, prompts = (k, batch) if share_prefix else (1, [r for r in batch for _ in range(k)])
+            seeds = [sample_seed(seed, keys[i], j) for i in chunk for j in range(first, k)]
+            copies, prompts = (count, batch) if share_prefix else (1, [r for r in batch for _ in range(count)])
             decoded = decode_batch(
                 self.model, self.tokenizer, [r.prompt for r in prompts], [r.stop for r in prompts],
                 [r.max_new_tokens for r in prompts], sample=True, temperature=temperature, top_p=top_p,
@@ -158,7 +163,7 @@ class HFBackend:
                 share_common_prefix=self.share_common_prefix)
             for slot, index in enumerate(chunk):
                 results[index] = [self._causal_generation(result, requests[index])
-                                  for result in decoded[slot * k : (slot + 1) * k]]
+                                  for result in decoded[slot * count : (slot + 1) * count]]
         return [results[i] for i in range(len(requests))]
 
     def _sample_seq2seq(self, request: GenerationRequest, key: str, k: int, temperature: float, top_p: float,

@@ -80,6 +80,66 @@ def score_texts(model: Any, tokenizer: Any, texts: list[str], max_length: int, b
     return scores
 
 
+def score_solutions(model: Any, tokenizer: Any, prompt: str, outputs: list[str], max_length: int,
+                    autocast: Any = None, rows: int = 4) -> list[float]:
+    """The verifier's probability for each of one problem's solutions, the prompt read once per
+    `rows` solutions.
+
+    The k solutions of a problem start with the same prompt tokens (about half of each text). Those
+    are run once, and their KV cache is repeated to `rows` rows; each row then reads its own solution
+    (right-padded) on top, and the scalar head reads its last real token. Solutions are grouped by
+    length, so little of a group is padding. The same scores as `score_texts` (fp32:
+    tests/evaluate/test_verifier.py) for about half the tokens. Texts longer than `max_length`, which
+    `score_texts` cuts from the left, go through `score_texts`."""
+    texts = verifier_texts(prompt, outputs)
+    ids = [tokenizer(text)["input_ids"] for text in texts]
+    if len(texts) < 2 or max(len(x) for x in ids) > max_length:
+        return score_texts(model, tokenizer, texts, max_length, len(texts), autocast)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    scores: dict[int, float] = {}
+    for start in range(0, len(order), rows):
+        group = order[start : start + rows]
+        scores.update(zip(group, _score_shared_prefix(model, tokenizer, [ids[i] for i in group], autocast),
+                          strict=True))
+    return [scores[i] for i in range(len(ids))]
+
+
+@torch.inference_mode()
+def _score_shared_prefix(model: Any, tokenizer: Any, ids: list[list[int]], autocast: Any) -> list[float]:
+    import contextlib
+
+    from transformers import DynamicCache
+
+    shortest = min(len(x) for x in ids)
+    common = 0  # leading tokens every text shares; each row keeps at least one token of its own
+    while common < shortest - 1 and all(x[common] == ids[0][common] for x in ids):
+        common += 1
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    backbone, head = getattr(core, core.base_model_prefix), core.score
+    device = next(model.parameters()).device
+    suffixes = [row[common:] for row in ids]
+    width = max(len(x) for x in suffixes)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    input_ids = torch.full((len(ids), width), pad, dtype=torch.long, device=device)
+    suffix_mask = torch.zeros(len(ids), width, dtype=torch.long, device=device)
+    for row, suffix in enumerate(suffixes):
+        input_ids[row, : len(suffix)] = torch.tensor(suffix, device=device)
+        suffix_mask[row, : len(suffix)] = 1
+    mask = torch.cat([suffix_mask.new_ones(len(ids), common), suffix_mask], dim=1)
+    positions = torch.arange(common, common + width, device=device).expand(len(ids), width)
+    with autocast or contextlib.nullcontext():
+        cache = DynamicCache(config=core.config)
+        if common:
+            backbone(input_ids=torch.tensor([ids[0][:common]], device=device), past_key_values=cache,
+                     use_cache=True)
+            cache.batch_repeat_interleave(len(ids))
+        hidden = backbone(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                          past_key_values=cache, use_cache=True).last_hidden_state
+        last = torch.tensor([len(x) - 1 for x in suffixes], device=device)
+        logits = head(hidden[torch.arange(len(ids), device=device), last])
+    return torch.sigmoid(logits.float()[:, 0]).tolist()
+
+
 def encode(tokenizer: Any, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
     """Right padding (the head finds the last real token), and truncation from the left: a solution's
     end, where its answer is, matters more than the start of a long prompt."""

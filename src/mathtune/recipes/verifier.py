@@ -21,7 +21,7 @@ from mathtune.evaluate.curves import rerank_table
 from mathtune.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl_tolerant, replace_dir
 from mathtune.models.device import choose_placement
 from mathtune.models.setup import LoadedModel, load_for_run
-from mathtune.models.verifier import encode, load_verifier, lora_verifier, scalar_head_model, score_texts
+from mathtune.models.verifier import encode, load_verifier, lora_verifier, scalar_head_model, score_solutions
 from mathtune.recipes.sample import read_samples
 from mathtune.runcard import peak_cuda_mb, peak_rss_mb, provenance
 
@@ -44,19 +44,26 @@ def labelled(rows: list[dict[str, Any]], score: str) -> list[tuple[str, float]]:
             for row in rows for sample in row["samples"]]
 
 
-def balanced(examples: list[tuple[str, float]], seed: int) -> list[tuple[str, float]]:
-    """The minority class repeated (seeded draw) until both classes are as many; shuffled."""
-    right = [e for e in examples if e[1] == 1.0]
-    wrong = [e for e in examples if e[1] == 0.0]
+def right_class_weight(examples: list[tuple[str, float]]) -> float:
+    """BCE's `pos_weight` that makes both classes weigh the same in the loss: wrong / right. A small
+    model's samples are mostly wrong; weighting costs nothing, where repeating the right ones until
+    the classes are even would double the forward-backward passes."""
+    right = sum(1 for _, label in examples if label == 1.0)
+    wrong = len(examples) - right
     if not right or not wrong:
-        raise MathtuneError(f"verifier: the train samples hold {len(right)} right and {len(wrong)} wrong "
+        raise MathtuneError(f"verifier: the train samples hold {right} right and {wrong} wrong "
                             "solutions; both are needed (sample more problems, or more per problem)")
-    rng = random.Random(seed)
-    minority, majority = sorted((right, wrong), key=len)
-    extra = [minority[rng.randrange(len(minority))] for _ in range(len(majority) - len(minority))]
-    out = majority + minority + extra
-    rng.shuffle(out)
-    return out
+    return wrong / right
+
+
+def fewer_wrong(examples: list[tuple[str, float]], per_right: float, seed: int) -> list[tuple[str, float]]:
+    """Every right example and at most `per_right` wrong ones for each (a seeded draw, order kept)."""
+    wrong = [index for index, (_, label) in enumerate(examples) if label == 0.0]
+    keep = round(per_right * (len(examples) - len(wrong)))
+    if keep >= len(wrong):
+        return examples
+    dropped = set(wrong) - set(random.Random(seed).sample(wrong, keep))
+    return [example for index, example in enumerate(examples) if index not in dropped]
 
 
 def auc(scores: list[float], labels: list[float]) -> float | None:
@@ -77,14 +84,17 @@ def train_verifier(cfg: RunConfig, sample_dirs: list[Path], out_dir: Path, show_
         raise MathtuneError(f"verifier: no samples in {', '.join(map(str, sample_dirs))} (run `mathtune sample`)")
     train_rows, dev_rows = split_by_problem(rows, settings.dev_fraction, settings.seed)
     train_examples = labelled(train_rows, settings.score)
-    examples = balanced(train_examples, settings.seed) if settings.balance else train_examples
+    if settings.wrong_per_right is not None:
+        train_examples = fewer_wrong(train_examples, settings.wrong_per_right, settings.seed)
+    weight = right_class_weight(train_examples) if settings.balance else 1.0
+    examples = random.Random(settings.seed).sample(train_examples, len(train_examples))
     torch.manual_seed(settings.seed)
     placement = choose_placement(cfg.model.device, cfg.train.precision)
     loaded = load_for_run(cfg.model, placement, {"dtype": torch.float32})  # fp32 master weights
     model = lora_verifier(scalar_head_model(loaded.model, loaded.tokenizer), settings.r, settings.alpha)
     atomic_write_text(out_dir / "config.yaml", config_to_yaml(cfg))
     started = time.perf_counter()
-    losses = _fit(model, loaded, examples, settings, placement, out_dir, show_progress)
+    losses = _fit(model, loaded, examples, weight, settings, placement, out_dir, show_progress)
     wall = time.perf_counter() - started
     dev = _dev_report(model.eval(), loaded, dev_rows, settings) if dev_rows else None
 
@@ -97,7 +107,7 @@ def train_verifier(cfg: RunConfig, sample_dirs: list[Path], out_dir: Path, show_
             "config": settings.model_dump(mode="json"), "samples": [str(d) for d in sample_dirs],
             "train_problems": len({r["id"] for r in train_rows}), "dev_problems": len({r["id"] for r in dev_rows}),
             "train_samples": len(train_examples), "train_right": int(sum(y for _, y in train_examples)),
-            "train_examples_after_balance": len(examples), "loss_curve": losses,
+            "right_class_weight": round(weight, 4), "loss_curve": losses,
             "wall_seconds": round(wall, 2), "dev": dev, "device": str(placement.device),
             "compute_dtype": str(placement.compute_dtype).replace("torch.", ""),
             "peak_rss_mb": round(peak_rss_mb(), 1), "peak_cuda_mb": peak_cuda_mb(), **provenance()}
@@ -105,12 +115,18 @@ def train_verifier(cfg: RunConfig, sample_dirs: list[Path], out_dir: Path, show_
     return card
 
 
-def _fit(model: Any, loaded: LoadedModel, examples: list[tuple[str, float]], settings: Any, placement: Any,
-         out_dir: Path, show_progress: bool) -> list[float]:
-    """transformers' Trainer over (text, label): the standard loop on accelerate, nothing hand-rolled."""
+def _fit(model: Any, loaded: LoadedModel, examples: list[tuple[str, float]], right_weight: float, settings: Any,
+         placement: Any, out_dir: Path, show_progress: bool) -> list[float]:
+    """transformers' Trainer over (text, label): the standard loop on accelerate, nothing hand-rolled;
+    the loss is BCE with the right class weighted by `right_weight`."""
     from transformers import Trainer, TrainingArguments
 
     tokenizer = loaded.tokenizer
+
+    def weighted_bce(outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
+        logits = outputs.logits.float()
+        return torch.nn.functional.binary_cross_entropy_with_logits(
+            logits, labels.to(logits), pos_weight=torch.tensor(right_weight, device=logits.device))
 
     def collate(batch: list[tuple[str, float]]) -> dict[str, torch.Tensor]:
         encoded = encode(tokenizer, [text for text, _ in batch], settings.max_length)
@@ -123,7 +139,8 @@ def _fit(model: Any, loaded: LoadedModel, examples: list[tuple[str, float]], set
         bf16=placement.compute_dtype == torch.bfloat16, fp16=placement.compute_dtype == torch.float16,
         use_cpu=placement.device.type == "cpu", disable_tqdm=not show_progress, remove_unused_columns=False,
         dataloader_num_workers=0)
-    trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=collate)
+    trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=collate,
+                      compute_loss_func=weighted_bce)
     if not show_progress:
         from transformers import PrinterCallback
 
@@ -135,14 +152,11 @@ def _fit(model: Any, loaded: LoadedModel, examples: list[tuple[str, float]], set
 def _dev_report(model: Any, loaded: LoadedModel, dev_rows: list[dict[str, Any]], settings: Any
                 ) -> dict[str, Any]:
     """On problems it never trained on: AUC, accuracy at 0.5, and verifier@k vs maj@k."""
-    examples = labelled(dev_rows, settings.score)
-    scores = score_texts(model, loaded.tokenizer, [text for text, _ in examples], settings.max_length,
-                         settings.batch_size, loaded.placement.autocast_context())
-    labels = [label for _, label in examples]
-    by_id, position = {}, 0
-    for row in dev_rows:
-        by_id[row["id"]] = scores[position : position + len(row["samples"])]
-        position += len(row["samples"])
+    labels = [label for _, label in labelled(dev_rows, settings.score)]
+    by_id = {row["id"]: score_solutions(model, loaded.tokenizer, row["prompt"], [s["output"] for s in row["samples"]],
+                                        settings.max_length, loaded.placement.autocast_context())
+             for row in dev_rows}
+    scores = [score for row in dev_rows for score in by_id[row["id"]]]
     accuracy = sum((s >= 0.5) == (y == 1.0) for s, y in zip(scores, labels, strict=True)) / len(labels)
     return {"samples": len(labels), "right": int(sum(labels)), "auc": auc(scores, labels),
             "accuracy_at_0.5": accuracy, "rerank": rerank_table(dev_rows, None, by_id, settings.score)}
@@ -164,10 +178,10 @@ def score_samples(cfg: RunConfig, verifier_dir: Path, samples_dir: Path, show_pr
     loaded = load_for_run(cfg.model, placement)
     model = load_verifier(verifier_dir, loaded.model, loaded.tokenizer).to(placement.device)
     settings = cfg.verifier
+    model = model.merge_and_unload().eval()  # LoRA folded in: one matmul per layer; the head is kept
     todo = [row for row in rows if row["id"] not in done]
     for row in tqdm(todo, desc="verifier", disable=not show_progress, dynamic_ncols=True):
-        texts = [row["prompt"] + sample["output"] for sample in row["samples"]]
-        scores = score_texts(model, loaded.tokenizer, texts, settings.max_length, settings.batch_size,
-                             placement.autocast_context())
+        scores = score_solutions(model, loaded.tokenizer, row["prompt"], [s["output"] for s in row["samples"]],
+                                 settings.max_length, placement.autocast_context())
         append_jsonl(path, [{"id": row["id"], "verifier": str(verifier_dir), "scores": scores}])
     return path

@@ -11,6 +11,7 @@ runs lm-eval once per batch size and reports the ratio against the fastest besid
 its default (1).
 
     nice -n 15 python benchmarks/eval_speed.py --data-dir ../shared/datasets --limit 40 --lm-eval-batch-size 1,16,64
+    python benchmarks/eval_speed.py --data-dir ../shared/datasets --task gsm8k_cot --few-shot 8 --limit 48
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from mathtune.evaluate.backend import build_backend
 from mathtune.evaluate.lm_eval_bridge import lm_eval_record, run_lm_eval
 from mathtune.recipes.evaluate import evaluate
 
+STRATEGIES = {"gsm8k": "lm-eval-gsm8k", "gsm8k_cot": "lm-eval-gsm8k-cot"}  # our prompt of each lm-eval task
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -34,6 +37,8 @@ def main() -> None:
     parser.add_argument("--data-dir", default=os.environ.get("MATHTUNE_DATA_DIR"))
     parser.add_argument("--limit", type=int, default=200, help="GSM8K test problems (seeded draw)")
     parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--task", default="gsm8k", choices=sorted(STRATEGIES),
+                        help="gsm8k (shots drawn per problem) or gsm8k_cot (8 fixed shots: a shared prefix)")
     parser.add_argument("--few-shot", type=int, default=5)
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"])
@@ -52,7 +57,7 @@ def main() -> None:
 
     cfg = build_config({
         "model": {"name": args.model}, "data": {"data_dir": args.data_dir},
-        "prompt": {"strategy": "lm-eval-gsm8k", "few_shot": args.few_shot},
+        "prompt": {"strategy": STRATEGIES[args.task], "few_shot": args.few_shot},
         "eval": {"num_problems": args.limit, "seed": args.seed, "batch_size": args.batch_size,
                  "max_new_tokens": args.max_new_tokens, "dtype": args.dtype, "perplexity": False},
     })
@@ -71,14 +76,14 @@ def main() -> None:
         lm = HFLM(pretrained=backend.model, tokenizer=backend.tokenizer, batch_size=batch_size,
                   device=str(backend.device))
         started, cpu = time.perf_counter(), time.process_time()
-        record = lm_eval_record(run_lm_eval(["gsm8k"], lm, data_dir=Path(args.data_dir),
+        record = lm_eval_record(run_lm_eval([args.task], lm, data_dir=Path(args.data_dir),
                                             samples=sorted(map(int, ids)), num_fewshot=args.few_shot,
                                             max_gen_toks=args.max_new_tokens))
         wall, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu
-        theirs = {str(s["doc_id"]): s for s in record["summary"]["gsm8k"]["samples"]}
+        theirs = {str(s["doc_id"]): s for s in record["summary"][args.task]["samples"]}
         peers[batch_size] = {
             "batch_size": batch_size, "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu_seconds, 1),
-            "scores": {k: v["exact_match"] for k, v in record["summary"]["gsm8k"]["scores"].items()},
+            "scores": {k: v["exact_match"] for k, v in record["summary"][args.task]["scores"].items()},
             "speedup_wall": round(wall / ours_wall, 2),
             "identical_outputs": sum(rows[i]["output"] == theirs[i]["output"] for i in ids),
             "identical_extracted_answers": sum(all(rows[i]["extracted"][f] == theirs[i]["extracted"][f]
@@ -87,7 +92,7 @@ def main() -> None:
     fastest = min(peers.values(), key=lambda p: p["wall_seconds"])
     result = {
         "model": args.model, "n": len(ids), "dtype": meta["compute_dtype"], "max_new_tokens": args.max_new_tokens,
-        "few_shot": args.few_shot, "threads": __import__("torch").get_num_threads(),
+        "task": args.task, "few_shot": args.few_shot, "threads": __import__("torch").get_num_threads(),
         "ours": {"wall_seconds": round(ours_wall, 1), "cpu_seconds": round(ours_cpu, 1), "batch_size": args.batch_size,
                  "scores": {k: v["exact_match"] for k, v in ours["scores"].items()}},
         "lm_eval": list(peers.values()),

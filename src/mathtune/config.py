@@ -62,9 +62,10 @@ class DataConfig(Section):
 
 
 class PromptConfig(Section):
-    strategy: Literal["qa", "breakdown", "no-breakdown", "program", "lm-eval-gsm8k"] = Field(
+    strategy: Literal["qa", "breakdown", "no-breakdown", "program", "lm-eval-gsm8k", "lm-eval-gsm8k-cot"] = Field(
         "qa", description="qa: 'Q: ..\\nA: ..' (Phi-2 study); breakdown/no-breakdown/program (T5 study); "
-        "lm-eval-gsm8k: lm-eval-harness's gsm8k prompt and few-shot draw"
+        "lm-eval-gsm8k: lm-eval-harness's gsm8k prompt and few-shot draw; lm-eval-gsm8k-cot: its gsm8k_cot "
+        "(8 fixed examples, 'The answer is N.')"
     )
     few_shot: int = Field(0, ge=0, le=16, description="Worked examples from the train split before each question")
     chat_template: bool = Field(False, description="Wrap the prompt in the tokenizer's chat template")

@@ -26,7 +26,10 @@ class PromptStrategy:
     target: str
     shot_separator: str
     stop: tuple[str, ...]
-    few_shot_draw: str = "shared"  # shared: one draw for all problems; per-problem: lm-eval's sampler
+    # shared: one seeded draw of train problems for all; per-problem: lm-eval's default sampler;
+    # task: the lm-eval task's own fixed examples (gsm8k_cot's 8), the first `few_shot` of them
+    few_shot_draw: str = "shared"
+    task: str = "gsm8k"  # the lm-eval task whose filters score the answers (evaluate/extraction.py)
 
     @property
     def writes_programs(self) -> bool:

@@ -44,15 +44,19 @@ def test_task_config_points_at_local_files_or_the_hub(data_dir, tmp_path):
         task_config("gsm8k", tmp_path)
 
 
-def test_our_evaluator_reproduces_lm_eval_gsm8k_per_problem(tiny_models, data_dir, tmp_path):
-    """8 problems, 5 shots drawn lm-eval's way, greedy fp32: identical prompts, answers and scores."""
+@pytest.mark.parametrize(("task", "strategy", "shots"), [("gsm8k", "lm-eval-gsm8k", 5),
+                                                         ("gsm8k_cot", "lm-eval-gsm8k-cot", 2)])
+def test_our_evaluator_reproduces_lm_eval_per_problem(tiny_models, data_dir, tmp_path, task, strategy, shots):
+    """8 problems, shots as lm-eval takes them (gsm8k: drawn per problem; gsm8k_cot: its fixed ones,
+    the first 2 here so the tiny model's 512 positions hold them), greedy fp32: identical prompts,
+    answers and scores."""
     from mathtune.evaluate.backend import build_backend
     from mathtune.recipes.evaluate import evaluate
 
     cfg = build_config({
         "model": {"name": str(tiny_models["llama"])},
         "data": {"data_dir": str(data_dir)},
-        "prompt": {"strategy": "lm-eval-gsm8k", "few_shot": 5},
+        "prompt": {"strategy": strategy, "few_shot": shots},
         "eval": {"num_problems": 8, "seed": 1234, "batch_size": 3, "max_new_tokens": 24, "dtype": "fp32",
                  "perplexity": False},
     })
@@ -61,9 +65,9 @@ def test_our_evaluator_reproduces_lm_eval_gsm8k_per_problem(tiny_models, data_di
     ids = ours["reproducibility"]["problems"]["ids"]
 
     args = hf_model_args(str(tiny_models["llama"]), None, "float32", "cpu")
-    record = lm_eval_record(run_lm_eval(["gsm8k"], args, data_dir=data_dir, samples=sorted(int(i) for i in ids),
-                                        max_gen_toks=24, batch_size=2))
-    theirs = {str(s["doc_id"]): s for s in record["summary"]["gsm8k"]["samples"]}
+    record = lm_eval_record(run_lm_eval([task], args, data_dir=data_dir, samples=sorted(int(i) for i in ids),
+                                        max_gen_toks=24, batch_size=2, num_fewshot=shots))
+    theirs = {str(s["doc_id"]): s for s in record["summary"][task]["samples"]}
     rows = {r["id"]: r for r in _read_rows(tmp_path / "ours" / "predictions.jsonl")}
 
     assert sorted(theirs) == sorted(ids)
@@ -74,7 +78,7 @@ def test_our_evaluator_reproduces_lm_eval_gsm8k_per_problem(tiny_models, data_di
             assert rows[problem_id]["extracted"][name] == theirs[problem_id]["extracted"][name]
             assert rows[problem_id]["correct"][name] == theirs[problem_id]["correct"][name]
     for name in ("strict-match", "flexible-extract"):
-        assert ours["scores"][name]["exact_match"] == record["summary"]["gsm8k"]["scores"][name]["exact_match"]
+        assert ours["scores"][name]["exact_match"] == record["summary"][task]["scores"][name]["exact_match"]
 
 
 def _read_rows(path: Path) -> list[dict]:

@@ -15,11 +15,13 @@ from mathtune.evaluate.extraction import (
     FILTERS,
     GSM8K_REGEXES_TO_IGNORE,
     INVALID,
+    TASK_FILTERS,
     AnswerFilter,
     extract_all,
     lm_eval_exact_match,
     numeric_match,
     score_all,
+    score_answer,
 )
 
 GSM8K_TEST = Path("/work/shared/datasets/gsm8k/test.jsonl")
@@ -136,13 +138,13 @@ REFERENCES = ["#### 18", "#### 1,000", "#### -3", "#### 5", "#### 29", "#### 0",
 class LmEvalGsm8k:
     """lm-eval's gsm8k scoring, assembled from its own YAML the way ``ConfigurableTask`` does."""
 
-    def __init__(self) -> None:
+    def __init__(self, task_file: str = "gsm8k.yaml") -> None:
         lm_eval = pytest.importorskip("lm_eval")
         yaml = pytest.importorskip("yaml")
         from lm_eval.api.registry import get_metric
         from lm_eval.filters import build_filter_ensemble
 
-        config_path = Path(lm_eval.__file__).parent / "tasks" / "gsm8k" / "gsm8k.yaml"
+        config_path = Path(lm_eval.__file__).parent / "tasks" / "gsm8k" / task_file
         self.config: dict[str, Any] = yaml.safe_load(config_path.read_text(encoding="utf-8"))
         self.ensembles = {
             entry["name"]: build_filter_ensemble(
@@ -241,6 +243,21 @@ def test_exact_match_identical_to_lm_eval_on_raw_strings(lm_eval_gsm8k: LmEvalGs
         expected = lm_eval_gsm8k.score(prediction, reference)
         assert lm_eval_exact_match(prediction, reference) == expected, (prediction, reference)
     assert lm_eval_exact_match("i\u0307", "#### İ5")
+
+
+def test_gsm8k_cot_filters_are_lm_evals_gsm8k_cot() -> None:
+    """The lm-eval-gsm8k-cot strategy is scored by lm-eval's gsm8k_cot filters ("The answer is N.")."""
+    theirs = LmEvalGsm8k("gsm8k-cot.yaml")
+    fuzz = _fuzz_outputs(200)
+    outputs = [*VARIED_OUTPUTS, *fuzz, *(f"so it is 4. The answer is {s}" for s in [*VARIED_OUTPUTS, *fuzz]),
+               "5 * 4 = 20. The answer is 29.", "The answer is 1,000.", "The answer is -3. The answer is 4."]
+    for name, ours in TASK_FILTERS["gsm8k_cot"].items():
+        assert [ours.apply(output) for output in outputs] == theirs.filtered(name, outputs), name
+    assert TASK_FILTERS["gsm8k_cot"]["strict-match"].apply("So 9 + 20 is 29. The answer is 29.") == "29"
+    assert TASK_FILTERS["gsm8k_cot"]["strict-match"].apply("#### 29") == INVALID
+    assert theirs.metric_kwargs["regexes_to_ignore"] == list(GSM8K_REGEXES_TO_IGNORE)
+    _, correct = score_answer("There were 9. The answer is 29.", "so\n#### 29", "29", task="gsm8k_cot")
+    assert correct["strict-match"] and correct["flexible-extract"] and correct["numeric-match"]
 
 
 def test_answer_filter_fallback_is_configurable() -> None:

@@ -16,6 +16,7 @@ from mathtune.errors import MathtuneError
 from mathtune.evaluate.extraction import INVALID, score_answer
 from mathtune.evaluate.failures import classify_failure, failure_counts
 from mathtune.evaluate.generation import Backend, Generation, GenerationRequest
+from mathtune.evaluate.lm_eval_bridge import shipped_task
 from mathtune.evaluate.metrics import mean_and_stderr, perplexity_from_nll
 from mathtune.prompts import (
     PromptStrategy,
@@ -57,7 +58,10 @@ def build_prompts(cfg: RunConfig, problems: list[Problem]) -> tuple[list[str], d
     prefix, shot_ids = "", []
     if cfg.prompt.few_shot and strategy.few_shot_draw == "per-problem":
         return _per_problem_prompts(cfg, strategy, problems)
-    if cfg.prompt.few_shot:
+    if cfg.prompt.few_shot and strategy.few_shot_draw == "task":
+        prefix = task_shots_prefix(strategy, cfg.prompt.few_shot)
+        shot_ids = [f"{strategy.task}-shot-{i}" for i in range(cfg.prompt.few_shot)]
+    elif cfg.prompt.few_shot:
         pool = load_split(cfg.data, cfg.resolved_data_dir(), "train")
         programs = _programs_for(pool) if strategy.writes_programs else None
         prefix, shot_ids = few_shot_prefix(strategy, pool, cfg.prompt.few_shot, cfg.eval.seed, programs)
@@ -65,6 +69,17 @@ def build_prompts(cfg: RunConfig, problems: list[Problem]) -> tuple[list[str], d
     record = {"strategy": strategy.name, "template": strategy.prompt, "few_shot": cfg.prompt.few_shot,
               "shot_ids": shot_ids, "chat_template": cfg.prompt.chat_template}
     return prompts, record
+
+
+def task_shots_prefix(strategy: PromptStrategy, count: int) -> str:
+    """The first `count` of the lm-eval task's fixed examples (its `fewshot_config.samples`, sampler
+    first_n), laid out as lm-eval lays them: prompt, target delimiter " ", target, then the separator."""
+    samples = shipped_task(strategy.task)["fewshot_config"]["samples"]
+    if count > len(samples):
+        raise MathtuneError(f"prompt strategy {strategy.name} has {len(samples)} fixed examples; "
+                            f"few_shot {count} asks for more")
+    return "".join(strategy.format_prompt(shot["question"]) + " " + shot["target"] + strategy.shot_separator
+                   for shot in samples[:count])
 
 
 def _per_problem_prompts(cfg: RunConfig, strategy: PromptStrategy,
@@ -98,7 +113,7 @@ def score_rows(problems: list[Problem], generations: list[Generation], strategy:
     rows = []
     for index, (problem, generation) in enumerate(zip(problems, generations, strict=True)):
         text = texts[index]
-        extracted, correct = score_answer(text, problem.solution, problem.answer, problem.kind)
+        extracted, correct = score_answer(text, problem.solution, problem.answer, problem.kind, strategy.task)
         row = {"id": problem.id, "question": problem.question, "reference": problem.solution,
                "reference_answer": problem.answer, "prompt": prompts[index], "output": generation.text,
                "extracted": extracted, "correct": correct, "truncated": generation.truncated,

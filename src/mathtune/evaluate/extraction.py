@@ -64,13 +64,14 @@ class AnswerFilter:
         return match.strip()
 
 
-GSM8K_TASK = Path(__file__).with_name("tasks") / "gsm8k.yaml"  # lm-eval's gsm8k.yaml, shipped as data
+TASKS_DIR = Path(__file__).with_name("tasks")  # lm-eval's gsm8k and gsm8k_cot YAMLs, shipped as data
+GSM8K_TASK = TASKS_DIR / "gsm8k.yaml"
 
 
-def _gsm8k_filters_and_ignores() -> tuple[dict[str, AnswerFilter], tuple[str, ...]]:
+def _task_filters_and_ignores(path: Path) -> tuple[dict[str, AnswerFilter], tuple[str, ...]]:
     """lm-eval's filters (regex, then take_first) and exact_match's regexes_to_ignore, read from the
     task YAML the lm-eval bridge also runs, so the regexes live in one place."""
-    task = yaml.safe_load(GSM8K_TASK.read_text(encoding="utf-8"))
+    task = yaml.safe_load(path.read_text(encoding="utf-8"))
     filters = {}
     for entry in task["filter_list"]:
         regex = next(step for step in entry["filter"] if step["function"] == "regex")
@@ -80,7 +81,11 @@ def _gsm8k_filters_and_ignores() -> tuple[dict[str, AnswerFilter], tuple[str, ..
 
 
 # FILTERS: strict-match and flexible-extract. The regexes to ignore are applied in this order.
-FILTERS, GSM8K_REGEXES_TO_IGNORE = _gsm8k_filters_and_ignores()
+FILTERS, GSM8K_REGEXES_TO_IGNORE = _task_filters_and_ignores(GSM8K_TASK)
+# gsm8k_cot reads "The answer is N." (strict) where gsm8k reads "#### N"; flexible-extract and the
+# regexes to ignore are gsm8k's (tests/evaluate/test_extraction.py checks both against lm-eval's own).
+TASK_FILTERS: dict[str, dict[str, AnswerFilter]] = {
+    "gsm8k": FILTERS, "gsm8k_cot": _task_filters_and_ignores(TASKS_DIR / "gsm8k_cot.yaml")[0]}
 SCORE_NAMES: tuple[str, ...] = (*FILTERS, "numeric-match", "math-verify")
 SCORE_TITLES = {"strict-match": "EM strict", "flexible-extract": "EM flexible", "numeric-match": "numeric",
                 "math-verify": "math-verify"}  # column titles of reports, in SCORE_NAMES order
@@ -146,20 +151,22 @@ def numeric_match(output: str, reference_answer: str) -> bool:
     return numbers_equal(predicted, expected)
 
 
-def extract_all(output: str) -> dict[str, str]:
-    """Every score's extracted answer, ``[invalid]`` where none was found."""
-    extracted = {name: answer_filter.apply(output) for name, answer_filter in FILTERS.items()}
+def extract_all(output: str, filters: dict[str, AnswerFilter] = FILTERS) -> dict[str, str]:
+    """Every score's extracted answer, ``[invalid]`` where none was found. `filters`: the lm-eval
+    task's (`TASK_FILTERS`), gsm8k's by default."""
+    extracted = {name: answer_filter.apply(output) for name, answer_filter in filters.items()}
     numeric = extract_numeric(output)
     extracted["numeric-match"] = INVALID if numeric is None else format_number(numeric)
     return extracted
 
 
-def score_all(output: str, reference_solution_or_answer: str) -> dict[str, bool]:
+def score_all(output: str, reference_solution_or_answer: str, filters: dict[str, AnswerFilter] = FILTERS
+              ) -> dict[str, bool]:
     """Every score for one output. lm-eval compares against the full solution; a bare answer
     normalises to the same string, so either may be passed."""
     scores = {
         name: lm_eval_exact_match(answer_filter.apply(output), reference_solution_or_answer)
-        for name, answer_filter in FILTERS.items()
+        for name, answer_filter in filters.items()
     }
     scores["numeric-match"] = numeric_match(output, reference_solution_or_answer)
     return scores
@@ -196,14 +203,16 @@ def math_verify_answer(output: str, gold: str, kind: str = "number") -> tuple[st
     return str(predicted[-1]), bool(reference) and bool(verify(reference, predicted, timeout_seconds=timeout))
 
 
-def score_answer(output: str, solution: str, answer: str, kind: str = "number") -> tuple[dict[str, str],
-                                                                                        dict[str, bool]]:
+def score_answer(output: str, solution: str, answer: str, kind: str = "number", task: str = "gsm8k"
+                 ) -> tuple[dict[str, str], dict[str, bool]]:
     """(extracted answers, correctness) under every score that applies to a problem of `kind`:
-    number and latex get strict/flexible/numeric/math-verify, choice its letter scores."""
+    number and latex get strict/flexible (the lm-eval `task`'s filters)/numeric/math-verify, choice
+    its letter scores."""
     if kind == "choice":
         extracted = {name: f.apply(output) for name, f in CHOICE_FILTERS.items()}
         return extracted, {name: value.upper() == answer.upper() for name, value in extracted.items()}
-    extracted, correct = extract_all(output), score_all(output, solution)
+    filters = TASK_FILTERS[task]
+    extracted, correct = extract_all(output, filters), score_all(output, solution, filters)
     if kind == "latex":  # "\\frac{1}{2}" is no number to compare: MATH is scored symbolically only
         del extracted["numeric-match"], correct["numeric-match"]
     extracted["math-verify"], correct["math-verify"] = math_verify_answer(output, answer, kind)

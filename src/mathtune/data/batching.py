@@ -1,4 +1,5 @@
-"""Token-level training examples and the three batch layouts: packed, padded, seq2seq.
+"""Token-level training examples and the three batch layouts: packed, padded, seq2seq; and rows of
+token ids padded into a batch for inference (decoding pads left, the verifier right).
 
 Packing is padding-free: a micro-batch becomes one row whose position ids restart at every
 example, so transformers builds a block-diagonal causal mask and no token sees another example.
@@ -100,3 +101,24 @@ def split_by_tokens(examples: list[Example], budget: int) -> list[list[Example]]
         pieces[-1].append(example)
         filled += example.num_tokens
     return pieces
+
+def common_prefix_length(ids: list[list[int]]) -> int:
+    """How many leading tokens every row shares, leaving each row at least one token of its own."""
+    shortest = min(len(x) for x in ids)
+    common = 0
+    while common < shortest - 1 and all(x[common] == ids[0][common] for x in ids):
+        common += 1
+    return common
+
+
+def pad_rows(rows: list[list[int]], pad_id: int | None, device: torch.device, left: bool
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention mask) of `rows` padded to the longest, on the left or on the right."""
+    width = max(len(x) for x in rows)
+    input_ids = torch.full((len(rows), width), pad_id if pad_id is not None else 0, dtype=torch.long, device=device)
+    mask = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+    for index, row in enumerate(rows):
+        span = slice(width - len(row), width) if left else slice(0, len(row))
+        input_ids[index, span] = torch.tensor(row, device=device)
+        mask[index, span] = 1
+    return input_ids, mask

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from mathtune.data.batching import varlen_boundaries
+from mathtune.data.batching import common_prefix_length, pad_rows, varlen_boundaries
 
 Prefill = tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]  # last logits, KV cache, mask, last positions
 SHARED_PREFIX_MIN_TOKENS = 32  # below this a shared prefill saves less than the padded suffix step costs
@@ -138,11 +138,7 @@ def common_prefix_ids(tokenizer: Any, prompts: Sequence[str]) -> tuple[list[list
     """Each prompt's token ids (tokenized whole, exactly as the other prefills do) and how many leading
     tokens all share; every prompt keeps at least its last token, whose logits start the decoding."""
     ids = [tokenizer(p)["input_ids"] for p in prompts]
-    shortest = min(len(x) for x in ids)
-    common = 0
-    while common < shortest - 1 and all(x[common] == ids[0][common] for x in ids):
-        common += 1
-    return ids, common
+    return ids, common_prefix_length(ids)
 
 
 def prefill_common_prefix(model: Any, tokenizer: Any, ids: list[list[int]], common: int,
@@ -157,14 +153,7 @@ def prefill_common_prefix(model: Any, tokenizer: Any, ids: list[list[int]], comm
     model(input_ids=torch.tensor([ids[0][:common]], device=device), past_key_values=cache, use_cache=True,
           logits_to_keep=1)
     cache.batch_repeat_interleave(len(ids))
-    suffixes = [row[common:] for row in ids]
-    width = max(len(x) for x in suffixes)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids = torch.full((len(ids), width), pad, dtype=torch.long, device=device)
-    suffix_mask = torch.zeros(len(ids), width, dtype=torch.long, device=device)
-    for row, suffix in enumerate(suffixes):
-        input_ids[row, width - len(suffix) :] = torch.tensor(suffix, device=device)
-        suffix_mask[row, width - len(suffix) :] = 1
+    input_ids, suffix_mask = pad_rows([row[common:] for row in ids], tokenizer.pad_token_id, device, left=True)
     mask = torch.cat([suffix_mask.new_ones(len(ids), common), suffix_mask], dim=1)
     position = (mask.cumsum(-1) - 1)[:, common:].masked_fill(suffix_mask == 0, 0)
     logits = model(input_ids=input_ids, attention_mask=mask, position_ids=position, past_key_values=cache,

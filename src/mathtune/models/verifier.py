@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from mathtune.data.batching import common_prefix_length, pad_rows
 from mathtune.errors import MathtuneError
 
 
@@ -110,21 +111,13 @@ def _score_shared_prefix(model: Any, tokenizer: Any, ids: list[list[int]], autoc
 
     from transformers import DynamicCache
 
-    shortest = min(len(x) for x in ids)
-    common = 0  # leading tokens every text shares; each row keeps at least one token of its own
-    while common < shortest - 1 and all(x[common] == ids[0][common] for x in ids):
-        common += 1
+    common = common_prefix_length(ids)
     core = model.get_base_model() if hasattr(model, "get_base_model") else model
     backbone, head = getattr(core, core.base_model_prefix), core.score
     device = next(model.parameters()).device
     suffixes = [row[common:] for row in ids]
-    width = max(len(x) for x in suffixes)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids = torch.full((len(ids), width), pad, dtype=torch.long, device=device)
-    suffix_mask = torch.zeros(len(ids), width, dtype=torch.long, device=device)
-    for row, suffix in enumerate(suffixes):
-        input_ids[row, : len(suffix)] = torch.tensor(suffix, device=device)
-        suffix_mask[row, : len(suffix)] = 1
+    input_ids, suffix_mask = pad_rows(suffixes, tokenizer.pad_token_id, device, left=False)
+    width = input_ids.shape[1]
     mask = torch.cat([suffix_mask.new_ones(len(ids), common), suffix_mask], dim=1)
     positions = torch.arange(common, common + width, device=device).expand(len(ids), width)
     with autocast or contextlib.nullcontext():

@@ -145,8 +145,8 @@ def sample_cmd(run_dir: Annotated[Path | None, typer.Argument(help="Finished run
                share_prefix: Annotated[bool, typer.Option(help="One prefill per problem for its k samples")] = True,
                merge: Annotated[bool, typer.Option(help="Fold a LoRA adapter into the weights first (faster)")]
                = True,
-               rows: Annotated[int, typer.Option(min=1, help="Rows decoded at once: problems x k (eval.batch_size)")]
-               = 64,
+               rows: Annotated[int | None, typer.Option(min=1, help="Rows decoded at once: problems x k "
+                                                                 "(eval.batch_size; default 64)")] = None,
                extend: Annotated[Path | None, typer.Option(help="Samples dir of these settings and a smaller k: "
                                                                 "keep its samples, draw only the rest")] = None,
                config: ConfigOpt = None, set_: SetOpt = None, model: ModelOpt = None, prompt: PromptOpt = None,
@@ -158,6 +158,10 @@ def sample_cmd(run_dir: Annotated[Path | None, typer.Argument(help="Finished run
     from mathtune.recipes.evaluate import tuned_config
     from mathtune.recipes.sample import sample_model
 
+    # 64 rows suit sampling better than a config's evaluation batch size, but `-s eval.batch_size=N`
+    # still wins over that default; only an explicit --rows overrides it.
+    if rows is None and not any(item.startswith("eval.batch_size=") for item in set_ or []):
+        rows = 64
     named = {"eval.samples": k, "eval.temperature": temperature, "eval.top_p": top_p, "eval.sample_seed": seed,
              "eval.split": split, "eval.batch_size": rows}
     sets = [*(set_ or []), *(f"{key}={value}" for key, value in named.items() if value is not None)]

@@ -114,6 +114,25 @@ def test_sample_cli_and_bad_input(tiny_models, data_dir, tmp_path, run_cli):
     assert bad.code == 2 and bad.stderr.startswith("mathtune: error:") and "Traceback" not in bad.stderr
 
 
+@pytest.mark.parametrize(("argv", "rows"), [((), 64), (("-s", "eval.batch_size=8"), 8),
+                                             (("-s", "eval.batch_size=8", "--rows", "32"), 32)])
+def test_sample_rows_default_yields_to_a_set_batch_size(tiny_models, data_dir, tmp_path, run_cli, monkeypatch,
+                                                        argv, rows):
+    import mathtune.recipes.sample as sample_recipe
+
+    seen = {}
+
+    def fake_sample_model(cfg, out, *args, **kwargs):
+        seen["rows"] = cfg.eval.batch_size
+        return {"n": 0, "k": cfg.eval.samples, "wall_seconds": 0.0, "generated_tokens_per_second": 0.0}
+
+    monkeypatch.setattr(sample_recipe, "sample_model", fake_sample_model)
+    done = run_cli("sample", "--base", "--model", str(tiny_models["llama"]), "--data-dir", str(data_dir),
+                   "-k", "2", *argv, "-o", str(tmp_path / "rows"))
+    assert done.code == 0, done.stderr
+    assert seen["rows"] == rows
+
+
 def test_seq2seq_samples_are_seeded(tiny_models, data_dir):
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 

@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	mkdir -p .cache && touch $(STAMP)
 
 run: install
-	MATHTUNE_DATA_DIR=$${MATHTUNE_DATA_DIR:-$(DATA_DIR)} $(PYTHON) -m mathtune run
+	MATHTUNE_DATA_DIR=$${MATHTUNE_DATA_DIR:-$(DATA_DIR)} $(PYTHON) -m mathtune run -c configs/quickstart_full.yaml
 
 test: install
 	MATHTUNE_DATA_DIR=$${MATHTUNE_DATA_DIR:-$(DATA_DIR)} $(PYTHON) -m pytest

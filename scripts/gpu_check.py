@@ -10,10 +10,14 @@ SmolLM2-135M-Instruct when its package is installed):
   fsdp-1gpu                     the same LoRA run under `accelerate launch --use_fsdp` (FSDP2), adapter saved
   deepspeed-zero2-1gpu          the same under `--use_deepspeed --zero_stage 2` (SKIP without deepspeed)
   grpo-tiny-2-steps             method: grpo (TRL's GRPOTrainer) 2 steps, precision auto: the adapter changes
+  full-llama-{fp16,bf16}        20 full fine-tuning steps (make run's method): loss falls, no inf/NaN,
+                                then the saved model evaluates on the GPU with calculator decoding
   eval-cuda-vs-cpu              greedy answers of a trained tiny model on 8 problems: CUDA fp32 == CPU fp32
+  eval-full-calculator-cuda-vs-cpu  the same for the full fine-tuned model with calculator decoding on
   embedded-20-steps             SmolLM2-135M-Instruct, precision auto, 20 LoRA steps + 8-problem eval
 Record the output in docs/gpu.md. `GPU_CHECK_DEVICE=cpu` runs the same checks on the CPU (launched
-engines skipped) to try the script itself on a machine without a GPU.
+engines skipped) to try the script itself on a machine without a GPU. `GPU_CHECK_ONLY=full,eval-full`
+runs only the checks whose names start with one of those prefixes.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the tests' tiny-model and synthetic-d
 
 RESULTS: list[tuple[str, str, str]] = []
 DEVICE = os.environ.get("GPU_CHECK_DEVICE", "cuda")
+ONLY = [prefix for prefix in os.environ.get("GPU_CHECK_ONLY", "").split(",") if prefix]
 
 
 def bf16_supported() -> bool:
@@ -44,6 +49,8 @@ def bf16_supported() -> bool:
 
 
 def check(name: str, run: Callable[[], str]) -> None:
+    if ONLY and not any(name.startswith(prefix) for prefix in ONLY):
+        return
     started = time.perf_counter()
     try:
         detail = run()
@@ -169,6 +176,58 @@ def eval_agreement(model: Path, data: Path, work: Path) -> str:
     return f"{same}/{len(answers[0])} greedy outputs identical"
 
 
+FULL_RUNS: dict[str, Path] = {}
+
+
+def full_run(model: Path, data: Path, work: Path, precision: str) -> str:
+    """make run's method on the GPU: full fine-tuning (fp32 master weights under autocast), then the saved
+    model, which is the whole model rather than an adapter, evaluated there with calculator decoding."""
+    from mathtune.config import build_config
+    from mathtune.recipes.evaluate import evaluate_model
+    from mathtune.recipes.train import train
+
+    if precision == "bf16" and not bf16_supported():
+        return "skip: this GPU has no bf16"
+    out = work / f"full-{precision}"
+    settings = tree(model, data, out, {"name": "full"}, precision)
+    settings["train"]["lr"] = 1e-3
+    settings["eval"]["calculator"] = True
+    cfg = build_config(settings)
+    card = train(cfg, out, show_progress=False).card
+    if precision == "fp16" and not card["loss_scaler"]:
+        raise AssertionError("fp16 run without a GradScaler")
+    trend = falling_and_finite(losses(out))
+    metrics = evaluate_model(cfg, out / "eval" / "tuned", "tuned", adapter_dir=out / "adapter", show_progress=False)
+    FULL_RUNS[precision] = out
+    return (f"{trend}, mixed_precision {card['mixed_precision']}, peak {card['peak_cuda_mb']} MB, "
+            f"eval n={metrics['n']} with the calculator")
+
+
+def full_calculator_agreement(model: Path, data: Path, work: Path) -> str:
+    """Greedy calculator decoding of the full fine-tuned model: CUDA fp32 == CPU fp32, output for output."""
+    from mathtune.config import build_config
+    from mathtune.recipes.evaluate import evaluate_model
+
+    run = FULL_RUNS.get("bf16") or FULL_RUNS.get("fp16")
+    if run is None:
+        return "skip: no full fine-tuning run finished"
+    outputs = []
+    for device in ("cpu", DEVICE):
+        settings = tree(model, data, run, {"name": "full"}, "fp32")
+        settings["model"]["device"] = device
+        settings["eval"].update(dtype="fp32", calculator=True)
+        out = work / f"full-agree-{device}-{len(outputs)}"
+        evaluate_model(build_config(settings), out, "tuned", adapter_dir=run / "adapter", show_progress=False)
+        rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+        outputs.append([row["output"] for row in rows])
+    same = sum(a == b for a, b in zip(*outputs, strict=True))
+    if same < len(outputs[0]):
+        raise AssertionError(f"{same}/{len(outputs[0])} outputs identical")
+    # A random tiny model seldom opens a `<<` annotation, so this says how often the calculator could act.
+    annotated = sum("<<" in output for output in outputs[1])
+    return f"{same}/{len(outputs[0])} greedy outputs identical, {annotated} with a `<<` annotation"
+
+
 def embedded(work: Path) -> str:
     from mathtune.config import build_config
     from mathtune.recipes.evaluate import evaluate_model
@@ -235,7 +294,10 @@ def main() -> int:
         return launched(["--use_deepspeed", "--zero_stage", "2"], models["llama"], data, work)
     check("deepspeed-zero2-1gpu", deepspeed)
     check("grpo-tiny-2-steps", lambda: grpo_steps(models["llama"], data, work))
+    for precision in ("fp16", "bf16"):
+        check(f"full-llama-{precision}", lambda p=precision: full_run(models["llama"], data, work, p))
     check("eval-cuda-vs-cpu", lambda: eval_agreement(models["llama"], data, work))
+    check("eval-full-calculator-cuda-vs-cpu", lambda: full_calculator_agreement(models["llama"], data, work))
     check("embedded-20-steps", lambda: embedded(work))
     failed = [name for status, name, _ in RESULTS if status == "FAIL"]
     print(f"{len(RESULTS) - len(failed)}/{len(RESULTS)} checks passed or skipped; failed: {failed or 'none'}")

@@ -17,8 +17,8 @@ step mathtune eval "$run" "${common[@]}"
 step mathtune eval --base "${common[@]}" -o "$base/eval/base"
 step mathtune compare "$base/eval/base" "$run/eval/tuned" -o "$run/comparison_full"
 # SVAMP, all 1,000 problems: never trained on.
-step mathtune eval "$run" "${common[@]}" --dataset svamp
-step mathtune eval --base "${common[@]}" --dataset svamp -o "$base/eval/svamp/base"
+step mathtune eval "$run" "${common[@]}" --dataset svamp -s data.svamp_test=all
+step mathtune eval --base "${common[@]}" --dataset svamp -s data.svamp_test=all -o "$base/eval/svamp/base"
 step mathtune compare "$base/eval/svamp/base" "$run/eval/svamp/tuned" -o "$run/comparison_svamp"
 # Levers at evaluation: calculator-augmented decoding (natural-language strategies).
 if [ "$strategy" != program ]; then

@@ -69,12 +69,29 @@ def compare_runs(eval_dirs: list[Path], labels: list[str] | None = None) -> dict
     named = list(zip(labels, eval_dirs, strict=True)) if labels else find_eval_dirs(eval_dirs)
     entries = [_load_entry(label, path) for label, path in named]
     rows = [_table_row(e) for e in entries]
-    # Models are paired only on the same benchmark: the first entry of each benchmark against the rest.
-    by_benchmark: dict[str, list[dict[str, Any]]] = {}
+    # Models are paired only on the same problems: the first entry of each benchmark against the rest.
+    # A perturbed copy (eval.perturbed) keeps the original problems' ids but not their numbers, so it
+    # forms a group of its own, and is paired with an original evaluation only of the same model (the
+    # robustness check: tuned vs tuned-perturbed), never with another model's.
+    by_problems: dict[tuple[str, bool], list[dict[str, Any]]] = {}
     for entry in entries:
-        by_benchmark.setdefault(_benchmark(entry["metrics"]), []).append(entry)
-    pairs = [_pair(group[0], other) for group in by_benchmark.values() for other in group[1:]]
+        by_problems.setdefault((_benchmark(entry["metrics"]), _perturbed(entry["metrics"])), []).append(entry)
+    pairs = [_pair(group[0], other) for group in by_problems.values() for other in group[1:]]
+    for (benchmark, perturbed), group in by_problems.items():
+        originals = by_problems.get((benchmark, False), []) if perturbed else []
+        pairs += [_pair(original, copy) for copy in group for original in originals
+                  if _model_identity(original["metrics"]) == _model_identity(copy["metrics"])]
     return {"rows": rows, "pairs": pairs}
+
+
+def _perturbed(metrics: dict[str, Any]) -> bool:
+    return bool(metrics.get("reproducibility", {}).get("problems", {}).get("perturbed", False))
+
+
+def _model_identity(metrics: dict[str, Any]) -> tuple[Any, Any]:
+    """The base model and the tuned weights an evaluation ran (None for metrics that do not say)."""
+    reproducibility = metrics.get("reproducibility", {})
+    return reproducibility.get("model"), reproducibility.get("adapter")
 
 
 def _benchmark(metrics: dict[str, Any]) -> str:
@@ -125,7 +142,8 @@ def render_comparison_markdown(comparison: dict[str, Any]) -> str:
             f"| {format_value(row['train_tokens_per_second'], 0)} | {format_value(row['eval_seconds'], 0)} |")
     lines.append("\nEM: exact match (lm-eval-harness filters), ± one standard error; math-verify: symbolic "
                  "equality by the math-verify library; '–': the score does not apply (ARC: letters only). Models "
-                 "are paired only on the same benchmark.")
+                 "are paired only on the same problems: the same benchmark, and a perturbed copy (new numbers) "
+                 "only with its own model's original problems.")
     for pair in comparison["pairs"]:
         lines += _pair_markdown(pair)
     return "\n".join(lines) + "\n"

@@ -31,3 +31,26 @@ def test_mcnemar_is_reported_for_strict_and_for_the_answer_only_filters(tmp_path
     assert pair["mcnemar_by_score"]["numeric-match"]["discordant"] == 0
     assert pair["mcnemar_by_score"]["numeric-match"]["p_value"] == 1.0
     assert "On numeric-match: only base right: 0, only tuned right: 0, p = 1." in render_comparison_markdown(comparison)
+
+
+def _mark(eval_dir: Path, adapter: str | None, perturbed: bool) -> Path:
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    metrics["reproducibility"] = {"model": "m", "adapter": adapter, "problems": {"perturbed": perturbed}}
+    (eval_dir / "metrics.json").write_text(json.dumps(metrics))
+    return eval_dir
+
+
+def test_a_perturbed_eval_pairs_with_its_own_models_original_only(tmp_path):
+    # perturbed copies keep the original ids: pairing the base's originals with the tuned model's
+    # perturbed problems would test two different things at once
+    outcomes = [(True, True), (False, False)] * 3
+    base = _mark(write_eval(tmp_path / "b" / "eval" / "base", outcomes), None, False)
+    base_p = _mark(write_eval(tmp_path / "b" / "eval" / "base-perturbed", outcomes), None, True)
+    tuned = _mark(write_eval(tmp_path / "t" / "eval" / "tuned", outcomes), "t/adapter", False)
+    tuned_p = _mark(write_eval(tmp_path / "t" / "eval" / "tuned-perturbed", outcomes), "t/adapter", True)
+    labels = ["base", "base-p", "tuned", "tuned-p"]
+    pairs = compare_runs([base, base_p, tuned, tuned_p], labels)["pairs"]
+    assert sorted((p["first"], p["second"]) for p in pairs) == [
+        ("base", "base-p"), ("base", "tuned"), ("base-p", "tuned-p"), ("tuned", "tuned-p")]
+    pairs = compare_runs([base, tuned_p], ["base", "tuned-p"])["pairs"]
+    assert pairs == []

@@ -69,6 +69,24 @@ def test_verifier_trains_saves_a_peft_adapter_and_scores_samples(tiny_models, tm
     done = run_cli("curve", str(test_dir))
     curve = json.loads((test_dir / "curve.json").read_text())
     assert curve["rerank"]["methods"]["verifier@4"]["accuracy"] == 1.0  # it picks the 'checked' sample
+    # k = 6 extending these k = 4 samples (`sample --extend`): the 4 kept samples' scores are reused,
+    # not recomputed (marked here so reuse is visible); a problem whose kept texts differ is rescored
+    extended = tmp_path / "test-samples-k6"
+    extended.mkdir()
+    more = rows(6, k=6, seed=2)
+    for old_row, new_row in zip(rows(6, seed=2), more, strict=True):
+        new_row["samples"][:4] = old_row["samples"]
+    more[5]["samples"][0] = {**more[5]["samples"][0], "output": " changed #### 7"}
+    (extended / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in more))
+    (extended / "sampling.json").write_text(json.dumps({"split": "test", "extended_from": str(test_dir)}))
+    marked = [{**r, "scores": [0.125, 0.25, 0.375, 0.5]} for r in scored]
+    (test_dir / "verifier_scores.jsonl").write_text("".join(json.dumps(r) + "\n" for r in marked))
+    assert run_cli("verifier", "score", str(out), str(extended)).code == 0
+    rescored = [json.loads(line) for line in (extended / "verifier_scores.jsonl").read_text().splitlines()]
+    assert all(len(r["scores"]) == 6 for r in rescored)
+    assert all(r["scores"][:4] == [0.125, 0.25, 0.375, 0.5] for r in rescored[:5])
+    assert rescored[5]["scores"][:4] != [0.125, 0.25, 0.375, 0.5]
+    assert [round(s, 5) for s in rescored[5]["scores"][1:4]] == [round(s, 5) for s in scored[5]["scores"][1:4]]
     empty = tmp_path / "empty"
     empty.mkdir()
     bad = run_cli("verifier", "train", str(empty), "-o", str(tmp_path / "v2"), "--model", str(tiny_models["llama"]))

@@ -8,6 +8,7 @@ score: a verifier + a samples dir -> verifier_scores.jsonl (one probability per 
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from pathlib import Path
@@ -18,7 +19,13 @@ import torch
 from mathtune.config import RunConfig, config_to_yaml
 from mathtune.errors import MathtuneError
 from mathtune.evaluate.curves import rerank_table
-from mathtune.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl_tolerant, replace_dir
+from mathtune.io import (
+    append_jsonl,
+    atomic_write_json,
+    atomic_write_text,
+    read_jsonl_tolerant,
+    replace_dir,
+)
 from mathtune.models.device import choose_placement
 from mathtune.models.setup import LoadedModel, load_for_run
 from mathtune.models.verifier import encode, load_verifier, lora_verifier, scalar_head_model, score_solutions
@@ -180,8 +187,34 @@ def score_samples(cfg: RunConfig, verifier_dir: Path, samples_dir: Path, show_pr
     settings = cfg.verifier
     model = model.merge_and_unload().eval()  # LoRA folded in: one matmul per layer; the head is kept
     todo = [row for row in rows if row["id"] not in done]
+    earlier = extended_scores(samples_dir, verifier_dir)
     for row in tqdm(todo, desc="verifier", disable=not show_progress, dynamic_ncols=True):
-        scores = score_solutions(model, loaded.tokenizer, row["prompt"], [s["output"] for s in row["samples"]],
-                                 settings.max_length, placement.autocast_context())
+        kept = earlier.get(row["id"], [])
+        new_outputs = [s["output"] for s in row["samples"][len(kept) :]]
+        scores = kept + (score_solutions(model, loaded.tokenizer, row["prompt"], new_outputs, settings.max_length,
+                                         placement.autocast_context()) if new_outputs else [])
         append_jsonl(path, [{"id": row["id"], "verifier": str(verifier_dir), "scores": scores}])
     return path
+
+
+def extended_scores(samples_dir: Path, verifier_dir: Path) -> dict[str, list[float]]:
+    """This verifier's scores of the samples an `--extend`ed run kept, by problem id ({} when none).
+
+    A `sample --extend` run's first k0 samples of a problem are the earlier run's, output for output,
+    so their scores are reused and only the new samples are scored: k = 32 after k = 16 costs 16 more
+    scores per problem, not 32. A score depends on its own text alone (fp32: exactly; in bf16 the
+    group a solution is batched with can move the last bits)."""
+    summary = samples_dir / "sampling.json"
+    extended_from = json.loads(summary.read_text(encoding="utf-8")).get("extended_from") if summary.is_file() else None
+    if not extended_from:
+        return {}
+    earlier_dir = Path(extended_from)
+    kept = {row["id"]: [s["output"] for s in row["samples"]] for row in read_samples(earlier_dir)}
+    current = {row["id"]: [s["output"] for s in row["samples"]] for row in read_samples(samples_dir)}
+    reused: dict[str, list[float]] = {}
+    for row in read_jsonl_tolerant(earlier_dir / SCORES_FILE):
+        texts = kept.get(row["id"], [])
+        if (row.get("verifier") == str(verifier_dir) and len(row["scores"]) == len(texts)
+                and current.get(row["id"], [])[: len(texts)] == texts):
+            reused[row["id"]] = row["scores"]
+    return reused

@@ -25,6 +25,7 @@ from mathtune.evaluate.curves import majority_correct
 from mathtune.evaluate.evaluator import build_prompts, eval_problems, score_rows, stop_strings
 from mathtune.evaluate.generation import Generation, GenerationRequest, cut_at_stop
 from mathtune.prompts import get_strategy, render_prompts
+from mathtune.recipes.sample import merge_lora
 from mathtune.runcard import peak_rss_mb
 
 
@@ -76,6 +77,8 @@ def main() -> None:
     parser.add_argument("--peer-batch", default="1,2,4", help="problems per generate() call to try")
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-merge", action="store_true",
+                        help="keep a LoRA adapter unmerged (default: merged for every arm, as `mathtune sample` does)")
     args = parser.parse_args()
     if not args.data_dir:
         parser.error("pass --data-dir or set MATHTUNE_DATA_DIR (the folder holding gsm8k/)")
@@ -86,6 +89,8 @@ def main() -> None:
                         "eval": {"num_problems": args.problems, "max_new_tokens": args.max_new_tokens,
                                  "dtype": args.dtype, "batch_size": max(peer_batches) * args.k}})
     backend, meta = build_backend(cfg, Path(args.adapter) if args.adapter else None)
+    # one model for every arm: merged (peft's merge_and_unload, open to any peft user) unless --no-merge
+    merged = not args.no_merge and merge_lora(backend)
     strategy = get_strategy(cfg.prompt.strategy)
     problems = eval_problems(cfg)
     prompts = render_prompts(backend.tokenizer, build_prompts(cfg, problems)[0], cfg.prompt.chat_template)
@@ -113,7 +118,8 @@ def main() -> None:
         print(json.dumps(arms[-1]), flush=True)
     fastest_peer = min(arms[: len(peer_batches)], key=lambda a: a["wall_seconds"])
     ours = arms[len(peer_batches)]
-    print(json.dumps({"model": args.model, "adapter": args.adapter, "problems": len(problems), "k": args.k,
+    print(json.dumps({"model": args.model, "adapter": args.adapter, "merged_lora": merged,
+                      "problems": len(problems), "k": args.k,
                       "dtype": meta["compute_dtype"], "threads": torch.get_num_threads(),
                       "fastest_peer": fastest_peer["arm"],
                       "speedup_wall_vs_fastest_peer": round(fastest_peer["wall_seconds"] / ours["wall_seconds"], 2),

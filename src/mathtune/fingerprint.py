@@ -95,7 +95,10 @@ def eval_fingerprint(cfg: Any, problems: list[Any], adapter_dir: Path | None) ->
     generation = {key: settings[key] for key in ("split", "max_new_tokens", "stop", "dtype", "calculator",
                                                  "samples", "perturbed", "perplexity", "text_metrics")}
     if cfg.eval.samples > 1:
+        from mathtune.evaluate.decoding import SAMPLER
+
         generation["temperature"] = settings["temperature"]
+        generation["sampler"] = SAMPLER  # other draws, same distribution: not mixed into these samples
     # A base model is loaded as its run's method loads it: only quantization changes what it is.
     method = cfg.method.model_dump(mode="json") if adapter_dir is not None else (
         {"name": "qlora", "bits": cfg.method.bits} if cfg.method.name == "qlora" else None)

@@ -163,3 +163,31 @@ def test_a_common_prefix_prefilled_once_decodes_as_the_whole_prompts_do(arch, ti
     backend.share_common_prefix = False
     assert backend.generate(requests) == shared
     assert any(g.new_tokens > 1 for g in shared)
+
+
+@pytest.mark.parametrize("arch", ["llama", "phi"])
+def test_the_in_place_cache_decodes_exactly_as_transformers_dynamic_cache(tiny_models, data_dir, monkeypatch, arch):
+    """GrowingLayer (writes each step in place) against DynamicLayer (concatenates): the same greedy
+    and sampled tokens, through shared-prefix expansion, rows leaving the batch and buffer growth."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+
+    import mathtune.evaluate.decoding as decoding
+    from mathtune.evaluate.kv_cache import GrowingLayer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_models[arch], dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models[arch])
+    assert all(isinstance(layer, GrowingLayer) for layer in decoding._new_cache(model).layers)
+    import dataclasses
+
+    # caps of 9, 24 and 40 new tokens: rows leave the batch at different steps, the buffer grows twice
+    requests = [dataclasses.replace(request, max_new_tokens=cap)
+                for request, cap in zip(gsm8k_requests(data_dir, count=3), (9, 24, 40), strict=True)]
+
+    def decode(backend):
+        return (backend.generate(requests), backend.sample(requests, ["a", "b", "c"], 4, seed=5))
+
+    growing = decode(HFBackend(model, tokenizer, torch.device("cpu"), False, 12))
+    monkeypatch.setattr(decoding, "_new_cache", lambda model: DynamicCache(config=model.config))
+    concatenating = decode(HFBackend(model, tokenizer, torch.device("cpu"), False, 12))
+    assert growing == concatenating
+    assert {g.new_tokens for g in growing[0]} == {9, 24, 40}

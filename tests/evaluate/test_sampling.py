@@ -3,12 +3,14 @@ the evaluation's, and `mathtune sample` resumes."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from helpers import gsm8k_requests
 
 from mathtune.config import build_config
-from mathtune.evaluate.decoding import sampling_probs
+from mathtune.evaluate.decoding import draw_tokens, sampling_probs
 from mathtune.evaluate.evaluator import score_rows
 from mathtune.evaluate.generation import HFBackend
 from mathtune.prompts import get_strategy
@@ -43,6 +45,30 @@ def test_top_p_keeps_the_nucleus():
     assert torch.allclose(sampling_probs(logits, 1.0, 0.8), torch.tensor([[0.625, 0.375, 0.0, 0.0]]))
     assert torch.allclose(sampling_probs(logits, 1.0, 0.1), torch.tensor([[1.0, 0.0, 0.0, 0.0]]))
     assert torch.allclose(sampling_probs(logits, 1.0, 1.0), torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+
+
+def test_draws_follow_the_probabilities_and_never_pick_a_zero_probability_token():
+    probs = torch.tensor([[0.0, 0.5, 0.3, 0.0, 0.15, 0.05, 0.0]]).expand(10_000, 7)
+    uniforms = (torch.arange(10_000) + 0.5) / 10_000  # evenly spread: the counts are the probabilities
+    counts = torch.bincount(draw_tokens(probs, uniforms), minlength=7).tolist()
+    assert counts == [0, 5_000, 3_000, 0, 1_500, 500, 0]
+    edges = draw_tokens(probs[:3], torch.tensor([0.0, 0.5, 0.9999999]))
+    assert edges.tolist() == [1, 2, 5]  # u = 0 lands on the first token with mass, u -> 1 on the last
+    unnormalised = torch.tensor([[0.0, 2.0, 6.0]]).expand(4, 3)  # nucleus rows are renormalised anyway
+    assert draw_tokens(unnormalised, torch.tensor([0.0, 0.24, 0.26, 0.99])).tolist() == [1, 1, 2, 2]
+
+
+def test_draws_over_a_vocabulary_of_several_blocks_match_the_probabilities():
+    generator = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(1, 1000, generator=generator) * 4, dim=-1)  # 1000: not a block multiple
+    probs[0, ::7] = 0.0  # zero-probability tokens across every block
+    probs[0, 256:512] = 0.0  # and a whole empty block
+    probs /= probs.sum()
+    draws = 50_000
+    uniforms = (torch.arange(draws, dtype=torch.float64) + 0.5) / draws
+    counts = torch.bincount(draw_tokens(probs.expand(draws, -1), uniforms.float()), minlength=1000)
+    assert counts[probs[0] == 0].sum() == 0
+    assert (counts.double() - probs[0].double() * draws).abs().max() <= 2  # evenly spread u: exact counts
 
 
 def _tree(model, data_dir, out, **evals):
@@ -101,6 +127,14 @@ def test_a_larger_k_extends_the_smaller_run_with_the_same_samples(tiny_models, d
     other = build_config(_tree(tiny_models["llama"], data_dir, tmp_path, samples=4, temperature=0.5))
     with pytest.raises(MathtuneError, match="other settings"):
         sample_model(other, tmp_path / "k4-other", show_progress=False, extend=tmp_path / "k2")
+    # samples drawn by another sampler (multinomial, before SAMPLER was recorded): same distribution,
+    # other draws, so continuing them would not equal a direct k = 4 run
+    fingerprint = tmp_path / "k2" / "fingerprint.json"
+    older = json.loads(fingerprint.read_text())
+    del older["generation"]["sampler"]
+    fingerprint.write_text(json.dumps(older))
+    with pytest.raises(MathtuneError, match="generation.sampler"):
+        run(tmp_path / "k4-from-older", 4, extend=tmp_path / "k2")
 
 
 def test_sample_cli_and_bad_input(tiny_models, data_dir, tmp_path, run_cli):

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from mathtune.config import RunConfig
 from mathtune.errors import MathtuneError
 from mathtune.evaluate.backend import build_backend
+from mathtune.evaluate.decoding import SAMPLER
 from mathtune.evaluate.evaluator import build_prompts, eval_problems, score_rows, stop_strings
 from mathtune.evaluate.generation import GenerationRequest, HFBackend
 from mathtune.fingerprint import (
@@ -41,7 +42,8 @@ def sampling_fingerprint(cfg: RunConfig, problems: list, adapter_dir: Path | Non
     fingerprint = eval_fingerprint(cfg, problems, adapter_dir)
     fingerprint["kind"] = "samples"
     fingerprint["generation"] |= {"samples": cfg.eval.samples, "temperature": cfg.eval.temperature,
-                                  "top_p": cfg.eval.top_p, "sample_seed": cfg.eval.sample_seed}
+                                  "top_p": cfg.eval.top_p, "sample_seed": cfg.eval.sample_seed,
+                                  "sampler": SAMPLER}
     return fingerprint
 
 

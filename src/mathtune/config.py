@@ -172,6 +172,9 @@ class VerifierConfig(Section):
         None, gt=0, description="Keep at most this many wrong samples per right one (seeded draw): a weak "
         "model's samples are mostly wrong, and training on all of them costs time for little signal")
     seed: int = Field(0, description="Seed of the dev split, the balancing and training")
+    solutions_per_pass: int = Field(
+        16, ge=1, description="Solutions of one problem scored per forward pass, on one run of their prompt: "
+        "16 scored 4 problems' 64 samples 1.5-1.9x faster than 4 on 2 CPU cores, for a little more padding")
 
 
 class RunConfig(Section):

@@ -161,7 +161,8 @@ def _dev_report(model: Any, loaded: LoadedModel, dev_rows: list[dict[str, Any]],
     """On problems it never trained on: AUC, accuracy at 0.5, and verifier@k vs maj@k."""
     labels = [label for _, label in labelled(dev_rows, settings.score)]
     by_id = {row["id"]: score_solutions(model, loaded.tokenizer, row["prompt"], [s["output"] for s in row["samples"]],
-                                        settings.max_length, loaded.placement.autocast_context())
+                                        settings.max_length, loaded.placement.autocast_context(),
+                                        rows=settings.solutions_per_pass)
              for row in dev_rows}
     scores = [score for row in dev_rows for score in by_id[row["id"]]]
     accuracy = sum((s >= 0.5) == (y == 1.0) for s, y in zip(scores, labels, strict=True)) / len(labels)
@@ -192,7 +193,8 @@ def score_samples(cfg: RunConfig, verifier_dir: Path, samples_dir: Path, show_pr
         kept = earlier.get(row["id"], [])
         new_outputs = [s["output"] for s in row["samples"][len(kept) :]]
         scores = kept + (score_solutions(model, loaded.tokenizer, row["prompt"], new_outputs, settings.max_length,
-                                         placement.autocast_context()) if new_outputs else [])
+                                         placement.autocast_context(), rows=settings.solutions_per_pass)
+                         if new_outputs else [])
         append_jsonl(path, [{"id": row["id"], "verifier": str(verifier_dir), "scores": scores}])
     return path
 

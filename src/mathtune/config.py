@@ -174,7 +174,7 @@ class VerifierConfig(Section):
     seed: int = Field(0, description="Seed of the dev split, the balancing and training")
     solutions_per_pass: int = Field(
         16, ge=1, description="Solutions of one problem scored per forward pass, on one run of their prompt: "
-        "16 scored 4 problems' 64 samples 1.5-1.9x faster than 4 on 2 CPU cores, for a little more padding")
+        "more rows, fewer runs of the prompt and larger matmuls, a little more padding")
 
 
 class RunConfig(Section):

@@ -233,12 +233,13 @@ def draw_tokens(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
 
     Why not `torch.multinomial`: for one draw it samples an exponential for every vocabulary entry
     (the Gumbel trick), 49,152 random numbers per row and step for SmolLM2, one row at a time when
-    each row has its own generator: ~1.5 ms per row and token on 2 CPU cores, as much as the model's
-    forward pass per token. Here a row needs one uniform. The cumulative sum is two-level so it stays
-    cheap in float64: the vocabulary's blocks of DRAW_BLOCK tokens are summed (float32, vectorised),
-    the block is found on their cumulative sums, then the token inside it (0.7 ms for 128 rows, against
-    26 ms for one float64 cumsum over the vocabulary). The distribution is multinomial's; the draws
-    are not, so `SAMPLER` is part of a sampling run's fingerprint."""
+    each row has its own generator: 171 ms per 128-row step on 2 CPU cores, against 1.9 ms here
+    (`benchmarks/sampling_draw.py`), while the model's forward pass for those 128 tokens takes ~440 ms.
+    Here a row needs one uniform. The cumulative sum is two-level so it stays cheap in float64: the
+    vocabulary's blocks of DRAW_BLOCK tokens are summed (float32, vectorised), the block is found on
+    their cumulative sums, then the token inside it (one float64 cumsum over the whole vocabulary
+    took ~14x longer). The distribution is multinomial's; the draws are not, so `SAMPLER` is part of
+    a sampling run's fingerprint."""
     rows, vocab = probs.shape
     padded = torch.nn.functional.pad(probs.float(), (0, -vocab % DRAW_BLOCK)) if vocab % DRAW_BLOCK else probs.float()
     blocks = padded.view(rows, -1, DRAW_BLOCK)

@@ -156,14 +156,35 @@ def test_a_signal_python_would_drop_is_still_reported(tmp_path):
     assert done.returncode == 0 and done.stdout.strip() == "received 143" and done.stderr == ""
 
 
-@pytest.mark.parametrize("delay", [0.2, 1.0])
+def _wait_for_sigterm_handler(pid: int, timeout: float = 60.0) -> None:
+    """Until the process catches SIGTERM (Linux: bit 15 of SigCgt in /proc/PID/status). Before the
+    interpreter has run mathtune's first lines no program can catch a signal, and on a loaded machine
+    that moment comes later than any fixed delay; elsewhere, a fixed 0.2 s."""
+    status = Path(f"/proc/{pid}/status")
+    if not status.exists():
+        time.sleep(0.2)
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            caught = next(line for line in status.read_text().splitlines() if line.startswith("SigCgt:"))
+        except (OSError, StopIteration):
+            return  # the process is gone: the assertions below say why
+        if int(caught.split()[1], 16) & (1 << (signal.SIGTERM - 1)):
+            return
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize("delay", [0.0, 1.0])
 def test_a_signal_during_start_up_is_one_line(delay, tiny_llama, data_dir, tmp_path):
     """The handlers go in before torch is imported (mathtune/__main__.py): a SIGTERM seconds into the
-    start used to kill silently or print a traceback with exit 1."""
+    start used to kill silently or print a traceback with exit 1. The signal comes `delay` seconds
+    after the handler is in: at once (torch not yet imported) and a second later."""
     env = {k: v for k, v in os.environ.items() if k != "MATHTUNE_DATA_DIR"}
     env.update(HF_HUB_OFFLINE="1", MATHTUNE_CACHE_DIR=str(tmp_path / "cache"))
     proc = subprocess.Popen([console_script(), *_base_eval(tiny_llama, data_dir, tmp_path / "out")], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for_sigterm_handler(proc.pid)
     time.sleep(delay)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)

@@ -270,7 +270,7 @@ def curve_cmd(samples: Annotated[Path, typer.Argument(help="Samples dir (`mathtu
     atomic_write_json(prefix.with_suffix(".json"), {"curve": curve, "rerank": rerank})
     text = curve_markdown(curve, rerank)
     atomic_write_text(prefix.with_suffix(".md"), text)
-    plot_curve(curve, prefix.with_suffix(".png"))
+    plot_curve(curve, prefix.with_suffix(".png"), greedy=rerank["methods"].get("greedy"))
     typer.echo(text)
 
 

@@ -10,6 +10,7 @@ import pytest
 from mathtune.evaluate.curves import (
     best_of_n_correct,
     compute_curve,
+    curve_figure,
     curve_sizes,
     majority_correct,
     pass_at,
@@ -112,3 +113,12 @@ def test_the_report_draws_a_runs_curve(tmp_path):
     curve = _compute_curve(run)
     assert curve == compute_curve(ROWS, SCORES)
     assert compute_curves([{"compute_curve": curve}], tmp_path / "c.png").stat().st_size > 0
+    # drawn with --greedy: greedy's accuracy on the same problems comes along as a level line
+    rerank = rerank_table(ROWS, {"p1": True, "p2": False, "p3": False}, SCORES, "numeric-match")
+    (run / "samples" / "tuned-test-k4" / "curve.json").write_text(
+        json.dumps({"curve": compute_curve(ROWS, SCORES), "rerank": rerank}))
+    curve = _compute_curve(run)
+    assert curve["greedy"] == rerank["methods"]["greedy"] and curve["greedy"]["right"] == 1
+    figure = curve_figure(curve, curve["greedy"])
+    labels = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+    assert f"greedy ({100 / 3:.1f} %)" in labels and "pass" in labels

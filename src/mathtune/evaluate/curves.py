@@ -198,8 +198,9 @@ def curve_markdown(curve: dict[str, Any], rerank: dict[str, Any] | None = None) 
     return "\n".join(lines) + "\n"
 
 
-def plot_curve(curve: dict[str, Any], path: Any) -> None:
-    """Accuracy against N (log2 axis), one line per method, with ±1 stderr bands."""
+def curve_figure(curve: dict[str, Any], greedy: dict[str, Any] | None = None) -> Any:
+    """Accuracy against N (log2 axis), one line per method, with ±1 stderr bands; `greedy` (the
+    rerank table's greedy entry, when the curve was drawn with --greedy) as a dashed level line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -213,12 +214,22 @@ def plot_curve(curve: dict[str, Any], path: Any) -> None:
         axis.plot(xs, ys, marker="o", label=method)
         axis.fill_between(xs, [y - e for y, e in zip(ys, errs, strict=True)],
                           [y + e for y, e in zip(ys, errs, strict=True)], alpha=0.15)
+    if greedy is not None:
+        axis.axhline(100 * greedy["accuracy"], color="gray", linestyle="--",
+                     label=f"greedy ({100 * greedy['accuracy']:.1f} %)")
     axis.set_xscale("log", base=2)
     axis.set_xlabel("N (samples per problem)")
     axis.set_ylabel(f"accuracy, {curve['score']} (%)")
     axis.set_title(f"Test-time compute, {curve['problems']} problems")
     axis.legend()
     figure.tight_layout()
+    return figure
+
+
+def plot_curve(curve: dict[str, Any], path: Any, greedy: dict[str, Any] | None = None) -> None:
+    import matplotlib.pyplot as plt
+
+    figure = curve_figure(curve, greedy)
     figure.savefig(path, dpi=120)
     plt.close(figure)
 

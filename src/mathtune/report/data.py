@@ -86,9 +86,14 @@ def read_loss_curve(run_dir: Path, key: str = "loss") -> list[dict[str, float]]:
 
 
 def _compute_curve(run_dir: Path) -> dict[str, Any] | None:
-    """The test-time compute curve of the run's test-split samples (RUN/samples/*/curve.json), if drawn."""
+    """The test-time compute curve of the run's test-split samples (RUN/samples/*/curve.json), if drawn,
+    with greedy decoding's accuracy on the same problems under "greedy" when the curve had --greedy."""
     found = sorted((run_dir / "samples").glob("*-test-k*/curve.json"))
-    return _read_json(found[-1]).get("curve") if found else None
+    if not found:
+        return None
+    saved = _read_json(found[-1])
+    curve, greedy = saved.get("curve"), ((saved.get("rerank") or {}).get("methods") or {}).get("greedy")
+    return {**curve, "greedy": greedy} if curve and greedy else curve
 
 
 def _run_summary(run_dir: Path) -> dict[str, Any]:

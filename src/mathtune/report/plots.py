@@ -75,7 +75,7 @@ def compute_curves(runs: list[dict[str, Any]], path: Path) -> Path | None:
     curve = next((run["compute_curve"] for run in runs if run.get("compute_curve")), None)
     if curve is None:
         return None
-    plot_curve(curve, path)
+    plot_curve(curve, path, greedy=curve.get("greedy"))
     return path
 
 

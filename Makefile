@@ -1,6 +1,9 @@
 # Two commands do all set-up on a fresh machine:  `make run` (the main job)  and  `make test`.
 PYTHON ?= python3
-STAMP := .cache/installed.stamp
+# One stamp per Python environment: an install into a virtualenv must not satisfy `make test` run
+# with another interpreter (e.g. the system python3 after `deactivate`), which would lack every package.
+PYTHON_ENV := $(shell $(PYTHON) -c 'import hashlib, sys; print(hashlib.sha256(sys.prefix.encode()).hexdigest()[:12])')
+STAMP := .cache/installed-$(PYTHON_ENV).stamp
 # The GSM8K/SVAMP copy beside the checkout, if there is one; otherwise the hub is used.
 DATA_DIR ?= $(if $(wildcard ../shared/datasets/gsm8k),$(abspath ../shared/datasets),)
 

@@ -65,13 +65,21 @@ def decode_batch(
     row_seeds: Sequence[int] | None = None,
     top_p: float = 1.0,
     share_common_prefix: bool = True,
+    max_rows: int | None = None,
 ) -> list[Decoded]:
     """Decode every prompt until EOS, a stop string or its token cap; left padding, one KV cache.
+
+    Continuous batching: at most `max_rows` rows decode at once (None: all of them). As rows finish,
+    the next prompts (in the given order) are prefilled and join the running batch, so the batch
+    stays full instead of draining to a few long rows before the next chunk starts. A row's tokens do
+    not depend on when it was admitted: every row keeps its own positions and padding mask.
 
     `copies` > 1 (sampling k solutions of one problem): each prompt is prefilled once and its KV
     cache expanded to `copies` rows, so the k samples share the prompt's prefill; the result holds
     prompt i's copies at ``i * copies + j``. `row_seeds` (one per result row) gives every row its own
-    random stream, so a sample depends on its seed alone, not on the batch it was decoded in.
+    random stream, so a sample depends on its seed alone, not on the batch it was decoded in. With
+    one shared `seed` instead, samples depend on the admission order (fixed by `prompts`' order and
+    `max_rows`): reproducible, not batch-invariant.
 
     `share_common_prefix`: when the prompts begin with the same tokens (fixed few-shot examples, a
     chat template's system turn), that prefix is prefilled once (`prefill_common_prefix`)."""
@@ -86,42 +94,150 @@ def decode_batch(
         generators = [torch.Generator(device=device).manual_seed(s) for s in row_seeds]
     generator = torch.Generator(device=device).manual_seed(seed) if sample else None
     eos = _eos_ids(model, tokenizer)
+    capacity = total if max_rows is None else max(max_rows, copies)
     with torch.inference_mode():
-        ids, common = common_prefix_ids(tokenizer, prompts) if share_common_prefix and len(prompts) > 1 else ([], 0)
-        if common >= SHARED_PREFIX_MIN_TOKENS:
-            logits, cache, mask, position = prefill_common_prefix(model, tokenizer, ids, common, device)
-        elif packed_prefill_supported(model):
-            logits, cache, mask, position = prefill_packed(model, tokenizer, prompts, device)
-        else:
-            logits, cache, mask, position = prefill_padded(model, tokenizer, prompts, device)
+        prefill = _Prefiller(model, tokenizer, prompts, device, share_common_prefix)
+        pending = list(range(len(prompts)))[::-1]  # popped from the end: the given order
+        batch: _Batch | None = None
+        while True:
+            live = batch.live if batch is not None else 0
+            admit = min((capacity - live) // copies, len(pending))
+            joins = batch is None or live == 0 or (
+                batch.flexible and capacity - live >= _admit_threshold(capacity, copies))
+            if admit and joins:
+                group = [pending.pop() for _ in range(admit)]
+                joining = _Batch.start(prefill(group), [i * copies + j for i in group for j in range(copies)], copies)
+                batch = joining if batch is None or live == 0 else batch.merged(joining, model)
+            if batch is None or batch.live == 0:
+                break
+            logits = batch.logits
+            live_slots = [slot for slot, row in enumerate(batch.slots) if row is not None]
+            if generators is not None:
+                picked = _choose_per_row(logits[live_slots], temperature, top_p,
+                                         [generators[batch.slots[s]] for s in live_slots])
+                chosen = dict(zip(live_slots, picked, strict=True))
+            else:
+                drawn = _choose(logits, sample, temperature, generator, top_p).tolist()
+                chosen = {slot: drawn[slot] for slot in live_slots}
+            next_ids = [0] * len(batch.slots)  # a finished row's slot is fed a dummy token until it is dropped
+            for slot in live_slots:
+                token = _advance(rows[batch.slots[slot]], chosen[slot], tokenizer, eos)
+                if token is None:
+                    batch.slots[slot] = None
+                else:
+                    next_ids[slot] = token
+            if batch.live == 0:
+                continue  # the next prompts, if any, start a new batch
+            if batch.dead >= _dead_threshold(len(batch.slots), bool(pending) and batch.flexible):
+                next_ids = batch.compact(next_ids)
+            batch.step(model, next_ids)
+    return [Decoded(r.tokens, r.hit_eos, r.stopped, r.calls) for r in rows]
+
+
+def _admit_threshold(capacity: int, copies: int) -> int:
+    """Free rows that trigger an admission: each one costs a prefill and a copy of the batch's KV
+    cache, so new prompts join in groups (an eighth of the batch) rather than one at a time."""
+    return max(copies, capacity // 8)
+
+
+def _dead_threshold(rows: int, admitting: bool) -> int:
+    """Finished rows that trigger dropping them from the cache. Dropping copies the whole cache;
+    keeping a finished row costs its share of each step. While prompts wait, finished rows are
+    replaced at the next admission instead; in the tail, they are dropped once an eighth is dead."""
+    return rows + 1 if admitting else max(1, rows // 8)
+
+
+class _Prefiller:
+    """Prefills groups of prompts as they are admitted. The prompts' common leading tokens (when
+    long enough) are prefilled once for the whole call and reused by every group."""
+
+    def __init__(self, model: Any, tokenizer: Any, prompts: Sequence[str], device: torch.device,
+                 share_common_prefix: bool) -> None:
+        self.model, self.tokenizer, self.prompts, self.device = model, tokenizer, prompts, device
+        self.ids: list[list[int]] = []
+        self.common = 0
+        self.prefix_cache: Any = None
+        if share_common_prefix and len(prompts) > 1:
+            self.ids, self.common = common_prefix_ids(tokenizer, prompts)
+        if self.common >= SHARED_PREFIX_MIN_TOKENS:
+            self.prefix_cache = prefill_prefix(model, self.ids[0][: self.common], device)
+
+    def __call__(self, group: list[int]) -> Prefill:
+        if self.prefix_cache is not None:
+            return prefill_suffixes(self.model, self.tokenizer, self.prefix_cache,
+                                    [self.ids[i] for i in group], self.common, self.device)
+        prompts = [self.prompts[i] for i in group]
+        if packed_prefill_supported(self.model):
+            return prefill_packed(self.model, self.tokenizer, prompts, self.device)
+        return prefill_padded(self.model, self.tokenizer, prompts, self.device)
+
+
+@dataclass
+class _Batch:
+    """The rows decoding together: one left-padded KV cache, its mask, each row's last position and
+    the logits of its next token. `slots[s]` is the result row in slot s, None once it finished."""
+
+    cache: Any
+    mask: torch.Tensor
+    position: torch.Tensor
+    logits: torch.Tensor
+    slots: list[int | None]
+    flexible: bool  # rows can join the running batch (continuous_batching_supported)
+
+    @classmethod
+    def start(cls, prefilled: Prefill, slots: list[int], copies: int) -> _Batch:
+        logits, cache, mask, position = prefilled
         if copies > 1:  # the shared prefix: one prefill per prompt, its cache repeated per sample
             logits, mask, position = (t.repeat_interleave(copies, dim=0) for t in (logits, mask, position))
             cache.batch_repeat_interleave(copies)
-        active = list(range(len(rows)))
-        while active:
-            if generators is not None:
-                chosen = _choose_per_row(logits, temperature, top_p, [generators[i] for i in active])
-            else:
-                chosen = _choose(logits, sample, temperature, generator, top_p).tolist()
-            next_ids, keep = [], []
-            for slot, row_index in enumerate(active):
-                token = _advance(rows[row_index], chosen[slot], tokenizer, eos)
-                if token is not None:
-                    next_ids.append(token)
-                    keep.append(slot)
-            if not keep:
-                break
-            if len(keep) < len(active):
-                kept = torch.tensor(keep, device=device)
-                cache.batch_select_indices(kept)
-                mask, position = mask[kept], position[kept]
-            active = [active[slot] for slot in keep]
-            mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
-            position = position + 1
-            step = torch.tensor(next_ids, device=device).unsqueeze(1)
-            logits = model(input_ids=step, attention_mask=mask, position_ids=position,
-                           past_key_values=cache, use_cache=True).logits[:, -1, :]
-    return [Decoded(r.tokens, r.hit_eos, r.stopped, r.calls) for r in rows]
+        return cls(cache, mask, position, logits, list(slots), continuous_batching_supported(cache))
+
+    @property
+    def live(self) -> int:
+        return sum(row is not None for row in self.slots)
+
+    @property
+    def dead(self) -> int:
+        return len(self.slots) - self.live
+
+    def compact(self, next_ids: list[int]) -> list[int]:
+        """Drop the finished rows (and the padding columns no live row needs any more)."""
+        keep = [slot for slot, row in enumerate(self.slots) if row is not None]
+        self._select(keep)
+        return [next_ids[slot] for slot in keep]
+
+    def _select(self, keep: list[int]) -> None:
+        if len(keep) < len(self.slots):
+            kept = torch.tensor(keep, device=self.mask.device)
+            self.cache.batch_select_indices(kept)
+            self.mask, self.position, self.logits = self.mask[kept], self.position[kept], self.logits[kept]
+            self.slots = [self.slots[slot] for slot in keep]
+        first = int(self.mask.any(dim=0).long().argmax())  # leading columns that are padding in every row
+        if first and self.flexible:
+            trim_left(self.cache, first)
+            self.mask = self.mask[:, first:]
+
+    def merged(self, joining: _Batch, model: Any) -> _Batch:
+        """This batch's live rows and the newly prefilled ones in one cache, both left-padded to the
+        wider of the two."""
+        self._select([slot for slot, row in enumerate(self.slots) if row is not None])
+        width = max(self.mask.shape[1], joining.mask.shape[1])
+        cache = concat_left_padded(model, self.cache, joining.cache, width)
+        mask = torch.cat([_pad_left(self.mask, width), _pad_left(joining.mask, width)])
+        return _Batch(cache, mask, torch.cat([self.position, joining.position]),
+                      torch.cat([self.logits, joining.logits]), self.slots + joining.slots, True)
+
+    def step(self, model: Any, next_ids: list[int]) -> None:
+        """Feed one token to every row; the next logits."""
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.slots), 1)], dim=1)
+        self.position = self.position + 1
+        ids = torch.tensor(next_ids, device=self.mask.device).unsqueeze(1)
+        self.logits = model(input_ids=ids, attention_mask=self.mask, position_ids=self.position,
+                            past_key_values=self.cache, use_cache=True).logits[:, -1, :]
+
+
+def _pad_left(mask: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.nn.functional.pad(mask, (width - mask.shape[1], 0))
 
 
 def prefill_padded(model: Any, tokenizer: Any, prompts: Sequence[str], device: torch.device) -> Prefill:
@@ -143,24 +259,71 @@ def common_prefix_ids(tokenizer: Any, prompts: Sequence[str]) -> tuple[list[list
     return ids, common_prefix_length(ids)
 
 
-def prefill_common_prefix(model: Any, tokenizer: Any, ids: list[list[int]], common: int,
-                          device: torch.device) -> Prefill:
-    """Prefill the tokens every prompt starts with once, repeat that KV cache per row, then prefill the
-    rows' own suffixes (left-padded after the prefix) on top of it.
+def prefill_prefix(model: Any, prefix: list[int], device: torch.device) -> Any:
+    """The KV cache (one row) of the tokens every prompt starts with."""
+    cache = _new_cache(model)
+    model(input_ids=torch.tensor([prefix], device=device), past_key_values=cache, use_cache=True, logits_to_keep=1)
+    return cache
+
+
+def prefill_suffixes(model: Any, tokenizer: Any, prefix_cache: Any, ids: list[list[int]], common: int,
+                     device: torch.device) -> Prefill:
+    """Repeat the shared prefix's KV cache per row, then prefill the rows' own suffixes (left-padded
+    after the prefix) on top of it.
 
     An 8-shot prompt (lm-eval's gsm8k_cot: the same 8 examples before every question) is ~90 % shared
     prefix; each row then costs its question alone. Rows hold [prefix | padding | suffix]; positions
     come from the mask, so each row sees exactly the positions and keys of its unshared prefill."""
-    cache = _new_cache(model)
-    model(input_ids=torch.tensor([ids[0][:common]], device=device), past_key_values=cache, use_cache=True,
-          logits_to_keep=1)
-    cache.batch_repeat_interleave(len(ids))
+    cache = repeat_cache(model, prefix_cache, len(ids))
     input_ids, suffix_mask = pad_rows([row[common:] for row in ids], tokenizer.pad_token_id, device, left=True)
     mask = torch.cat([suffix_mask.new_ones(len(ids), common), suffix_mask], dim=1)
     position = (mask.cumsum(-1) - 1)[:, common:].masked_fill(suffix_mask == 0, 0)
     logits = model(input_ids=input_ids, attention_mask=mask, position_ids=position, past_key_values=cache,
                    use_cache=True, logits_to_keep=1).logits[:, -1, :]
     return logits, cache, mask, position[:, -1:]
+
+
+def prefill_common_prefix(model: Any, tokenizer: Any, ids: list[list[int]], common: int,
+                          device: torch.device) -> Prefill:
+    """Prefill the tokens every prompt starts with once, then each row's own suffix on top of it."""
+    return prefill_suffixes(model, tokenizer, prefill_prefix(model, ids[0][:common], device), ids, common, device)
+
+
+def repeat_cache(model: Any, cache: Any, rows: int) -> Any:
+    """A new cache holding `rows` copies of a one-row cache (which stays as it is)."""
+    repeated = _new_cache(model)
+    for index, layer in enumerate(cache.layers):
+        repeated.update(layer.keys.expand(rows, -1, -1, -1).contiguous(),
+                        layer.values.expand(rows, -1, -1, -1).contiguous(), index)
+    return repeated
+
+
+def concat_left_padded(model: Any, first: Any, second: Any, width: int) -> Any:
+    """One cache holding the rows of `first` then those of `second`, each left-padded (zeros) to
+    `width` positions: the layout of a batch whose rows end at the same column."""
+    cache = _new_cache(model)
+    for index, (a, b) in enumerate(zip(first.layers, second.layers, strict=True)):
+        keys = torch.cat([_pad_positions(a.keys, width), _pad_positions(b.keys, width)])
+        values = torch.cat([_pad_positions(a.values, width), _pad_positions(b.values, width)])
+        cache.update(keys, values, index)
+    return cache
+
+
+def trim_left(cache: Any, columns: int) -> None:
+    """Drop the first `columns` positions of every layer (padding in every row)."""
+    for layer in cache.layers:
+        layer.trim_left(columns)
+
+
+def continuous_batching_supported(cache: Any) -> bool:
+    """Rows can join and leave a running batch when every layer is mathtune's growable cache layer."""
+    from mathtune.evaluate.kv_cache import GrowingLayer
+
+    return bool(cache.layers) and all(isinstance(layer, GrowingLayer) for layer in cache.layers)
+
+
+def _pad_positions(t: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.nn.functional.pad(t, (0, 0, width - t.shape[-2], 0))
 
 
 def packed_prefill_supported(model: Any) -> bool:

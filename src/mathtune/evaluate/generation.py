@@ -83,23 +83,27 @@ class HFBackend:
         temperature: float = 1.0,
         seed: int = 0,
     ) -> list[Generation]:
+        # Longest prompts first: a seq2seq chunk pads little, and in the causal loop a prompt that
+        # joins the running batch is never wider than the rows already there.
         order = sorted(range(len(requests)), key=lambda i: -len(requests[i].prompt))
         results: dict[int, Generation] = {}
+        if not self.seq2seq:  # one continuous batch of at most batch_size rows (evaluate/decoding.py)
+            ordered = [requests[i] for i in order]
+            results = dict(zip(order, self._decode_causal(ordered, sample, temperature, seed), strict=True))
+            return [results[i] for i in range(len(requests))]
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
             batch = [requests[i] for i in chunk]
             for index, generation in zip(
-                chunk, self._generate_batch(batch, sample, temperature, seed + start), strict=True
+                chunk, self._generate_seq2seq(batch, sample, temperature, seed + start), strict=True
             ):
                 results[index] = generation
         return [results[i] for i in range(len(requests))]
 
     @torch.inference_mode()
-    def _generate_batch(
+    def _generate_seq2seq(
         self, batch: list[GenerationRequest], sample: bool, temperature: float, seed: int
     ) -> list[Generation]:
-        if not self.seq2seq:  # our KV-cache loop: finished rows leave the batch (evaluate/decoding.py)
-            return self._decode_causal(batch, sample, temperature, seed)
         encoded = self.tokenizer([r.prompt for r in batch], return_tensors="pt", padding=True).to(self.device)
         stops = sorted({s for r in batch for s in r.stop})
         max_new = max(r.max_new_tokens for r in batch)
@@ -128,6 +132,7 @@ class HFBackend:
             self.model, self.tokenizer, [r.prompt for r in batch], [r.stop for r in batch],
             [r.max_new_tokens for r in batch], sample=sample, temperature=temperature, seed=seed,
             calculator=[r.calculator for r in batch], share_common_prefix=self.share_common_prefix,
+            max_rows=self.batch_size,
         )
         return [self._causal_generation(result, request) for result, request in zip(decoded, batch, strict=True)]
 
@@ -148,22 +153,19 @@ class HFBackend:
         from mathtune.evaluate.decoding import decode_batch
 
         count = k - first
-        per_batch = max(1, self.batch_size // count)  # batch_size counts decoded rows: problems x samples
+        # batch_size counts decoded rows (problems x samples); one continuous batch, longest prompts first
         order = sorted(range(len(requests)), key=lambda i: -len(requests[i].prompt))
-        results: dict[int, list[Generation]] = {}
-        for start in range(0, len(order), per_batch):
-            chunk = order[start : start + per_batch]
-            batch = [requests[i] for i in chunk]
-            seeds = [sample_seed(seed, keys[i], j) for i in chunk for j in range(first, k)]
-            copies, prompts = (count, batch) if share_prefix else (1, [r for r in batch for _ in range(count)])
-            decoded = decode_batch(
-                self.model, self.tokenizer, [r.prompt for r in prompts], [r.stop for r in prompts],
-                [r.max_new_tokens for r in prompts], sample=True, temperature=temperature, top_p=top_p,
-                calculator=[r.calculator for r in prompts], copies=copies, row_seeds=seeds,
-                share_common_prefix=self.share_common_prefix)
-            for slot, index in enumerate(chunk):
-                results[index] = [self._causal_generation(result, requests[index])
-                                  for result in decoded[slot * count : (slot + 1) * count]]
+        batch = [requests[i] for i in order]
+        seeds = [sample_seed(seed, keys[i], j) for i in order for j in range(first, k)]
+        copies, prompts = (count, batch) if share_prefix else (1, [r for r in batch for _ in range(count)])
+        decoded = decode_batch(
+            self.model, self.tokenizer, [r.prompt for r in prompts], [r.stop for r in prompts],
+            [r.max_new_tokens for r in prompts], sample=True, temperature=temperature, top_p=top_p,
+            calculator=[r.calculator for r in prompts], copies=copies, row_seeds=seeds,
+            share_common_prefix=self.share_common_prefix, max_rows=max(self.batch_size, count))
+        results = {index: [self._causal_generation(result, requests[index])
+                           for result in decoded[slot * count : (slot + 1) * count]]
+                   for slot, index in enumerate(order)}
         return [results[i] for i in range(len(requests))]
 
     def _sample_seq2seq(self, request: GenerationRequest, key: str, k: int, temperature: float, top_p: float,

@@ -57,6 +57,14 @@ class GrowingLayer(DynamicLayer):
             self.length = max(0, self.length + tokens_to_remove)
             self._view()
 
+    def trim_left(self, columns: int) -> None:
+        """Forget the first `columns` positions (a view: nothing is copied)."""
+        if columns and self.get_seq_length() > 0:
+            self.key_buffer = self.key_buffer[..., columns:, :]
+            self.value_buffer = self.value_buffer[..., columns:, :]
+            self.length -= columns
+            self._view()
+
     def batch_repeat_interleave(self, repeats: int) -> None:
         if self.get_seq_length() > 0:
             self.key_buffer = self.key_buffer.repeat_interleave(repeats, dim=0)

@@ -322,7 +322,9 @@ def run_cmd(config: ConfigOpt = None, set_: SetOpt = None, model: ModelOpt = Non
             train_size: TrainSizeOpt = None, eval_size: EvalSizeOpt = None, max_steps: StepsOpt = None,
             overwrite: OverwriteOpt = False, resume: ResumeOpt = False) -> None:
     """Train, evaluate base and tuned on the same problems, and compare: the whole study."""
+    from mathtune.evaluate.sharding import current_processes
     from mathtune.recipes.run import run_workflow
+    from mathtune.training.distributed import process_rank
 
     cfg = build_run_config(config, set_, model=model, method=method, prompt=prompt, data_dir=data_dir,
                            output_dir=output_dir, train_size=train_size, eval_size=eval_size,
@@ -330,10 +332,13 @@ def run_cmd(config: ConfigOpt = None, set_: SetOpt = None, model: ModelOpt = Non
     become_training_process(cfg)
     interrupts.watch(Path(cfg.output_dir), resume_flag=True)
     # On stdout: stderr is kept for the one line of an error.
-    typer.echo(f"mathtune run: model {cfg.model.name}, method {cfg.method.name}, prompt {cfg.prompt.strategy}, "
-               f"train rows {cfg.data.train_size or 'all'}, test problems {cfg.eval.num_problems} "
-               f"(seed {cfg.eval.seed}) -> {cfg.output_dir}")
+    if process_rank() == 0:
+        typer.echo(f"mathtune run: model {cfg.model.name}, method {cfg.method.name}, prompt {cfg.prompt.strategy}, "
+                   f"train rows {cfg.data.train_size or 'all'}, test problems {cfg.eval.num_problems} "
+                   f"(seed {cfg.eval.seed}) -> {cfg.output_dir}")
     card = run_workflow(cfg, overwrite=overwrite, resume=resume)
+    if not current_processes().main:
+        return
     for label in ("base", "tuned"):
         _print_scores({"label": label, **card[label]})
     typer.echo(f"comparison written to {Path(cfg.output_dir) / 'comparison.md'}")

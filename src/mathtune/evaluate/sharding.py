@@ -20,6 +20,7 @@ parts; it then scores and writes metrics as one process would.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
@@ -121,7 +122,11 @@ def _state() -> Any:
     import torch
     from accelerate import PartialState
 
-    return PartialState(cpu=not torch.cuda.is_available())
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    # More processes than GPUs on this machine (2 on one GPU, as scripts/gpu_check.sh runs): accelerate
+    # would give rank 1 a cuda:1 that is not there; the processes share the GPU ("cuda" is cuda:0 for
+    # all) and their few collectives (a barrier, small objects) go over gloo.
+    return PartialState(cpu=gpus < int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 @contextmanager

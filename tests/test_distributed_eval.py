@@ -158,6 +158,8 @@ def test_a_killed_rank_is_finished_by_one_process_and_bad_launches_are_refused(
     assert 4 <= written < EVAL_SIZE // 2, written  # killed mid-way through its 6 problems
     assert not (killed / "metrics.json").exists()
 
+    finished = {json.loads(line)["id"]: json.loads(line)["new_tokens"]
+                for part_file in (killed / "shards").glob("*.jsonl") for line in part_file.read_text().splitlines()}
     # Another problem draw into the dir the 2 processes left: refused, nothing touched.
     before = {p: p.read_bytes() for p in killed.rglob("*") if p.is_file()}
     bad = run_cli(*eval_args(model, data_dir, killed, size=EVAL_SIZE - 2))
@@ -172,8 +174,10 @@ def test_a_killed_rank_is_finished_by_one_process_and_bad_launches_are_refused(
     assert done.code == 0, done.stderr
     assert (killed / "predictions.jsonl").read_bytes() == (reference / "predictions.jsonl").read_bytes()
     assert not (killed / "shards").exists()
-    assert json.loads((killed / "metrics.json").read_text())["scores"] == \
-        json.loads((reference / "metrics.json").read_text())["scores"]
+    resumed, whole = (json.loads((d / "metrics.json").read_text()) for d in (killed, reference))
+    assert resumed["scores"] == whole["scores"]
+    # Only the unfinished problems were generated again, not the rows the killed launch had written.
+    assert len(finished) >= 4 and resumed["generated_tokens"] == whole["generated_tokens"] - sum(finished.values())
 
     # Ranks that would evaluate other problems (rank 1 sees another eval size): refused in one line.
     mismatched = tmp_path / "mismatched"

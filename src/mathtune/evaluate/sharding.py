@@ -93,13 +93,13 @@ class Processes:
         self.raise_if_any(error)
         return result  # type: ignore[return-value]
 
-    def check_same(self, fingerprint: dict[str, Any], what: str) -> None:
+    def check_same(self, fingerprint: dict[str, Any], what: str,
+                   first_difference: Callable[[dict[str, Any], dict[str, Any]], str | None]) -> None:
         """Refuse a launch whose ranks would produce different things (other files, data or settings
-        on another machine): every rank's fingerprint must equal rank 0's."""
+        on another machine): every rank's fingerprint must equal rank 0's (`first_difference`:
+        fingerprint.first_difference, passed in: fingerprint.py imports from evaluate/)."""
         if self.world == 1:
             return
-        from mathtune.fingerprint import first_difference
-
         fingerprints = self.gather(fingerprint)
         for rank, other in enumerate(fingerprints[1:], start=1):
             difference = first_difference(fingerprints[0], other)

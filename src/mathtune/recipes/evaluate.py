@@ -37,7 +37,7 @@ def check_eval_dir(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None,
                    problems: list[Problem] | None = None) -> dict[str, Any]:
     """This evaluation's fingerprint; an eval dir holding another evaluation's predictions (another
     model, adapter, prompt, problem draw or generation setting) is refused, never mixed or replaced."""
-    from mathtune.fingerprint import check_fingerprint, eval_fingerprint
+    from mathtune.fingerprint import check_fingerprint, eval_fingerprint, first_difference
 
     processes = current_processes()
     fingerprint = eval_fingerprint(cfg, problems if problems is not None else eval_problems(cfg), adapter_dir)
@@ -45,7 +45,7 @@ def check_eval_dir(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None,
     processes.agreed(lambda: check_fingerprint(out_dir, fingerprint, "predictions",
                                                 "pass --overwrite to replace them, or -o another directory "
                                                 "for this evaluation"))
-    processes.check_same(fingerprint, "predictions")
+    processes.check_same(fingerprint, "predictions", first_difference)
     return fingerprint
 
 

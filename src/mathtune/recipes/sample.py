@@ -95,7 +95,7 @@ def sample_model(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None = None,
                                if extend is not None else {})
     processes.agreed(lambda: check_fingerprint(out_dir, fingerprint, "samples", "pass --overwrite to replace "
                                                "them, or -o another directory for these samples"))
-    processes.check_same(fingerprint, "samples")
+    processes.check_same(fingerprint, "samples", first_difference)
     if backend is None:
         backend, meta = build_backend(cfg, adapter_dir)
     else:

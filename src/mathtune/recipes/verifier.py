@@ -20,7 +20,7 @@ from mathtune.config import RunConfig, config_to_yaml
 from mathtune.errors import MathtuneError
 from mathtune.evaluate.curves import rerank_table
 from mathtune.evaluate.sharding import ShardedRows, current_processes
-from mathtune.fingerprint import files_digest
+from mathtune.fingerprint import files_digest, first_difference
 from mathtune.io import (
     atomic_write_json,
     atomic_write_text,
@@ -188,7 +188,8 @@ def score_samples(cfg: RunConfig, verifier_dir: Path, samples_dir: Path, show_pr
     if path.is_file() and read_jsonl_tolerant(path) and not any(map(this_verifier, read_jsonl_tolerant(path))):
         processes.refuse(f"{path} holds another verifier's scores; remove it to score with {verifier_dir}")
     processes.check_same({"verifier": str(verifier_dir), "verifier_files": files_digest(verifier_dir / "adapter"),
-                          "samples": files_digest(samples_dir / "samples.jsonl")}, "verifier scores")
+                          "samples": files_digest(samples_dir / "samples.jsonl")}, "verifier scores",
+                         first_difference)
     scores_out = ShardedRows(path, processes, [row["id"] for row in rows],
                              [len(row["prompt"]) + sum(len(s["output"]) for s in row["samples"]) for row in rows],
                              keep=this_verifier)

@@ -15,6 +15,9 @@ SmolLM2-135M-Instruct when its package is installed):
   eval-cuda-vs-cpu              greedy answers of a trained tiny model on 8 problems: CUDA fp32 == CPU fp32
   eval-full-calculator-cuda-vs-cpu  the same for the full fine-tuned model with calculator decoding on
   embedded-20-steps             SmolLM2-135M-Instruct, precision auto, 20 LoRA steps + 8-problem eval
+  eval-processes                `accelerate launch -m mathtune eval` with a process per GPU (2 on one GPU):
+                                the merged predictions.jsonl equals one process's byte for byte
+  grpo-processes                method: grpo under `accelerate launch`, a process per GPU (SKIP with one GPU)
 Record the output in docs/gpu.md. `GPU_CHECK_DEVICE=cpu` runs the same checks on the CPU (launched
 engines skipped) to try the script itself on a machine without a GPU. `GPU_CHECK_ONLY=full,eval-full`
 runs only the checks whose names start with one of those prefixes.
@@ -150,6 +153,63 @@ def grpo_steps(model: Path, data: Path, work: Path) -> str:
         raise AssertionError("the adapter did not change (LoRA B is still 0)")
     return (f"reward {card['reward_curve']}, {card['compute_dtype']} on {card['device']}, "
             f"generation {card['generation_seconds']:.1f}s of {card['wall_seconds']:.1f}s")
+
+
+def accelerate_launch(processes: int, *argv: str) -> list[str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(port), *argv]
+
+
+def launch_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", **({"CUDA_VISIBLE_DEVICES": ""} if DEVICE == "cpu" else {})}
+
+
+def eval_processes(model: Path, data: Path, work: Path) -> str:
+    """`accelerate launch -m mathtune eval` on every GPU (2 processes on one GPU): rank 0's merged
+    predictions.jsonl equals one process's byte for byte."""
+    processes = max(2, torch.cuda.device_count()) if DEVICE == "cuda" else 2
+    args = ["eval", "--base", "--model", str(model), "--data-dir", str(data), "--eval-size", "16",
+            "-s", f"model.device={DEVICE}", "-s", "eval.dtype=fp32", "-s", "eval.batch_size=1",
+            "-s", "eval.max_new_tokens=48"]
+    walls = []
+    for count, command in ((1, [sys.executable, "-m", "mathtune"]), (processes, accelerate_launch(processes, "-m",
+                                                                                                  "mathtune"))):
+        started = time.perf_counter()
+        done = subprocess.run([*command, *args, "-o", str(work / f"eval-{count}p")], capture_output=True, text=True,
+                              timeout=300, env=launch_env())
+        walls.append(time.perf_counter() - started)
+        if done.returncode != 0:
+            raise AssertionError(done.stderr[-1500:])
+    single, merged = ((work / f"eval-{count}p" / "predictions.jsonl").read_bytes() for count in (1, processes))
+    metrics = json.loads((work / f"eval-{processes}p" / "metrics.json").read_text())
+    if merged != single or metrics["reproducibility"]["processes"] != processes:
+        raise AssertionError(f"{processes} processes' predictions differ from one process's")
+    return (f"{processes} processes on {torch.cuda.device_count() if DEVICE == 'cuda' else 0} GPU(s): "
+            f"{single.count(bytes([10]))} predictions identical to 1 process; wall {walls[0]:.0f}s vs {walls[1]:.0f}s")
+
+
+def grpo_processes(model: Path, data: Path, work: Path) -> str:
+    """method: grpo under `accelerate launch` with a process per GPU (TRL's multi-process generation)."""
+    processes = torch.cuda.device_count() if DEVICE == "cuda" else 2
+    if processes < 2:
+        return "skip: training takes a GPU per process; one GPU here"
+    out = work / "grpo-processes"
+    done = subprocess.run(accelerate_launch(processes, "-m", "mathtune", "train", "--method", "grpo", "--model",
+                                            str(model), "--data-dir", str(data), "-o", str(out), "--train-size", "8",
+                                            "--max-steps", "2", "-s", "method.num_generations=2",
+                                            "-s", "method.max_completion_length=10", "-s", "train.batch_size=2",
+                                            "-s", f"model.device={DEVICE}"),
+                          capture_output=True, text=True, timeout=300, env=launch_env())
+    if done.returncode != 0:
+        raise AssertionError(done.stderr[-1500:])
+    card = json.loads((out / "train_card.json").read_text())
+    if card["steps"] != 2 or card["processes"] != processes:
+        raise AssertionError(f"steps {card['steps']}, processes {card['processes']}")
+    return f"{processes} processes, 2 steps, reward {card['reward_curve']}"
 
 
 def eval_agreement(model: Path, data: Path, work: Path) -> str:
@@ -299,6 +359,8 @@ def main() -> int:
     check("eval-cuda-vs-cpu", lambda: eval_agreement(models["llama"], data, work))
     check("eval-full-calculator-cuda-vs-cpu", lambda: full_calculator_agreement(models["llama"], data, work))
     check("embedded-20-steps", lambda: embedded(work))
+    check("eval-processes", lambda: eval_processes(models["llama"], data, work))
+    check("grpo-processes", lambda: grpo_processes(models["llama"], data, work))
     failed = [name for status, name, _ in RESULTS if status == "FAIL"]
     print(f"{len(RESULTS) - len(failed)}/{len(RESULTS)} checks passed or skipped; failed: {failed or 'none'}")
     return 1 if failed else 0

@@ -95,6 +95,7 @@ def eval_cmd(run_dirs: Annotated[list[Path] | None, typer.Argument(
              output_dir: OutOpt = None, overwrite: OverwriteOpt = False) -> None:
     """Evaluate a base model or runs' tuned models; writes predictions.jsonl and metrics.json."""
     from mathtune.data.problems import benchmark_name
+    from mathtune.evaluate.sharding import current_processes, main_process_output
     from mathtune.io import output_dir_guard
     from mathtune.recipes.checks import preflight
     from mathtune.recipes.evaluate import eval_adapters_workflow, eval_workflow, tuned_config
@@ -125,9 +126,13 @@ def eval_cmd(run_dirs: Annotated[list[Path] | None, typer.Argument(
     preflight(tuned_config(cfg, run_dir, own_data) if run_dir and not base else cfg, (cfg.eval.split,),
               training=False)
     # An existing eval dir of the same evaluation is resumed: finished predictions are kept and skipped.
-    interrupts.watch(Path(output_dir) if output_dir else default)
-    with output_dir_guard(Path(output_dir) if output_dir else default, overwrite, resume=not overwrite) as out:
+    out_path = Path(output_dir) if output_dir else default
+    interrupts.watch(out_path)
+    # Under `accelerate launch` rank 0 prepares and locks the dir; every rank evaluates its share.
+    with main_process_output(out_path, lambda: output_dir_guard(out_path, overwrite, resume=not overwrite)) as out:
         metrics = eval_workflow(cfg, run_dir, base, out, own_data)
+    if not current_processes().main:
+        return
     _print_scores(metrics)
     typer.echo(f"predictions and metrics written to {out}")
 
@@ -153,6 +158,7 @@ def sample_cmd(run_dir: Annotated[Path | None, typer.Argument(help="Finished run
                data_dir: DataDirOpt = None, eval_size: EvalSizeOpt = None, output_dir: OutOpt = None,
                overwrite: OverwriteOpt = False) -> None:
     """k sampled solutions per problem, each scored like an evaluation (for maj@k, verifiers, curves)."""
+    from mathtune.evaluate.sharding import current_processes, main_process_output
     from mathtune.io import output_dir_guard
     from mathtune.recipes.checks import preflight
     from mathtune.recipes.evaluate import tuned_config
@@ -174,9 +180,11 @@ def sample_cmd(run_dir: Annotated[Path | None, typer.Argument(help="Finished run
     default = root / "samples" / f"{'tuned' if tuned else 'base'}-{cfg.eval.split}-k{cfg.eval.samples}"
     out_path = Path(output_dir) if output_dir else default
     interrupts.watch(out_path)
-    with output_dir_guard(out_path, overwrite, resume=not overwrite) as out:
+    with main_process_output(out_path, lambda: output_dir_guard(out_path, overwrite, resume=not overwrite)) as out:
         summary = sample_model(cfg, out, run_dir / "adapter" if tuned else None, share_prefix,
                                merge=merge, extend=extend)
+    if not current_processes().main:
+        return
     typer.echo(f"{summary['n']} problems x {summary['k']} samples in {summary['wall_seconds']:.0f} s "
                f"({summary['generated_tokens_per_second']} tokens/s) written to {out / 'samples.jsonl'}")
 
@@ -226,12 +234,14 @@ def verifier_score_cmd(verifier: Annotated[Path, typer.Argument(help="Verifier d
                        samples: Annotated[Path, typer.Argument(help="Samples dir to score")]) -> None:
     """One probability of being right per sample, into SAMPLES/verifier_scores.jsonl."""
     from mathtune.config import load_config
+    from mathtune.evaluate.sharding import current_processes
     from mathtune.recipes.verifier import score_samples
 
     if not (verifier / "config.yaml").is_file():
         raise MathtuneError(f"no verifier at {verifier}: train one with `mathtune verifier train`")
     path = score_samples(load_config(verifier / "config.yaml"), verifier, samples)
-    typer.echo(f"verifier scores written to {path}")
+    if current_processes().main:
+        typer.echo(f"verifier scores written to {path}")
 
 
 @app.command("curve")
@@ -312,7 +322,9 @@ def run_cmd(config: ConfigOpt = None, set_: SetOpt = None, model: ModelOpt = Non
             train_size: TrainSizeOpt = None, eval_size: EvalSizeOpt = None, max_steps: StepsOpt = None,
             overwrite: OverwriteOpt = False, resume: ResumeOpt = False) -> None:
     """Train, evaluate base and tuned on the same problems, and compare: the whole study."""
+    from mathtune.evaluate.sharding import current_processes
     from mathtune.recipes.run import run_workflow
+    from mathtune.training.distributed import process_rank
 
     cfg = build_run_config(config, set_, model=model, method=method, prompt=prompt, data_dir=data_dir,
                            output_dir=output_dir, train_size=train_size, eval_size=eval_size,
@@ -320,10 +332,13 @@ def run_cmd(config: ConfigOpt = None, set_: SetOpt = None, model: ModelOpt = Non
     become_training_process(cfg)
     interrupts.watch(Path(cfg.output_dir), resume_flag=True)
     # On stdout: stderr is kept for the one line of an error.
-    typer.echo(f"mathtune run: model {cfg.model.name}, method {cfg.method.name}, prompt {cfg.prompt.strategy}, "
-               f"train rows {cfg.data.train_size or 'all'}, test problems {cfg.eval.num_problems} "
-               f"(seed {cfg.eval.seed}) -> {cfg.output_dir}")
+    if process_rank() == 0:
+        typer.echo(f"mathtune run: model {cfg.model.name}, method {cfg.method.name}, prompt {cfg.prompt.strategy}, "
+                   f"train rows {cfg.data.train_size or 'all'}, test problems {cfg.eval.num_problems} "
+                   f"(seed {cfg.eval.seed}) -> {cfg.output_dir}")
     card = run_workflow(cfg, overwrite=overwrite, resume=resume)
+    if not current_processes().main:
+        return
     for label in ("base", "tuned"):
         _print_scores({"label": label, **card[label]})
     typer.echo(f"comparison written to {Path(cfg.output_dir) / 'comparison.md'}")
@@ -399,7 +414,8 @@ def main() -> None:
     except interrupts.Interrupted as exc:
         _exit_interrupted(exc)
     except MathtuneError as exc:
-        print(f"mathtune: error: {exc}", file=sys.stderr)
+        if not getattr(exc, "quiet", False):  # a refusal all ranks of a launch share: rank 0 prints it
+            print(f"mathtune: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:  # raised before our handler was installed, or by a library's own
         print(f"mathtune: interrupted; {interrupts.summary()}", file=sys.stderr)

@@ -28,6 +28,9 @@ EXTRACTOR_VERSION = "2026-12-03 strict/flexible (lm-eval gsm8k), numeric-match, 
 TRAIN_KEYS_OF_SPEED = ("save_every", "log_every", "dev_eval_every", "allocator", "max_micro_batch_tokens",
                        "cpu_kernels", "fused_loss", "fused_ops", "fused_lora", "dropout_mask_storage",
                        "fast_dropout", "varlen_attention", "packing", "gradient_checkpointing")
+# Recorded, never compared: how many processes (`accelerate launch`) wrote the dir. Each problem's row
+# is the same whichever process wrote it, so a relaunch with another number of processes resumes.
+RECORD_ONLY_KEYS = ("processes",)
 # Data settings that locate files; the problems themselves are hashed instead.
 DATA_KEYS_OF_LOCATION = ("data_dir", "train_file", "test_file")
 
@@ -119,7 +122,7 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 def first_difference(stored: dict[str, Any], current: dict[str, Any]) -> str | None:
     """'data.n: 200 -> 2' for the first key (in the current fingerprint's order) that differs."""
-    old, new = _flatten(stored), _flatten(current)
+    old, new = (_flatten({k: v for k, v in tree.items() if k not in RECORD_ONLY_KEYS}) for tree in (stored, current))
     for key in [*new, *(k for k in old if k not in new)]:
         if old.get(key, "<absent>") != new.get(key, "<absent>"):
             shown = {"problems": "other problems", "files": "other files"}
@@ -152,7 +155,11 @@ def check_fingerprint(directory: Path, current: dict[str, Any], what: str, advic
         return
     difference = first_difference(stored, current)
     if difference:
-        raise MathtuneError(f"{directory} holds {what} of different settings ({difference}); {advice}")
+        launches = ""
+        written_by, launched = stored.get("processes", 1), current.get("processes", 1)
+        if written_by != launched:
+            launches = f", written by {written_by} processes, this launch has {launched}"
+        raise MathtuneError(f"{directory} holds {what} of different settings ({difference}{launches}); {advice}")
 
 
 def write_fingerprint(directory: Path, fingerprint: dict[str, Any]) -> None:

@@ -26,7 +26,8 @@ from mathtune.evaluate.evaluator import (
 )
 from mathtune.evaluate.extraction import CHOICE_FILTERS, FILTERS
 from mathtune.evaluate.generation import Backend, GenerationRequest
-from mathtune.io import append_jsonl, atomic_write_json, output_dir_guard, read_jsonl_tolerant
+from mathtune.evaluate.sharding import ShardedRows, current_processes, expected_length
+from mathtune.io import atomic_write_json, output_dir_guard
 from mathtune.prompts import get_strategy, render_prompts
 from mathtune.recipes.checks import preflight
 from mathtune.runcard import peak_cuda_mb, peak_rss_mb, provenance
@@ -36,11 +37,15 @@ def check_eval_dir(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None,
                    problems: list[Problem] | None = None) -> dict[str, Any]:
     """This evaluation's fingerprint; an eval dir holding another evaluation's predictions (another
     model, adapter, prompt, problem draw or generation setting) is refused, never mixed or replaced."""
-    from mathtune.fingerprint import check_fingerprint, eval_fingerprint
+    from mathtune.fingerprint import check_fingerprint, eval_fingerprint, first_difference
 
+    processes = current_processes()
     fingerprint = eval_fingerprint(cfg, problems if problems is not None else eval_problems(cfg), adapter_dir)
-    check_fingerprint(out_dir, fingerprint, "predictions",
-                      "pass --overwrite to replace them, or -o another directory for this evaluation")
+    fingerprint["processes"] = processes.world  # recorded; a relaunch with another number still resumes
+    processes.agreed(lambda: check_fingerprint(out_dir, fingerprint, "predictions",
+                                                "pass --overwrite to replace them, or -o another directory "
+                                                "for this evaluation"))
+    processes.check_same(fingerprint, "predictions", first_difference)
     return fingerprint
 
 
@@ -52,37 +57,48 @@ def evaluate(cfg: RunConfig, backend: Backend, out_dir: Path, label: str, tokeni
     one holding another is refused (`check_eval_dir`)."""
     from mathtune.fingerprint import write_fingerprint
 
+    processes = current_processes()  # under `accelerate launch`: this rank does its share of the problems
+    if processes.world > 1 and cfg.eval.samples > 1:
+        processes.refuse("eval.samples > 1 draws its samples per chunk of problems, so a process's share would "
+                         "draw other samples than one process does; use `mathtune sample` (a seed per problem)")
     problems = eval_problems(cfg)
     adapter = (meta or {}).get("adapter")
     fingerprint = check_eval_dir(cfg, out_dir, Path(adapter) if adapter else None, problems)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_fingerprint(out_dir, fingerprint)
+    if processes.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_fingerprint(out_dir, fingerprint)
     strategy = get_strategy(cfg.prompt.strategy)
     prompts, prompt_record = build_prompts(cfg, problems)
     if tokenizer is not None:
         prompts = render_prompts(tokenizer, prompts, cfg.prompt.chat_template)
-    predictions_path = out_dir / "predictions.jsonl"
-    done = {row["id"]: row for row in read_jsonl_tolerant(predictions_path)}
-    todo = [i for i, p in enumerate(problems) if p.id not in done]
-    if not todo and (out_dir / "metrics.json").is_file():
+    predictions = ShardedRows(out_dir / "predictions.jsonl", processes, [p.id for p in problems],
+                              [expected_length(p) for p in problems])
+    done = processes.agreed(predictions.done)
+    if len(done) == len(problems) and predictions.merged_only() and (out_dir / "metrics.json").is_file():
         return json.loads((out_dir / "metrics.json").read_text(encoding="utf-8"))  # finished: as it was
+    todo = predictions.mine(done)
     stop = stop_strings(cfg, strategy)
     started = time.perf_counter()
     chunk = cfg.eval.batch_size * 4  # several batches per write: length-sorting has room to work
-    bar = tqdm(total=len(problems), initial=len(problems) - len(todo), desc=f"eval {label}",
-               disable=not show_progress, dynamic_ncols=True)
+    shared = processes.world > 1  # rank 0's bar counts its own share
+    bar = tqdm(total=len(todo) if shared else len(problems), initial=0 if shared else len(problems) - len(todo),
+               desc=f"eval {label}" + (f" (rank 0 of {processes.world})" if shared else ""),
+               disable=not show_progress or not processes.main, dynamic_ncols=True)
     new_tokens = 0
     for start in range(0, len(todo), chunk):
         indices = todo[start : start + chunk]
         rows, tokens = _predict_chunk(cfg, backend, [problems[i] for i in indices], [prompts[i] for i in indices],
                                       stop, cfg.eval.seed + start)
         new_tokens += tokens
-        append_jsonl(predictions_path, rows)
-        done.update({row["id"]: row for row in rows})
+        predictions.append(rows)
         bar.update(len(indices))
     bar.close()
+    merged = predictions.merge()  # rank 0: every rank's rows in problem order; the others: None
+    new_tokens = sum(processes.gather(new_tokens))
     wall = time.perf_counter() - started
-    rows = [done[p.id] for p in problems]
+    if merged is None:
+        return processes.gather(None)[0]  # rank 0's metrics, once it has written them
+    rows = merged
     metrics = summarize_predictions(rows)
     if cfg.eval.samples > 1:
         metrics["self_consistency"] = majority_summary(rows)
@@ -94,10 +110,11 @@ def evaluate(cfg: RunConfig, backend: Backend, out_dir: Path, label: str, tokeni
         "generated_tokens": new_tokens,
         "generated_tokens_per_second": round(new_tokens / max(wall, 1e-9), 1),
         "peak_rss_mb": round(peak_rss_mb(), 1), "peak_cuda_mb": peak_cuda_mb(),
-        "reproducibility": _reproducibility(cfg, problems, prompt_record, stop, meta),
+        "reproducibility": {**_reproducibility(cfg, problems, prompt_record, stop, meta),
+                            "processes": processes.world},
     })
     atomic_write_json(out_dir / "metrics.json", metrics)
-    return metrics
+    return processes.gather(metrics)[0]
 
 
 def _predict_chunk(cfg: RunConfig, backend: Backend, problems: list[Problem], prompts: list[str],

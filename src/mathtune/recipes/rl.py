@@ -67,6 +67,10 @@ def train_grpo(cfg: RunConfig, run_dir: Path, resume: bool = False, show_progres
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     wall = time.perf_counter() - started
+    card = _card(cfg, trainer, loaded, [], wall, weights, reward_funcs, checkpoint, len(dataset))
+    if not trainer.accelerator.is_main_process:  # under `accelerate launch`: rank 0 writes the run dir
+        trainer.accelerator.wait_for_everyone()
+        return card
     log = _write_logs(trainer.state.log_history, run_dir)
     card = _card(cfg, trainer, loaded, log, wall, weights, reward_funcs, checkpoint, len(dataset))
     def write_adapter(tmp: Path) -> None:  # PEFT's format, as `lora` saves it
@@ -76,6 +80,7 @@ def train_grpo(cfg: RunConfig, run_dir: Path, resume: bool = False, show_progres
     replace_dir(run_dir / "adapter", write_adapter)
     atomic_write_json(run_dir / "train_card.json", card)
     shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()  # the adapter exists for every rank once this returns
     return card
 
 
@@ -250,6 +255,7 @@ def _card(cfg: RunConfig, trainer: Any, loaded: LoadedModel, log: list[dict[str,
         "reward_curve": rewards, "kl_curve": [row.get("kl") for row in log],
         "completion_mean_length": [row.get("completion_mean_length") for row in log],
         "train_prompts": prompts, "init_adapter": cfg.method.init_adapter,
+        "processes": trainer.accelerator.num_processes,
         "wall_seconds": round(wall, 2), "generation_seconds": round(generation, 2),
         "optimisation_seconds": round(wall - generation, 2),
         "peak_rss_mb": round(peak_rss_mb(), 1), "peak_cuda_mb": peak_cuda_mb(), **provenance(),

@@ -22,6 +22,7 @@ from mathtune.evaluate.backend import build_backend
 from mathtune.evaluate.decoding import SAMPLER
 from mathtune.evaluate.evaluator import build_prompts, eval_problems, score_rows, stop_strings
 from mathtune.evaluate.generation import GenerationRequest, HFBackend
+from mathtune.evaluate.sharding import ShardedRows, current_processes, expected_length
 from mathtune.fingerprint import (
     check_fingerprint,
     eval_fingerprint,
@@ -29,7 +30,7 @@ from mathtune.fingerprint import (
     read_fingerprint,
     write_fingerprint,
 )
-from mathtune.io import append_jsonl, atomic_write_json, read_jsonl_tolerant
+from mathtune.io import atomic_write_json, read_jsonl_tolerant
 from mathtune.prompts import get_strategy, render_prompts
 from mathtune.runcard import peak_cuda_mb, peak_rss_mb, provenance
 
@@ -85,31 +86,40 @@ def sample_model(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None = None,
     summary written to out_dir/sampling.json. `merge` folds a LoRA adapter into the weights first;
     `extend` names a samples dir of the same settings and fewer samples, whose samples are kept and
     continued instead of drawn again."""
+    processes = current_processes()  # under `accelerate launch`: this rank samples its share of the problems
     problems = eval_problems(cfg)
     fingerprint = sampling_fingerprint(cfg, problems, adapter_dir)
     fingerprint["generation"]["merged_lora"] = merge
-    earlier = earlier_samples(extend, fingerprint, cfg.eval.samples) if extend is not None else {}
-    check_fingerprint(out_dir, fingerprint, "samples",
-                      "pass --overwrite to replace them, or -o another directory for these samples")
+    fingerprint["processes"] = processes.world  # recorded; a relaunch with another number still resumes
+    earlier = processes.agreed(lambda: earlier_samples(extend, fingerprint, cfg.eval.samples)
+                               if extend is not None else {})
+    processes.agreed(lambda: check_fingerprint(out_dir, fingerprint, "samples", "pass --overwrite to replace "
+                                               "them, or -o another directory for these samples"))
+    processes.check_same(fingerprint, "samples", first_difference)
     if backend is None:
         backend, meta = build_backend(cfg, adapter_dir)
     else:
         meta = {"backend": "hf", "adapter": str(adapter_dir) if adapter_dir else None}
     meta["merged_lora"] = merge and merge_lora(backend)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_fingerprint(out_dir, fingerprint)
+    if processes.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_fingerprint(out_dir, fingerprint)
     strategy = get_strategy(cfg.prompt.strategy)
     prompts, prompt_record = build_prompts(cfg, problems)
     prompts = render_prompts(backend.tokenizer, prompts, cfg.prompt.chat_template)
     path = out_dir / SAMPLES_FILE
-    done = {row["id"] for row in read_jsonl_tolerant(path)}
-    todo = [i for i, p in enumerate(problems) if p.id not in done]
+    sharded = ShardedRows(path, processes, [p.id for p in problems], [expected_length(p) for p in problems])
+    done = processes.agreed(sharded.done)
+    todo = sharded.mine(done)
+    finished = len(done) == len(problems) and sharded.merged_only() and (out_dir / "sampling.json").is_file()
     stop, k = stop_strings(cfg, strategy), cfg.eval.samples
     chunk = max(1, cfg.eval.batch_size // k) * 4
     started, new_tokens = time.perf_counter(), 0
     order = {problem.id: index for index, problem in enumerate(problems)}
-    bar = tqdm(total=len(problems), initial=len(problems) - len(todo), desc=f"sample k={k}",
-               disable=not show_progress, dynamic_ncols=True)
+    shared = processes.world > 1  # rank 0's bar counts its own share
+    bar = tqdm(total=len(todo) if shared else len(problems), initial=0 if shared else len(problems) - len(todo),
+               desc=f"sample k={k}" + (f" (rank 0 of {processes.world})" if shared else ""),
+               disable=not show_progress or not processes.main, dynamic_ncols=True)
     for start in range(0, len(todo), chunk):
         rows = []
         for indices in _by_samples_kept(todo[start : start + chunk], problems, earlier):
@@ -128,10 +138,14 @@ def sample_model(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None = None,
                              "prompt": prompts[index], "samples": earlier.get(problem.id, []) + drawn})
                 new_tokens += sum(g.new_tokens for g in generations)
         rows.sort(key=lambda row: order[row["id"]])
-        append_jsonl(path, rows)
+        sharded.append(rows)
         bar.update(len(indices))
     bar.close()
+    merged = sharded.merge()  # rank 0: every rank's rows in problem order, in samples.jsonl; the others: None
+    new_tokens = sum(processes.gather(new_tokens))
     wall = time.perf_counter() - started
+    if merged is None:
+        return processes.gather(None)[0]  # rank 0's summary, once it has written it
     summary = {"n": len(problems), "k": k, "temperature": cfg.eval.temperature, "top_p": cfg.eval.top_p,
                "sample_seed": cfg.eval.sample_seed, "split": cfg.eval.split, "share_prefix": share_prefix,
                "extended_from": str(extend) if extend is not None else None,
@@ -139,10 +153,10 @@ def sample_model(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None = None,
                "generated_tokens_per_second": round(new_tokens / max(wall, 1e-9), 1),
                "peak_rss_mb": round(peak_rss_mb(), 1), "peak_cuda_mb": peak_cuda_mb(),
                "prompt": prompt_record, "stop": list(stop), "max_new_tokens": cfg.eval.max_new_tokens,
-               **meta, **provenance()}
-    if todo or not (out_dir / "sampling.json").is_file():
+               "processes": processes.world, **meta, **provenance()}
+    if not finished:
         atomic_write_json(out_dir / "sampling.json", summary)
-    return json.loads((out_dir / "sampling.json").read_text(encoding="utf-8"))
+    return processes.gather(json.loads((out_dir / "sampling.json").read_text(encoding="utf-8")))[0]
 
 
 def _by_samples_kept(indices: list[int], problems: list, earlier: dict[str, list]) -> list[list[int]]:

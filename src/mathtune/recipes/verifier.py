@@ -19,8 +19,9 @@ import torch
 from mathtune.config import RunConfig, config_to_yaml
 from mathtune.errors import MathtuneError
 from mathtune.evaluate.curves import rerank_table
+from mathtune.evaluate.sharding import ShardedRows, current_processes
+from mathtune.fingerprint import files_digest, first_difference
 from mathtune.io import (
-    append_jsonl,
     atomic_write_json,
     atomic_write_text,
     read_jsonl_tolerant,
@@ -175,27 +176,41 @@ def score_samples(cfg: RunConfig, verifier_dir: Path, samples_dir: Path, show_pr
     """One verifier probability per sample into samples_dir/verifier_scores.jsonl (resumed per problem)."""
     from tqdm.auto import tqdm
 
+    processes = current_processes()  # under `accelerate launch`: this rank scores its share of the problems
     rows = read_samples(samples_dir)
     if not rows:
-        raise MathtuneError(f"no samples in {samples_dir} (run `mathtune sample`)")
+        processes.refuse(f"no samples in {samples_dir} (run `mathtune sample`)")
     path = samples_dir / SCORES_FILE
-    done = {row["id"] for row in read_jsonl_tolerant(path) if row.get("verifier") == str(verifier_dir)}
-    if path.is_file() and not done and read_jsonl_tolerant(path):
-        raise MathtuneError(f"{path} holds another verifier's scores; remove it to score with {verifier_dir}")
+
+    def this_verifier(row: dict[str, Any]) -> bool:
+        return row.get("verifier") == str(verifier_dir)
+
+    if path.is_file() and read_jsonl_tolerant(path) and not any(map(this_verifier, read_jsonl_tolerant(path))):
+        processes.refuse(f"{path} holds another verifier's scores; remove it to score with {verifier_dir}")
+    processes.check_same({"verifier": str(verifier_dir), "verifier_files": files_digest(verifier_dir / "adapter"),
+                          "samples": files_digest(samples_dir / "samples.jsonl")}, "verifier scores",
+                         first_difference)
+    scores_out = ShardedRows(path, processes, [row["id"] for row in rows],
+                             [len(row["prompt"]) + sum(len(s["output"]) for s in row["samples"]) for row in rows],
+                             keep=this_verifier)
+    done = processes.agreed(scores_out.done)
+    todo_positions = scores_out.mine(done)
     placement = choose_placement(cfg.model.device, cfg.eval_precision())
     loaded = load_for_run(cfg.model, placement)
     model = load_verifier(verifier_dir, loaded.model, loaded.tokenizer).to(placement.device)
     settings = cfg.verifier
     model = model.merge_and_unload().eval()  # LoRA folded in: one matmul per layer; the head is kept
-    todo = [row for row in rows if row["id"] not in done]
+    todo = [rows[index] for index in todo_positions]
     earlier = extended_scores(samples_dir, verifier_dir)
-    for row in tqdm(todo, desc="verifier", disable=not show_progress, dynamic_ncols=True):
+    for row in tqdm(todo, desc="verifier", disable=not show_progress or not processes.main, dynamic_ncols=True):
         kept = earlier.get(row["id"], [])
         new_outputs = [s["output"] for s in row["samples"][len(kept) :]]
         scores = kept + (score_solutions(model, loaded.tokenizer, row["prompt"], new_outputs, settings.max_length,
                                          placement.autocast_context(), rows=settings.solutions_per_pass)
                          if new_outputs else [])
-        append_jsonl(path, [{"id": row["id"], "verifier": str(verifier_dir), "scores": scores}])
+        scores_out.append([{"id": row["id"], "verifier": str(verifier_dir), "scores": scores}])
+    scores_out.merge()  # rank 0 writes every rank's scores into verifier_scores.jsonl, in samples order
+    processes.barrier()
     return path
 
 

@@ -231,9 +231,11 @@ def check_store(db: Path, acks: list[Ack], in_flight: int = 0) -> list[str]:
         integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
     conn.close()
     problems = [] if integrity == "ok" else [f"integrity_check: {integrity}"]
+    from mathtune.app.handlers import printable
+
     stored: dict[tuple[str, str, str], list[tuple[int, ...]]] = defaultdict(list)
-    for rater, question, output, *scores in rows:
-        stored[(rater, question, output)].append(tuple(scores))
+    for rater, question, output, *scores in rows:  # keyed by the output as the rater saw it
+        stored[(rater, question, printable(output))].append(tuple(scores))
     duplicated = sum(1 for values in stored.values() if len(values) > 1)
     if duplicated:
         problems.append(f"{duplicated} outputs stored more than once by the same rater")
@@ -294,10 +296,11 @@ def load_phase(args: argparse.Namespace, paths: dict[str, Path], users: list[str
         problems.append(f"{tally.doubles - tally.doubles_refused} of {tally.doubles} double submissions not refused")
     if sum(tally.errors.values()):
         problems.append(f"{sum(tally.errors.values())} calls failed: {tally.error_samples}")
-    print(f"load: {len(users)} raters x {args.ratings} submissions (2 ratings each), a solve every "
+    print(f"load: {len(users)} raters x {args.ratings} submissions (1-2 ratings each), a solve every "
           f"{args.solve_every} steps, a double submit every {args.double_every}")
     print(latency_table(tally, wall))
-    print(f"acknowledged {len(tally.acks)} submissions = {2 * len(tally.acks)} ratings; double submits "
+    print(f"acknowledged {len(tally.acks)} submissions = {sum(len(a.outputs) for a in tally.acks)} ratings "
+          f"(a solved problem has one output to rate); double submits "
           f"{tally.doubles}, answered 'Already saved' {tally.doubles_refused}; "
           f"problems: {problems or 'none'}", flush=True)
     return problems
@@ -344,7 +347,7 @@ def kill_phase(args: argparse.Namespace, paths: dict[str, Path], users: list[str
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--raters", type=int, default=20)
-    parser.add_argument("--ratings", type=int, default=50, help="submissions per rater (2 ratings each)")
+    parser.add_argument("--ratings", type=int, default=50, help="submissions per rater")
     parser.add_argument("--solve-every", type=int, default=10)
     parser.add_argument("--double-every", type=int, default=10)
     parser.add_argument("--kill", action="store_true", help="also kill -9 the app mid-load and check after restart")

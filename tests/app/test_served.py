@@ -18,8 +18,6 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from app_load import Tally, check_store, free_port, password_of, rater_names, run_raters, write_rating_run  # noqa: E402
 
-from mathtune.app.auth import hash_password  # noqa: E402
-
 RATERS = rater_names(4)
 
 
@@ -150,6 +148,8 @@ def test_insecure_serves_beyond_loopback_on_request(run_cli, launched, tiny_mode
 
 
 def test_a_users_file_turns_on_the_login(run_cli, launched, tiny_models, tmp_path):
+    from mathtune.app.auth import hash_password
+
     users = tmp_path / "users.txt"
     users.write_text(f"\n# comment\nann:plain:with colon\nbob:{hash_password('s3cret', iterations=1000)}\n")
     result = run_cli("app", "--model", str(tiny_models["llama"]), "--db", str(tmp_path / "r.sqlite"),

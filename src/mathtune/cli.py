@@ -367,12 +367,17 @@ def app_cmd(paths: Annotated[list[Path] | None, typer.Argument(help="Run dirs wh
             = None, model: ModelOpt = None, data_dir: DataDirOpt = None,
             db: Annotated[Path, typer.Option(help="SQLite file for human ratings")] = Path("ratings.sqlite"),
             host: Annotated[str, typer.Option(help="Address to serve on")] = "127.0.0.1",
-            port: Annotated[int | None, typer.Option(help="Port (default: 7860 or the next free one)")] = None
-            ) -> None:
+            port: Annotated[int | None, typer.Option(help="Port (default: 7860 or the next free one)")] = None,
+            auth: Annotated[Path | None, typer.Option(help="Users file, one 'user:password' (or 'user:<hash>' "
+                                                      "from python -m mathtune.app.auth USER) a line: Gradio's "
+                                                      "login; ratings are stored under the logged-in user")] = None,
+            insecure: Annotated[bool, typer.Option(help="Serve on a non-loopback --host without --auth "
+                                                   "(anyone who can reach it can rate and download ratings)")]
+            = False) -> None:
     """Demo app: base vs tuned answers streamed side by side, and blind human evaluation."""
     from mathtune.app.ui import launch
 
-    launch(paths or [], model, data_dir, db, host, port)
+    launch(paths or [], model, data_dir, db, host, port, auth=auth, insecure=insecure)
 
 
 @app.command("lm-eval")

@@ -72,18 +72,18 @@ def test_a_run_needs_its_own_base_model(handlers, engine):
 
 def test_blind_rating_round_trip(handlers, engine):
     with pytest.raises(gr.Error, match="name"):
-        handlers.next_blind("")
-    item, question, out_a, out_b, status, *radios = handlers.next_blind("ann")
+        handlers.next_blind(None, "")
+    item, question, out_a, out_b, status, *radios = handlers.next_blind(None, "ann")
     assert question == item["question"] and [out_a, out_b] == [s["output"] for s in item["shown"]]
     assert "run/" not in status and all(r is None for r in radios)  # nothing shown names the model
     with pytest.raises(gr.Error, match="output A: rate"):
-        handlers.submit("ann", item, 4, None, 3, 3, 2, 2, 2, 2)
-    assert "Saved 2" in handlers.submit("ann", item, 4, 4, 3, 3, 2, 2, 2, 2)
+        handlers.submit(None, "ann", item, 4, None, 3, 3, 2, 2, 2, 2)
+    assert "Saved 2" in handlers.submit(None, "ann", item, 4, 4, 3, 3, 2, 2, 2, 2)
     rows = handlers.store.rows()
     assert sorted(r["model"] for r in rows) == sorted(s["model"] for s in item["shown"])
     assert "| criterion |" in handlers.summary()
     assert handlers.export_csv().endswith("ratings.csv")
-    again = handlers.next_blind("ann")[0]
+    again = handlers.next_blind(None, "ann")[0]
     assert again is None or again["problem_id"] != item["problem_id"] or again["shown"] != item["shown"]
 
 

@@ -58,3 +58,40 @@ def test_summary_means_per_model_and_agreement(tmp_path):
     # three 2-3 pairs (1 each) sum to 17, D_e = 2 * 17 / 30 = 17/15; alpha = 1 - (1/3) / (17/15) = 12/17
     assert agree["krippendorff_alpha"] == pytest.approx(12 / 17)
     assert summary["agreement"]["coherence"]["krippendorff_alpha"] is None  # all 4s: undefined
+
+
+def test_the_store_is_in_wal_mode_and_a_request_key_stores_once(tmp_path):
+    import sqlite3
+
+    store = RatingStore(tmp_path / "r.sqlite")
+    first = rating("ann", "base", "x", 3, 3, 3, 3)
+    assert store.add_all([(first, "k/A"), (rating("ann", "tuned", "y", 2, 2, 2, 2), "k/B")]) == [(1, True), (2, True)]
+    assert store.add_all([(first, "k/A")]) == [(1, False)]  # a retry: the earlier row, nothing new
+    with pytest.raises(MathtuneError, match="already submitted with other scores"):
+        store.add(rating("ann", "base", "x", 5, 3, 3, 3), "k/A")
+    assert store.add(first) == 3  # no key: a second rating of the same output is a new row
+    with sqlite3.connect(tmp_path / "r.sqlite") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        with pytest.raises(sqlite3.IntegrityError):  # the UNIQUE index backs the look-up
+            conn.execute("INSERT INTO ratings (created_at, rater, item_id, problem_id, model, question, output, "
+                         "correctness, coherence, readability, pedagogy, request_key) "
+                         "VALUES ('t', 'bob', 'i', 'p', 'm', 'q', 'o', 1, 1, 1, 1, 'k/A')")
+    conn.close()
+
+
+def test_a_submission_is_all_or_nothing_and_an_old_database_gains_the_key(tmp_path):
+    import sqlite3
+
+    db = tmp_path / "old.sqlite"
+    with sqlite3.connect(db) as conn:  # the schema before request keys
+        conn.executescript("CREATE TABLE ratings (id INTEGER PRIMARY KEY AUTOINCREMENT, created_at TEXT NOT NULL, "
+                           "rater TEXT NOT NULL, item_id TEXT NOT NULL, problem_id TEXT NOT NULL, model TEXT NOT NULL,"
+                           " question TEXT NOT NULL, output TEXT NOT NULL, correctness INTEGER NOT NULL, coherence "
+                           "INTEGER NOT NULL, readability INTEGER NOT NULL, pedagogy INTEGER NOT NULL);")
+    conn.close()
+    store = RatingStore(db)
+    store.add(rating("ann", "base", "x", 3, 3, 3, 3), "k/A")
+    with pytest.raises(MathtuneError, match="already submitted"):  # the second rating fails: neither is stored
+        store.add_all([(rating("bob", "base", "z", 1, 1, 1, 1), "k/Z"),
+                       (rating("ann", "base", "x", 1, 1, 1, 1), "k/A")])
+    assert [r["rater"] for r in store.rows()] == ["ann"]

@@ -11,6 +11,8 @@ import inspect
 import random
 import re
 import tempfile
+import threading
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -50,9 +52,31 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class Handlers:
-    def __init__(self, engine: Engine, store: RatingStore, seed: int | None = None) -> None:
-        self.engine, self.store = engine, store
+    """`login`: the app runs behind Gradio's login (`--auth`); the rater is then the logged-in user and
+    the name typed in the page is ignored (anyone could type anyone's name)."""
+
+    def __init__(self, engine: Engine, store: RatingStore, seed: int | None = None, login: bool = False) -> None:
+        self.engine, self.store, self.login = engine, store, login
         self.rng = random.Random(seed)
+        self._rng_lock = threading.Lock()  # rating events run concurrently (ui.py); one draw at a time
+
+    def rater(self, typed: str | None, request: gr.Request | None) -> str:
+        """Who is rating: the logged-in user behind a login, else the name typed in the page."""
+        if self.login:
+            user = getattr(request, "username", None)
+            if not user:
+                raise MathtuneError("log in to rate: ratings are stored under the logged-in user")
+            return str(user)
+        typed = (typed or "").strip()
+        if not typed:
+            raise MathtuneError("enter your name as rater first (ratings are compared between raters)")
+        return typed
+
+    def whoami(self, request: gr.Request) -> Any:
+        """On page load behind a login: show the logged-in user as the rater, not editable."""
+        if not self.login:
+            return gr.update()
+        return gr.update(value=getattr(request, "username", None) or "", interactive=False)
 
     def run_choices(self) -> list[str]:
         return [NO_RUN, *self.engine.runs]
@@ -66,7 +90,9 @@ class Handlers:
 
     @user_errors
     def draw_problem(self) -> tuple[str, dict[str, Any], str]:
-        problem = self.engine.random_problem(self.rng.randrange(2**32))
+        with self._rng_lock:
+            seed = self.rng.randrange(2**32)
+        problem = self.engine.random_problem(seed)
         return (
             problem.question,
             problem.to_dict(),
@@ -104,25 +130,26 @@ class Handlers:
         self.engine.add_live(question, {labels[i]: texts[i] for i, _ in sides}, answer)
 
     @user_errors
-    def next_blind(self, rater: str) -> tuple[Any, ...]:
-        """A problem and up to two outputs, model hidden and order random; rating inputs cleared."""
-        rater = (rater or "").strip()
-        if not rater:
-            raise MathtuneError("enter your name as rater first (ratings are compared between raters)")
-        item = draw_blind(self.engine.pool, self.store.rated_items(rater), self.rng)
+    def next_blind(self, request: gr.Request, rater: str) -> tuple[Any, ...]:
+        """A problem and up to two outputs, model hidden and order random; rating inputs cleared.
+
+        The item carries a fresh key: submitting it twice (a double click, a retry) stores it once."""
+        rater = self.rater(rater, request)
+        rated = self.store.rated_items(rater)
+        with self._rng_lock:
+            item = draw_blind(self.engine.pool, rated, self.rng)
         cleared = [None] * (len(SLOTS) * len(CRITERIA))
         if item is None:
             gr.Warning("Nothing left to rate: solve a problem in the first tab to add outputs.")
             return None, "", "", "", "No unrated outputs left.", *cleared
+        item["key"] = uuid.uuid4().hex
         outputs = [printable(s["output"]) for s in item["shown"]] + [""] * (len(SLOTS) - len(item["shown"]))
         status = f"Problem {item['problem_id']}: rate each output on the four criteria (1 = poor, 5 = excellent)."
         return item, item["question"], *outputs, status, *cleared
 
     @user_errors
-    def submit(self, rater: str, item: dict[str, Any] | None, *scores: Any) -> str:
-        rater = (rater or "").strip()
-        if not rater:
-            raise MathtuneError("enter your name as rater")
+    def submit(self, request: gr.Request, rater: str, item: dict[str, Any] | None, *scores: Any) -> str:
+        rater = self.rater(rater, request)
         if not item:
             raise MathtuneError("draw a problem to rate first ('Next problem')")
         ratings = []
@@ -141,8 +168,10 @@ class Handlers:
                     **{c: int(v) for c, v in zip(CRITERIA, values, strict=True)},
                 )
             )
-        for rating in ratings:
-            self.store.add(rating)
+        keys = [f"{item['key']}/{slot}" if item.get("key") else None for slot in SLOTS]
+        saved = self.store.add_all(list(zip(ratings, keys, strict=False)))  # one transaction: all or none
+        if not any(new for _, new in saved):
+            return f"Already saved: these {len(saved)} rating(s) from {rater} were stored before, not again."
         return f"Saved {len(ratings)} rating(s) from {rater}. Click 'Next problem' for another."
 
     @user_errors

@@ -11,19 +11,24 @@ from typing import Any
 
 import gradio as gr
 
+from mathtune.app.auth import check_exposure, load_users, login_checker
 from mathtune.app.engine import MAX_NEW_TOKENS, Engine
 from mathtune.app.handlers import NO_RUN, SLOTS, Handlers
 from mathtune.app.ratings import CRITERIA, RatingStore
 from mathtune.prompts import load_strategies
 
 QUEUE_SIZE = 16  # waiting requests beyond this are refused with a "queue full" message
+# Rating events (draw, submit) are milliseconds of SQLite work: they run side by side, in their own
+# group, so raters never wait behind a generation (concurrency limit 1 per event otherwise).
+RATING_CONCURRENCY = 8
 INTRO = """# mathtune demo
 Type a math word problem or draw one from the GSM8K test split, then compare the base model with
 a fine-tuned one. The tab *Human evaluation* shows outputs blind for rating."""
 
 
-def build_demo(engine: Engine, store: RatingStore, seed: int | None = None) -> gr.Blocks:
-    handlers = Handlers(engine, store, seed)
+def build_demo(engine: Engine, store: RatingStore, seed: int | None = None, login: bool = False) -> gr.Blocks:
+    """`login`: served behind Gradio's login; ratings are then stored under the logged-in user."""
+    handlers = Handlers(engine, store, seed, login=login)
     first_run = next(iter(engine.runs), None)
     strategy = engine.default_config.prompt.strategy
     with gr.Blocks(title="mathtune demo") as demo:
@@ -76,18 +81,20 @@ def build_demo(engine: Engine, store: RatingStore, seed: int | None = None) -> g
         solve_inputs = [model, run, prompt, tokens, question, problem]
         solve.click(handlers.solve, solve_inputs, [base_text, tuned_text, base_notes, tuned_notes])
         with gr.Tab("Human evaluation", elem_id="tab-rate"):
-            _rating_tab(handlers)
+            rater = _rating_tab(handlers)
+        demo.load(handlers.whoami, None, rater)
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)  # one generation at a time: CPU-bound
     return demo
 
 
-def _rating_tab(handlers: Handlers) -> None:
+def _rating_tab(handlers: Handlers) -> gr.Textbox:
     gr.Markdown(
         "Outputs are shown **blind**: the model is hidden and the order is random. "
         "Rate each on a 1 (poor) to 5 (excellent) scale."
     )
     with gr.Row():
-        rater = gr.Textbox(label="Your name (rater)", elem_id="rater", scale=3)
+        label = "Rating as (the logged-in user)" if handlers.login else "Your name (rater)"
+        rater = gr.Textbox(label=label, elem_id="rater", scale=3, interactive=not handlers.login)
         next_button = gr.Button("Next problem", elem_id="next-blind", scale=1)
     item = gr.State(None)
     blind_question = gr.Textbox(label="Problem", interactive=False, lines=3, elem_id="blind-question")
@@ -116,10 +123,14 @@ def _rating_tab(handlers: Handlers) -> None:
             export_button = gr.Button("Export CSV", elem_id="export")
         summary = gr.Markdown(elem_id="summary-text")
         csv_file = gr.File(label="ratings.csv", elem_id="csv")
-    next_button.click(handlers.next_blind, rater, [item, blind_question, *outputs, status, *radios])
-    submit.click(handlers.submit, [rater, item, *radios], status)
+    rating_events = {"concurrency_id": "ratings", "concurrency_limit": RATING_CONCURRENCY}
+    next_button.click(
+        handlers.next_blind, rater, [item, blind_question, *outputs, status, *radios], **rating_events
+    )
+    submit.click(handlers.submit, [rater, item, *radios], status, **rating_events)
     summary_button.click(handlers.summary, None, summary)
-    export_button.click(handlers.export_csv, None, csv_file)
+    export_button.click(handlers.export_csv, None, csv_file)  # behind the login too (Gradio's file route)
+    return rater
 
 
 def launch(
@@ -130,11 +141,20 @@ def launch(
     host: str,
     port: int | None,
     block: bool = True,
+    auth: Path | None = None,
+    insecure: bool = False,
 ) -> Any:
-    """Build and serve the app; returns (demo, url) when `block` is False (tests)."""
+    """Build and serve the app; returns (demo, url) when `block` is False (tests).
+
+    `auth`: a users file (format in app/auth.py); every page, API call and file download then needs a
+    login. Without one, only a loopback `host` is served unless `insecure`."""
+    check_exposure(host, auth, insecure)  # before loading any model: a refusal is immediate
+    users = load_users(auth) if auth is not None else None
     engine = Engine.from_paths(run_dirs, model, data_dir)
-    demo = build_demo(engine, RatingStore(db))
+    demo = build_demo(engine, RatingStore(db), login=users is not None)
     _, url, _ = demo.launch(
+        auth=login_checker(users) if users is not None else None,
+        auth_message="mathtune ratings: log in with the user name and password you were given." if users else None,
         server_name=host,
         server_port=port,
         prevent_thread_lock=not block,

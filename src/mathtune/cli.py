@@ -401,20 +401,12 @@ def main() -> None:
     except MathtuneError as exc:
         print(f"mathtune: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except Exception as exc:
+        _exit_if_write_failed(exc)
+        _exit_unexpected(exc)
     except KeyboardInterrupt:  # raised before our handler was installed, or by a library's own
         print(f"mathtune: interrupted; {interrupts.summary()}", file=sys.stderr)
         sys.exit(130)
-    except Exception as exc:  # click's usage errors and anything unforeseen: still one line
-        # By class name: typer >= 0.20 raises its vendored copy of click's exceptions (typer._click).
-        names = {cls.__name__ for cls in type(exc).__mro__}
-        if "ClickException" in names:
-            # no_args_is_help raises with an empty message after printing the help
-            print(f"mathtune: error: {exc.format_message() or 'missing command (see above)'}", file=sys.stderr)
-            sys.exit(2)
-        if names & {"Exit", "Abort"}:
-            sys.exit(getattr(exc, "exit_code", 1))
-        print(f"mathtune: internal error: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
-        sys.exit(1)
     swallowed = interrupts.received()
     if swallowed is not None:  # raised where Python drops exceptions (a weakref callback): still an interrupt
         _exit_interrupted(swallowed)
@@ -423,6 +415,37 @@ def main() -> None:
     interrupts.ignore_from_now()
     if isinstance(code, int) and code:
         sys.exit(code)
+
+
+def _exit_if_write_failed(exc: BaseException) -> None:
+    """A full disk, a quota, a read-only or foreign folder: one line naming the path, what was kept
+    and the command that continues (the same one, with --resume for train/run), exit 2. Temp files
+    are removed where they are written (io.atomic_write_text, io.replace_dir, checkpoints)."""
+    from mathtune.io import write_failure
+
+    failed = write_failure(exc)
+    if failed is None:
+        return
+    reason, path = failed
+    interrupts.close_progress_bars()
+    where = path or interrupts.watched() or "the output"
+    print(f"mathtune: error: cannot write {where}: {reason}; {interrupts.summary()} "
+          "(after freeing space or fixing permissions, or with -o on another disk)", file=sys.stderr)
+    sys.exit(2)
+
+
+def _exit_unexpected(exc: Exception) -> None:
+    """Click's usage errors and anything unforeseen: still one line."""
+    # By class name: typer >= 0.20 raises its vendored copy of click's exceptions (typer._click).
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if "ClickException" in names:
+        # no_args_is_help raises with an empty message after printing the help
+        print(f"mathtune: error: {exc.format_message() or 'missing command (see above)'}", file=sys.stderr)
+        sys.exit(2)
+    if names & {"Exit", "Abort"}:
+        sys.exit(getattr(exc, "exit_code", 1))
+    print(f"mathtune: internal error: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
+    sys.exit(1)
 
 
 def _exit_interrupted(exc: interrupts.Interrupted) -> None:

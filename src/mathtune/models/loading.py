@@ -13,11 +13,13 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mathtune.errors import MathtuneError
+from mathtune.io import write_failure
 
 # Embedded models: name -> (PyPI package holding the file, file name inside it).
 EMBEDDED_MODELS: dict[str, tuple[str, str]] = {
@@ -90,16 +92,62 @@ def _file_key(path: Path) -> str:
 
 def _cached_gguf(path: Path, label: str) -> ModelSource:
     target = cache_dir() / "gguf" / f"{path.stem}-{_file_key(path)}"
-    if not (target / "model.safetensors").is_file():
-        _convert_gguf(path, target)
+    if not cache_entry_complete(target):
+        publish_cache_entry(target, lambda tmp: _convert_gguf(path, tmp))
     return ModelSource(str(target), label=label)
 
 
-def _convert_gguf(path: Path, target: Path) -> None:
-    """Dequantize once into a temp dir, then rename: a killed conversion leaves no half cache."""
+CACHE_MANIFEST = "mathtune_cache.json"  # written last: every file of the entry and its size
+
+
+def cache_entry_complete(target: Path) -> bool:
+    """Whether a cache entry is whole: its manifest is there and every file it lists has its size.
+    A copy torn by a crash of the disk, a truncation or a hand edit fails this and is rebuilt."""
+    try:
+        files = json.loads((target / CACHE_MANIFEST).read_text())["files"]
+        return bool(files) and all((target / name).stat().st_size == size for name, size in files.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def publish_cache_entry(target: Path, write: Callable[[Path], None]) -> None:
+    """Build a cache entry once, even when several processes or threads ask at the same instant.
+
+    They queue on a lock file beside the entry; the first writes into a temp dir and renames it into
+    place, the others then find the entry complete and use it. A torn entry is removed and rebuilt.
+    A full or read-only cache disk is one line naming the cache, and no temp dir is left on it."""
+    import fcntl
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        if cache_entry_complete(target):
+            return  # another process built it while this one waited
+        if target.exists():
+            logging.getLogger("mathtune").warning("model cache entry %s is incomplete; rebuilding it", target)
+            shutil.rmtree(target)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+        try:
+            write(tmp)
+            files = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
+            (tmp / CACHE_MANIFEST).write_text(json.dumps({"files": files}, indent=1))
+            os.replace(tmp, target)
+        except Exception as exc:
+            failed = write_failure(exc)
+            if failed is None:
+                raise
+            raise MathtuneError(f"cannot write the model cache {target.parent}: {failed[0]}; nothing was kept "
+                                "there; free space, or set MATHTUNE_CACHE_DIR to a folder on another disk, "
+                                "and rerun the same command") from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _convert_gguf(path: Path, out: Path) -> None:
+    """Dequantize a GGUF file into `out` as safetensors (publish_cache_entry renames it into place)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    logging.getLogger("mathtune").info("dequantizing %s once into %s", path.name, target)
+    logging.getLogger("mathtune").info("dequantizing %s once into %s", path.name, out)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
@@ -109,14 +157,8 @@ def _convert_gguf(path: Path, target: Path) -> None:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
 
 
 def is_seq2seq(config: Any) -> bool:

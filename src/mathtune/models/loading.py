@@ -67,6 +67,10 @@ def resolve_source(name: str, gguf_file: str | None = None) -> ModelSource:
             return _cached_gguf(path / gguf_file, label=f"{path}/{gguf_file}")
         if not (path / "config.json").is_file():
             raise MathtuneError(f"model directory {path} has no config.json")
+        missing = missing_model_files(path)
+        if missing:
+            raise MathtuneError(f"model directory {path} has config.json but no {' and no '.join(missing)}: copy "
+                                "the whole model folder (save_pretrained or hf download writes all of them)")
         return ModelSource(str(path), label=str(path))
     if path.exists() or name.startswith((".", "/", "~")):
         raise MathtuneError(f"model path {path} is not a directory, .gguf file or embedded name")
@@ -80,6 +84,22 @@ def resolve_source(name: str, gguf_file: str | None = None) -> ModelSource:
                 f"and pass --model DIR, or use an embedded model ({', '.join(EMBEDDED_MODELS)})")
         return ModelSource(cached, gguf_file=gguf_file, label=name)
     return ModelSource(name, gguf_file=gguf_file, label=name)
+
+
+# What `from_pretrained` reads besides config.json: any one of each group.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
+
+
+def missing_model_files(path: Path) -> list[str]:
+    """What a local model folder lacks, as the words of an error ([] when it looks whole)."""
+    missing = []
+    if not any((path / name).is_file() for name in WEIGHT_FILES) and not any(path.glob("*.safetensors")):
+        missing.append(f"weights ({', '.join(WEIGHT_FILES)})")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        missing.append(f"tokenizer ({', '.join(TOKENIZER_FILES)})")
+    return missing
 
 
 def may_store_quantized_weights(name: str) -> bool:

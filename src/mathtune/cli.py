@@ -39,8 +39,12 @@ OverwriteOpt = Annotated[bool, typer.Option(help="Replace a non-empty output dir
 ResumeOpt = Annotated[bool, typer.Option(help="Continue from the run directory's last checkpoint")]
 
 
-def build_run_config(config: Path | None, sets: list[str] | None, **flags: Any) -> RunConfig:
-    """YAML (or quickstart) < --set overrides < named flags; one validated object for everything."""
+def build_run_config(config: Path | None, sets: list[str] | None, runs: list[Path] | None = None,
+                     **flags: Any) -> RunConfig:
+    """YAML (or quickstart) < --set overrides < named flags; one validated object for everything.
+
+    Where a run's model is used (`runs`) and no `-c` is given, the run's own recorded eval settings
+    (its config.yaml: calculator, batch, tokens, problems) replace quickstart's; `-s eval.*` still wins."""
     overrides = dict(parse_override(item) for item in sets or [])
     named = {"model.name": flags.get("model"), "method.name": flags.get("method"),
              "prompt.strategy": flags.get("prompt"), "data.data_dir": flags.get("data_dir"),
@@ -48,11 +52,48 @@ def build_run_config(config: Path | None, sets: list[str] | None, **flags: Any) 
              "eval.num_problems": flags.get("eval_size"), "train.max_steps": flags.get("max_steps")}
     overrides.update({key: value for key, value in named.items() if value is not None})
     path = config if config is not None else (QUICKSTART if QUICKSTART.is_file() else None)
+    for run in runs or []:
+        if not run.exists():
+            raise MathtuneError(f"run directory {run} does not exist")
+        if not (run / "config.yaml").is_file():
+            raise MathtuneError(f"{run} is not a run directory: it has no config.yaml (written by `mathtune train` "
+                                "and `mathtune run`)")
     tree = read_yaml(path) if path else {}
+    if config is None and runs:
+        tree["eval"] = recorded_eval_settings(runs)
     chosen, section = overrides.get("method.name"), tree.get("method")
     if chosen and isinstance(section, dict) and section.get("name", "lora") != chosen:
         tree["method"] = {}  # the file's settings are another method's (lora's `bias` means nothing to full)
     return build_config(tree, overrides)
+
+
+def recorded_eval_settings(runs: list[Path]) -> dict[str, Any]:
+    """The eval section of the runs' config.yaml (one run, or several that agree); {} without one."""
+    sections = [(run, read_yaml(run / "config.yaml").get("eval") or {}) for run in runs
+                if (run / "config.yaml").is_file()]
+    if not sections:
+        return {}
+    first_run, first = sections[0]
+    for run, section in sections[1:]:
+        differing = sorted(key for key in {*first, *section} if first.get(key) != section.get(key))
+        if differing:
+            key = differing[0]
+            raise MathtuneError(f"{first_run} and {run} record different eval settings (eval.{key}: "
+                                f"{first.get(key)} vs {section.get(key)}); evaluate them one at a time, or "
+                                "pass -c CONFIG to use one config's settings for all")
+    return dict(first)
+
+
+def show_eval_settings(cfg: RunConfig, config: Path | None, sets: list[str] | None, runs: list[Path] | None,
+                       **named: Any) -> None:
+    """One line saying which eval settings this call uses and where they come from."""
+    source = f"-c {config}" if config else (f"{runs[0] / 'config.yaml'}" if runs else "the defaults")
+    explicit = [item for item in sets or [] if item.startswith("eval.")]
+    explicit += [f"{key}={value}" for key, value in named.items() if value is not None]
+    settings = (f"calculator {'on' if cfg.eval.calculator else 'off'}, max_new_tokens {cfg.eval.max_new_tokens}, "
+                f"batch {cfg.eval.batch_size}, dtype {cfg.eval.dtype}, problems {cfg.eval.num_problems or 'all'} "
+                f"(seed {cfg.eval.seed}, split {cfg.eval.split})")
+    typer.echo(f"eval settings from {source}: {settings}" + (f"; set here: {', '.join(explicit)}" if explicit else ""))
 
 
 def become_training_process(cfg: Any, program: tuple[str, ...] = ("-m", "mathtune")) -> None:
@@ -100,7 +141,9 @@ def eval_cmd(run_dirs: Annotated[list[Path] | None, typer.Argument(
     from mathtune.recipes.evaluate import eval_adapters_workflow, eval_workflow, tuned_config
 
     sets = [*(set_ or []), *([f"data.dataset={dataset}"] if dataset else [])]
-    cfg = build_run_config(config, sets, model=model, prompt=prompt, data_dir=data_dir, eval_size=eval_size)
+    runs = None if base else run_dirs
+    cfg = build_run_config(config, sets, runs, model=model, prompt=prompt, data_dir=data_dir, eval_size=eval_size)
+    show_eval_settings(cfg, config, set_, runs, **{"eval.num_problems": eval_size})
     if run_dirs and len(run_dirs) > 1 and not base:
         if output_dir:
             raise MathtuneError("--output-dir takes one run; with several, each run's eval/tuned is written")
@@ -165,8 +208,10 @@ def sample_cmd(run_dir: Annotated[Path | None, typer.Argument(help="Finished run
     named = {"eval.samples": k, "eval.temperature": temperature, "eval.top_p": top_p, "eval.sample_seed": seed,
              "eval.split": split, "eval.batch_size": rows}
     sets = [*(set_ or []), *(f"{key}={value}" for key, value in named.items() if value is not None)]
-    cfg = build_run_config(config, sets, model=model, prompt=prompt, data_dir=data_dir, eval_size=eval_size)
     tuned = run_dir is not None and not base
+    cfg = build_run_config(config, sets, [run_dir] if tuned else None, model=model, prompt=prompt,
+                           data_dir=data_dir, eval_size=eval_size)
+    show_eval_settings(cfg, config, set_, [run_dir] if tuned else None, **named)
     if tuned:
         cfg = tuned_config(cfg, run_dir)
     preflight(cfg, (cfg.eval.split,), training=False)
@@ -373,7 +418,9 @@ def lm_eval_cmd(run_dir: Annotated[Path | None, typer.Argument(help="Finished ru
     from mathtune.evaluate.lm_eval_bridge import headline
     from mathtune.recipes.lm_eval import lm_eval_workflow
 
-    cfg = build_run_config(config, set_, model=model, data_dir=data_dir, eval_size=eval_size)
+    runs = [run_dir] if run_dir and not base else None
+    cfg = build_run_config(config, set_, runs, model=model, data_dir=data_dir, eval_size=eval_size)
+    show_eval_settings(cfg, config, set_, runs, **{"eval.num_problems": eval_size})
     default = (run_dir / "eval" / "tuned") if run_dir and not base else Path(cfg.output_dir) / "eval" / "base"
     out = Path(output_dir) if output_dir else default
     record = lm_eval_workflow(cfg, run_dir, base, out, [t.strip() for t in tasks.split(",") if t.strip()],

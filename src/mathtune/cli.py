@@ -345,9 +345,10 @@ def compare_cmd(paths: Annotated[list[Path], typer.Argument(help="Run dirs or ev
     comparison = compare_runs(paths)
     if output is not None:
         write_comparison(comparison, output)
-        from mathtune.report.plots import accuracy_bar_chart
+        from mathtune.report.plots import accuracy_bar_chart, by_benchmark, chart_path
 
-        accuracy_bar_chart(comparison["rows"], output.with_suffix(".png"))
+        for index, (benchmark, rows) in enumerate(by_benchmark(comparison["rows"]).items()):
+            accuracy_bar_chart(rows, chart_path(output.with_suffix(".png"), benchmark, index == 0))
     typer.echo(render_comparison_markdown(comparison))
 
 

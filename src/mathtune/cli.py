@@ -170,9 +170,11 @@ def eval_cmd(run_dirs: Annotated[list[Path] | None, typer.Argument(
     # An existing eval dir of the same evaluation is resumed: finished predictions are kept and skipped.
     interrupts.watch(Path(output_dir) if output_dir else default)
     with output_dir_guard(Path(output_dir) if output_dir else default, overwrite, resume=not overwrite) as out:
+        finished = (out / "metrics.json").is_file()  # metrics.json is written last: this evaluation is done
         metrics = eval_workflow(cfg, run_dir, base, out, own_data)
     _print_scores(metrics)
-    typer.echo(f"predictions and metrics written to {out}")
+    typer.echo(f"already finished: predictions and metrics in {out} are unchanged (--overwrite evaluates again)"
+               if finished else f"predictions and metrics written to {out}")
 
 
 @app.command("sample")

@@ -155,7 +155,7 @@ CASES: dict[str, Callable[[Env], Case]] = {
     "output-dir-is-a-file": lambda e: Case(
         e.train("-o", str(e.file("a-file", "x"))), ["not a directory"], [e.tmp / "a-file"]),
     "eval-run-dir-missing": lambda e: Case(
-        ["eval", str(e.tmp / "no-run"), "--eval-size", "2"], ["no-run", "not found"], [e.tmp / "no-run"]),
+        ["eval", str(e.tmp / "no-run"), "--eval-size", "2"], ["no-run", "does not exist"], [e.tmp / "no-run"]),
     "eval-run-dir-without-adapter": lambda e: Case(
         ["eval", str(_run_dir_without_adapter(e)), "--eval-size", "2", "-s", "eval.max_new_tokens=2"],
         ["no trained weights", "train first"], [e.tmp / "run"]),

@@ -175,3 +175,22 @@ def test_full_cache_disk_is_one_line_naming_the_cache(tmp_path):
     with pytest.raises(MathtuneError, match="cannot write the model cache .*MATHTUNE_CACHE_DIR"):
         publish_cache_entry(target, full)
     assert not target.exists() and not [p for p in target.parent.iterdir() if not p.name.endswith(".lock")]
+
+
+def test_an_entry_from_before_manifests_is_kept_when_whole_and_rebuilt_when_cut(tiny_llama, tmp_path):
+    target = tmp_path / "cache" / "old-entry"
+    target.mkdir(parents=True)
+    _save_tiny_model(tiny_llama)(target)  # as the old code left it: the files, no manifest
+    weights = next(target.glob("*.safetensors"))
+    stamp = weights.stat().st_mtime_ns
+
+    def must_not_rebuild(out: Path) -> None:
+        raise AssertionError("a whole entry was rebuilt")
+
+    publish_cache_entry(target, must_not_rebuild)
+    assert cache_entry_complete(target) and weights.stat().st_mtime_ns == stamp
+    (target / CACHE_MANIFEST).unlink()
+    whole = weights.read_bytes()
+    weights.write_bytes(whole[: len(whole) - 100])
+    publish_cache_entry(target, _save_tiny_model(tiny_llama))
+    assert cache_entry_complete(target) and weights.read_bytes() == whole

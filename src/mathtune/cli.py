@@ -87,7 +87,8 @@ def recorded_eval_settings(runs: list[Path]) -> dict[str, Any]:
 def show_eval_settings(cfg: RunConfig, config: Path | None, sets: list[str] | None, runs: list[Path] | None,
                        **named: Any) -> None:
     """One line saying which eval settings this call uses and where they come from."""
-    source = f"-c {config}" if config else (f"{runs[0] / 'config.yaml'}" if runs else "the defaults")
+    source = f"-c {config}" if config else (f"{runs[0] / 'config.yaml'}" if runs else
+                                             f"{QUICKSTART.name} (the default config)")
     explicit = [item for item in sets or [] if item.startswith("eval.")]
     explicit += [f"{key}={value}" for key, value in named.items() if value is not None]
     settings = (f"calculator {'on' if cfg.eval.calculator else 'off'}, max_new_tokens {cfg.eval.max_new_tokens}, "

@@ -52,3 +52,13 @@ def test_engine_uses_the_runs_calculator_setting(tiny_run, tmp_path, monkeypatch
     monkeypatch.setattr(engine, "prompt_for", lambda cfg, question, tokenizer: question)
     list(engine.stream(engine.config_for(model, name, "qa", 16), name, "What is 48*17?"))
     assert seen["calculator"] is True
+
+
+def test_streaming_with_the_calculator_runs_through_generate(tiny_run):
+    """The logits processor goes through transformers' generate with the streamer and stop strings."""
+    engine = Engine.from_paths([tiny_run])
+    name = next(iter(engine.runs))
+    model = engine.runs[name].config.model.name
+    cfg = engine.config_for(model, name, "qa", 12, calculator=True)
+    texts = list(engine.stream(cfg, name, "Tom has 48 boxes of 17 pens. How many pens?"))
+    assert texts and isinstance(texts[-1], str)

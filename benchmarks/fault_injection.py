@@ -34,6 +34,10 @@ while the battery runs). Failed trials' dirs stay in --workdir; --json gets ever
 
     python benchmarks/fault_injection.py --trials 30 --seed 1 --json fi.json
 
+`--faults N` adds faults other than signals, each N times: a full disk (RLIMIT_FSIZE) during train
+and eval, processes racing to build one model-cache entry, a torn cache entry, and a hub id with no
+network (docs/reliability.md, "Faults other than signals"); `--trials 0 --faults 3` runs only them.
+
 Set MATHTUNE_ALLOCATOR=system to skip train/run's re-execution under mimalloc (faster, but that
 re-exec is one of the moments a real kill can land in, so it is left on by default).
 """

@@ -178,6 +178,7 @@ def publish_cache_entry(target: Path, write: Callable[[Path], None]) -> None:
             shutil.rmtree(target)
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
         try:
+            tmp.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache from other users
             write(tmp)
             files = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
             (tmp / CACHE_MANIFEST).write_text(json.dumps({"files": files}, indent=1))

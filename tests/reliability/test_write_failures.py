@@ -112,6 +112,11 @@ def test_write_failure_recognizes_wrapped_errors():
     assert write_failure(OSError(errno.EROFS, "Read-only file system")) is not None
     assert write_failure(OSError(errno.ENOENT, "No such file")) is None
     assert write_failure(ValueError("bad")) is None
+    from safetensors import SafetensorError
+
+    full = 'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+    assert write_failure(SafetensorError(full)) is not None
+    assert write_failure(SafetensorError("Error while deserializing header: HeaderTooLarge")) is None
     try:
         try:
             raise OSError(errno.EDQUOT, "Disk quota exceeded")

@@ -5,6 +5,7 @@ Bad input of any kind ends in one line on stderr and exit code 2, never a traceb
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -481,7 +482,8 @@ def _exit_if_write_failed(exc: BaseException) -> None:
     reason, path = failed
     interrupts.close_progress_bars()
     where = path or interrupts.watched() or "the output"
-    print(f"mathtune: error: cannot write {where}: {reason}; {interrupts.summary()} "
+    verb = "access" if reason in (os.strerror(errno.EACCES), os.strerror(errno.EPERM)) else "write"  # reads too
+    print(f"mathtune: error: cannot {verb} {where}: {reason}; {interrupts.summary()} "
           "(after freeing space or fixing permissions, or with -o on another disk)", file=sys.stderr)
     sys.exit(2)
 

@@ -34,6 +34,10 @@ while the battery runs). Failed trials' dirs stay in --workdir; --json gets ever
 
     python benchmarks/fault_injection.py --trials 30 --seed 1 --json fi.json
 
+`--faults N` adds faults other than signals, each N times: a full disk (RLIMIT_FSIZE) during train
+and eval, processes racing to build one model-cache entry, a torn cache entry, and a hub id with no
+network (docs/reliability.md, "Faults other than signals"); `--trials 0 --faults 3` runs only them.
+
 Set MATHTUNE_ALLOCATOR=system to skip train/run's re-execution under mimalloc (faster, but that
 re-exec is one of the moments a real kill can land in, so it is left on by default).
 """
@@ -820,6 +824,183 @@ def describe(index: int, total: int, record: dict[str, Any]) -> str:
             f"{status} ({record['seconds']:.0f} s)")
 
 
+# --------------------------------------------------------------------------------------------------
+# Faults other than signals (--faults): refused writes, cache races, a torn cache, an offline hub
+# --------------------------------------------------------------------------------------------------
+
+FAULTS = ("disk-full-train", "disk-full-eval", "cache-race", "torn-cache", "offline-hub")
+CACHE_RACERS = 4
+OFFLINE_BUDGET_S = 3.0  # after the imports: the hub's part of the command
+
+
+def limited_file_size(limit: int) -> Callable[[], None]:
+    """RLIMIT_FSIZE in the child: a write past `limit` bytes fails with EFBIG (Python ignores SIGXFSZ),
+    as a write to a full disk fails with ENOSPC, without root or a small filesystem."""
+    import resource
+
+    def apply() -> None:
+        os.setsid()
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    return apply
+
+
+def write_fault(spec: Spec, setup: Setup, trial_dir: Path, rng: random.Random) -> dict[str, Any]:
+    """Run a command with a file-size limit drawn between 1 KB and its largest output file; it must
+    finish (limit above every write) or stop with exit 2 and one line naming the path and the command
+    that continues, leaving no temp file. The continuing command, without the limit, must end with the
+    uninterrupted run's outputs."""
+    out = trial_dir / "out"
+    largest = max(f.stat().st_size for f in (setup.ref / spec.name).rglob("*") if f.is_file())
+    limit = rng.randint(1024, max(1025, largest))
+    argv = [console_script(), *spec.args(setup, out)]
+    proc = subprocess.run(argv, env=setup.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          timeout=PROCESS_TIMEOUT, preexec_fn=limited_file_size(limit))
+    lines = message_lines(proc.stderr.decode("utf-8", "replace"))
+    record: dict[str, Any] = {"fault": f"disk-full-{spec.name}", "limit_bytes": limit, "exit": proc.returncode,
+                              "line": lines[-1] if lines else None, "contract": [], "diff": []}
+    record["faulted"] = proc.returncode != 0
+    if record["faulted"]:
+        if proc.returncode != 2 or len(lines) != 1 or not lines[0].startswith("mathtune: error: cannot write"):
+            record["contract"].append(f"exit {proc.returncode}, stderr {lines[-3:]}")
+        elif "continue with: " not in lines[0]:
+            record["contract"].append("no 'continue with:' command")
+        record["litter"] = litter(out)
+        if record["litter"]:
+            record["contract"].append(f"temp files left: {record['litter']}")
+        told = lines[-1].split("continue with: ", 1)[1].split(" (after freeing", 1)[0] \
+            if lines and "continue with: " in lines[-1] else shlex.join(["mathtune", *argv[1:]])
+        argv = [argv[0], *shlex.split(told)[1:]]
+        final = finish_cli(argv, setup.env)
+        record["final"] = final
+        if final["outcome"] != "ok":
+            record["diff"].append(f"continuing command: {final['outcome']} {final.get('line') or ''}")
+            return record
+    record["diff"] += DIFFS[spec.name](out, setup.ref / spec.name)
+    return record
+
+
+CACHE_RACER = """
+import sys, time
+from pathlib import Path
+from mathtune.models.loading import publish_cache_entry
+target, model, start = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
+def write(out):
+    for item in model.iterdir():
+        (out / item.name).write_bytes(item.read_bytes())
+time.sleep(max(0.0, start - time.time()))  # every racer leaves here at the same instant
+publish_cache_entry(target, write)
+"""
+
+
+def cache_race(setup: Setup, trial_dir: Path) -> dict[str, Any]:
+    """Processes started together build the same cache entry: all must succeed, one whole entry stays."""
+    from mathtune.models.loading import cache_entry_complete
+
+    target = trial_dir / "cache" / "gguf" / "entry"
+    start = time.time() + 8.0  # after every racer's imports
+    procs = [subprocess.Popen([sys.executable, "-c", CACHE_RACER, str(target), str(setup.model), str(start)],
+                              env=setup.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for _ in range(CACHE_RACERS)]
+    results = [(proc.wait(PROCESS_TIMEOUT), proc.stderr.read().decode()[-300:] if proc.stderr else "")
+               for proc in procs]
+    contract = [f"racer exit {code}: {err.strip().splitlines()[-1:]}" for code, err in results if code != 0]
+    others = [p.name for p in target.parent.iterdir() if p.name != target.name and not p.name.endswith(".lock")]
+    diff = [] if cache_entry_complete(target) else ["the entry is not complete"]
+    if others:
+        diff.append(f"left beside the entry: {others}")
+    return {"fault": "cache-race", "faulted": True, "contract": contract, "diff": diff, "litter": others}
+
+
+def torn_cache(setup: Setup, trial_dir: Path, rng: random.Random) -> dict[str, Any]:
+    """An entry whose weights are cut at a random byte must be found incomplete and rebuilt whole."""
+    from mathtune.models.loading import cache_entry_complete, publish_cache_entry
+
+    target = trial_dir / "cache" / "entry"
+
+    def write(out: Path) -> None:
+        for item in setup.model.iterdir():
+            (out / item.name).write_bytes(item.read_bytes())
+
+    publish_cache_entry(target, write)
+    weights = next(target.glob("*.safetensors"))
+    whole = weights.read_bytes()
+    cut = rng.randrange(len(whole))
+    weights.write_bytes(whole[:cut])
+    contract = [] if not cache_entry_complete(target) else [f"weights cut at byte {cut} not detected"]
+    publish_cache_entry(target, write)
+    diff = [] if cache_entry_complete(target) and weights.read_bytes() == whole else ["not rebuilt whole"]
+    return {"fault": "torn-cache", "faulted": True, "cut_at": cut, "contract": contract, "diff": diff, "litter": []}
+
+
+def offline_hub(setup: Setup, trial_dir: Path) -> dict[str, Any]:
+    """A hub id with no network (the endpoint a closed local port): one line, no retry chatter, and
+    the command's time after its imports under OFFLINE_BUDGET_S (measured against `--help`'s start-up)."""
+    env = {**setup.env, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"}
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        env.pop(name, None)
+    argv = [console_script(), "eval", "--base", "--model", "someone/somemodel", "--data-dir", str(setup.data),
+            "-o", str(trial_dir / "out"), "-s", "eval.split=train"]
+    started = time.monotonic()
+    proc = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=PROCESS_TIMEOUT)
+    seconds = time.monotonic() - started
+    lines = message_lines(proc.stderr.decode("utf-8", "replace"))
+    contract = []
+    if proc.returncode != 2 or len(lines) != 1 or "cannot be reached" not in lines[0]:
+        contract.append(f"exit {proc.returncode}, {len(lines)} stderr lines: {lines[:3]}")
+    imports = time.monotonic()
+    subprocess.run([console_script(), "eval", "--help"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   timeout=PROCESS_TIMEOUT)
+    baseline = time.monotonic() - imports
+    # `eval --help` imports less than an eval does; the margin is the difference, an upper bound
+    if seconds - baseline > OFFLINE_BUDGET_S + 10:
+        contract.append(f"took {seconds:.1f} s against {baseline:.1f} s of start-up")
+    return {"fault": "offline-hub", "faulted": True, "seconds": round(seconds, 1), "startup_s": round(baseline, 1),
+            "contract": contract, "diff": [], "litter": []}
+
+
+def run_faults(setup: Setup, workdir: Path, repeats: int, rng: random.Random) -> list[dict[str, Any]]:
+    records = []
+    for repeat in range(repeats):
+        for fault in FAULTS:
+            trial_dir = workdir / "faults" / f"{repeat:02d}-{fault}"
+            shutil.rmtree(trial_dir, ignore_errors=True)
+            trial_dir.mkdir(parents=True)
+            t0 = time.monotonic()
+            if fault.startswith("disk-full-"):
+                record = write_fault(SPECS[fault.removeprefix("disk-full-")], setup, trial_dir, rng)
+            elif fault == "cache-race":
+                record = cache_race(setup, trial_dir)
+            elif fault == "torn-cache":
+                record = torn_cache(setup, trial_dir, rng)
+            else:
+                record = offline_hub(setup, trial_dir)
+            record["seconds"] = round(time.monotonic() - t0, 1)
+            record["survived"] = not record["contract"] and not record["diff"]
+            records.append(record)
+            detail = f"limit {record['limit_bytes']} B, exit {record['exit']}" if "limit_bytes" in record else ""
+            print(f"[fault] {fault:16} {'ok' if record['survived'] else 'FAIL'} {detail} ({record['seconds']} s) "
+                  f"{record['contract'] + record['diff']}", flush=True)
+            if record["survived"]:
+                shutil.rmtree(trial_dir, ignore_errors=True)
+    return records
+
+
+def summarize_faults(records: list[dict[str, Any]]) -> list[str]:
+    faulted = [r for r in records if r["faulted"]]
+    lines = [f"faults: {len(records)} tried, {len(faulted)} hit the command (the others' limit was above every "
+             f"write), survived {sum(r['survived'] for r in faulted)}/{len(faulted)}; results lost: "
+             f"{sum(1 for r in records if r['diff'])}"]
+    for fault in FAULTS:
+        mine = [r for r in records if r["fault"] == fault]
+        if mine:
+            hit = [r for r in mine if r["faulted"]]
+            survived = sum(r["survived"] for r in hit)
+            lines.append(f"  {fault:16} tried {len(mine):3}  hit {len(hit):3}  survived {survived:3}"
+                         f"/{len(hit):<3}  lost {sum(1 for r in mine if r['diff'])}  "
+                         f"litter {sum(1 for r in mine if r.get('litter'))}")
+    return lines
+
+
 def reset_inherited_signals() -> None:
     """An ignored signal stays ignored across fork and exec: started with `nohup` or `&` from a
     script, this process and every child would ignore SIGINT (and SIGHUP/SIGQUIT), and Python
@@ -850,6 +1031,8 @@ def main() -> None:
     parser.add_argument("--max-minutes", type=float, help="start no trial after this many minutes")
     parser.add_argument("--commands", default=",".join(COMMANDS),
                         help="comma-separated subset of " + ",".join(COMMANDS))
+    parser.add_argument("--faults", type=int, default=0, metavar="N",
+                        help="also run each non-signal fault N times (" + ", ".join(FAULTS) + ")")
     parser.add_argument("--ratings-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.ratings_child:
@@ -895,12 +1078,15 @@ def main() -> None:
             shutil.rmtree(trial_dir, ignore_errors=True)  # failed trials stay for inspection
         # after every trial: a battery stopped from outside still leaves its records
         write_json(args.json, summarize(records, time.monotonic() - started), args, walls, records)
-    lines = summarize(records, time.monotonic() - started)
+    lines = summarize(records, time.monotonic() - started) if records else []
+    faults = run_faults(setup, workdir, args.faults, rng) if args.faults else []
+    if faults:
+        lines += summarize_faults(faults)
     print("\n".join(lines), flush=True)
-    write_json(args.json, lines, args, walls, records)
+    write_json(args.json, lines, args, walls, records + faults)
     if not args.workdir:
         shutil.rmtree(workdir, ignore_errors=True)
-    sys.exit(1 if any(not r["survived"] for r in records) else 0)
+    sys.exit(1 if any(not r["survived"] for r in records + faults) else 0)
 
 if __name__ == "__main__":
     main()

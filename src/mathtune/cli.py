@@ -5,6 +5,7 @@ Bad input of any kind ends in one line on stderr and exit code 2, never a traceb
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -39,8 +40,12 @@ OverwriteOpt = Annotated[bool, typer.Option(help="Replace a non-empty output dir
 ResumeOpt = Annotated[bool, typer.Option(help="Continue from the run directory's last checkpoint")]
 
 
-def build_run_config(config: Path | None, sets: list[str] | None, **flags: Any) -> RunConfig:
-    """YAML (or quickstart) < --set overrides < named flags; one validated object for everything."""
+def build_run_config(config: Path | None, sets: list[str] | None, runs: list[Path] | None = None,
+                     **flags: Any) -> RunConfig:
+    """YAML (or quickstart) < --set overrides < named flags; one validated object for everything.
+
+    Where a run's model is used (`runs`) and no `-c` is given, the run's own recorded eval settings
+    (its config.yaml: calculator, batch, tokens, problems) replace quickstart's; `-s eval.*` still wins."""
     overrides = dict(parse_override(item) for item in sets or [])
     named = {"model.name": flags.get("model"), "method.name": flags.get("method"),
              "prompt.strategy": flags.get("prompt"), "data.data_dir": flags.get("data_dir"),
@@ -48,11 +53,49 @@ def build_run_config(config: Path | None, sets: list[str] | None, **flags: Any) 
              "eval.num_problems": flags.get("eval_size"), "train.max_steps": flags.get("max_steps")}
     overrides.update({key: value for key, value in named.items() if value is not None})
     path = config if config is not None else (QUICKSTART if QUICKSTART.is_file() else None)
+    for run in runs or []:
+        if not run.exists():
+            raise MathtuneError(f"run directory {run} does not exist")
+        if not (run / "config.yaml").is_file():
+            raise MathtuneError(f"{run} is not a run directory: it has no config.yaml (written by `mathtune train` "
+                                "and `mathtune run`)")
     tree = read_yaml(path) if path else {}
+    if config is None and runs:
+        tree["eval"] = recorded_eval_settings(runs)
     chosen, section = overrides.get("method.name"), tree.get("method")
     if chosen and isinstance(section, dict) and section.get("name", "lora") != chosen:
         tree["method"] = {}  # the file's settings are another method's (lora's `bias` means nothing to full)
     return build_config(tree, overrides)
+
+
+def recorded_eval_settings(runs: list[Path]) -> dict[str, Any]:
+    """The eval section of the runs' config.yaml (one run, or several that agree); {} without one."""
+    sections = [(run, read_yaml(run / "config.yaml").get("eval") or {}) for run in runs
+                if (run / "config.yaml").is_file()]
+    if not sections:
+        return {}
+    first_run, first = sections[0]
+    for run, section in sections[1:]:
+        differing = sorted(key for key in {*first, *section} if first.get(key) != section.get(key))
+        if differing:
+            key = differing[0]
+            raise MathtuneError(f"{first_run} and {run} record different eval settings (eval.{key}: "
+                                f"{first.get(key)} vs {section.get(key)}); evaluate them one at a time, or "
+                                "pass -c CONFIG to use one config's settings for all")
+    return dict(first)
+
+
+def show_eval_settings(cfg: RunConfig, config: Path | None, sets: list[str] | None, runs: list[Path] | None,
+                       **named: Any) -> None:
+    """One line saying which eval settings this call uses and where they come from."""
+    source = f"-c {config}" if config else (f"{runs[0] / 'config.yaml'}" if runs else
+                                             f"{QUICKSTART.name} (the default config)")
+    explicit = [item for item in sets or [] if item.startswith("eval.")]
+    explicit += [f"{key}={value}" for key, value in named.items() if value is not None]
+    settings = (f"calculator {'on' if cfg.eval.calculator else 'off'}, max_new_tokens {cfg.eval.max_new_tokens}, "
+                f"batch {cfg.eval.batch_size}, dtype {cfg.eval.dtype}, problems {cfg.eval.num_problems or 'all'} "
+                f"(seed {cfg.eval.seed}, split {cfg.eval.split})")
+    typer.echo(f"eval settings from {source}: {settings}" + (f"; set here: {', '.join(explicit)}" if explicit else ""))
 
 
 def become_training_process(cfg: Any, program: tuple[str, ...] = ("-m", "mathtune")) -> None:
@@ -101,7 +144,9 @@ def eval_cmd(run_dirs: Annotated[list[Path] | None, typer.Argument(
     from mathtune.recipes.evaluate import eval_adapters_workflow, eval_workflow, tuned_config
 
     sets = [*(set_ or []), *([f"data.dataset={dataset}"] if dataset else [])]
-    cfg = build_run_config(config, sets, model=model, prompt=prompt, data_dir=data_dir, eval_size=eval_size)
+    runs = None if base else run_dirs
+    cfg = build_run_config(config, sets, runs, model=model, prompt=prompt, data_dir=data_dir, eval_size=eval_size)
+    show_eval_settings(cfg, config, set_, runs, **{"eval.num_problems": eval_size})
     if run_dirs and len(run_dirs) > 1 and not base:
         if output_dir:
             raise MathtuneError("--output-dir takes one run; with several, each run's eval/tuned is written")
@@ -130,11 +175,13 @@ def eval_cmd(run_dirs: Annotated[list[Path] | None, typer.Argument(
     interrupts.watch(out_path)
     # Under `accelerate launch` rank 0 prepares and locks the dir; every rank evaluates its share.
     with main_process_output(out_path, lambda: output_dir_guard(out_path, overwrite, resume=not overwrite)) as out:
+        finished = (out / "metrics.json").is_file()  # metrics.json is written last: this evaluation is done
         metrics = eval_workflow(cfg, run_dir, base, out, own_data)
     if not current_processes().main:
         return
     _print_scores(metrics)
-    typer.echo(f"predictions and metrics written to {out}")
+    typer.echo(f"already finished: predictions and metrics in {out} are unchanged (--overwrite evaluates again)"
+               if finished else f"predictions and metrics written to {out}")
 
 
 @app.command("sample")
@@ -171,8 +218,10 @@ def sample_cmd(run_dir: Annotated[Path | None, typer.Argument(help="Finished run
     named = {"eval.samples": k, "eval.temperature": temperature, "eval.top_p": top_p, "eval.sample_seed": seed,
              "eval.split": split, "eval.batch_size": rows}
     sets = [*(set_ or []), *(f"{key}={value}" for key, value in named.items() if value is not None)]
-    cfg = build_run_config(config, sets, model=model, prompt=prompt, data_dir=data_dir, eval_size=eval_size)
     tuned = run_dir is not None and not base
+    cfg = build_run_config(config, sets, [run_dir] if tuned else None, model=model, prompt=prompt,
+                           data_dir=data_dir, eval_size=eval_size)
+    show_eval_settings(cfg, config, set_, [run_dir] if tuned else None, **named)
     if tuned:
         cfg = tuned_config(cfg, run_dir)
     preflight(cfg, (cfg.eval.split,), training=False)
@@ -310,9 +359,10 @@ def compare_cmd(paths: Annotated[list[Path], typer.Argument(help="Run dirs or ev
     comparison = compare_runs(paths)
     if output is not None:
         write_comparison(comparison, output)
-        from mathtune.report.plots import accuracy_bar_chart
+        from mathtune.report.plots import accuracy_bar_chart, by_benchmark, chart_path
 
-        accuracy_bar_chart(comparison["rows"], output.with_suffix(".png"))
+        for index, (benchmark, rows) in enumerate(by_benchmark(comparison["rows"]).items()):
+            accuracy_bar_chart(rows, chart_path(output.with_suffix(".png"), benchmark, index == 0))
     typer.echo(render_comparison_markdown(comparison))
 
 
@@ -393,7 +443,9 @@ def lm_eval_cmd(run_dir: Annotated[Path | None, typer.Argument(help="Finished ru
     from mathtune.evaluate.lm_eval_bridge import headline
     from mathtune.recipes.lm_eval import lm_eval_workflow
 
-    cfg = build_run_config(config, set_, model=model, data_dir=data_dir, eval_size=eval_size)
+    runs = [run_dir] if run_dir and not base else None
+    cfg = build_run_config(config, set_, runs, model=model, data_dir=data_dir, eval_size=eval_size)
+    show_eval_settings(cfg, config, set_, runs, **{"eval.num_problems": eval_size})
     default = (run_dir / "eval" / "tuned") if run_dir and not base else Path(cfg.output_dir) / "eval" / "base"
     out = Path(output_dir) if output_dir else default
     record = lm_eval_workflow(cfg, run_dir, base, out, [t.strip() for t in tasks.split(",") if t.strip()],
@@ -408,6 +460,7 @@ def main() -> None:
     logging.basicConfig(level=logging.ERROR, format="%(message)s")
     logging.getLogger("mathtune").setLevel(os.environ.get("MATHTUNE_LOG", "WARNING").upper())
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # "Retrying in 8s [Retry 5/5]" chatter
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Library progress bars ("Loading weights") and warnings would bury our one-line errors.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -422,20 +475,12 @@ def main() -> None:
         if not getattr(exc, "quiet", False):  # a refusal all ranks of a launch share: rank 0 prints it
             print(f"mathtune: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except Exception as exc:
+        _exit_if_write_failed(exc)
+        _exit_unexpected(exc)
     except KeyboardInterrupt:  # raised before our handler was installed, or by a library's own
         print(f"mathtune: interrupted; {interrupts.summary()}", file=sys.stderr)
         sys.exit(130)
-    except Exception as exc:  # click's usage errors and anything unforeseen: still one line
-        # By class name: typer >= 0.20 raises its vendored copy of click's exceptions (typer._click).
-        names = {cls.__name__ for cls in type(exc).__mro__}
-        if "ClickException" in names:
-            # no_args_is_help raises with an empty message after printing the help
-            print(f"mathtune: error: {exc.format_message() or 'missing command (see above)'}", file=sys.stderr)
-            sys.exit(2)
-        if names & {"Exit", "Abort"}:
-            sys.exit(getattr(exc, "exit_code", 1))
-        print(f"mathtune: internal error: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
-        sys.exit(1)
     swallowed = interrupts.received()
     if swallowed is not None:  # raised where Python drops exceptions (a weakref callback): still an interrupt
         _exit_interrupted(swallowed)
@@ -444,6 +489,38 @@ def main() -> None:
     interrupts.ignore_from_now()
     if isinstance(code, int) and code:
         sys.exit(code)
+
+
+def _exit_if_write_failed(exc: BaseException) -> None:
+    """A full disk, a quota, a read-only or foreign folder: one line naming the path, what was kept
+    and the command that continues (the same one, with --resume for train/run), exit 2. Temp files
+    are removed where they are written (io.atomic_write_text, io.replace_dir, checkpoints)."""
+    from mathtune.io import write_failure
+
+    failed = write_failure(exc)
+    if failed is None:
+        return
+    reason, path = failed
+    interrupts.close_progress_bars()
+    where = path or interrupts.watched() or "the output"
+    verb = "access" if reason in (os.strerror(errno.EACCES), os.strerror(errno.EPERM)) else "write"  # reads too
+    print(f"mathtune: error: cannot {verb} {where}: {reason}; {interrupts.summary()} "
+          "(after freeing space or fixing permissions, or with -o on another disk)", file=sys.stderr)
+    sys.exit(2)
+
+
+def _exit_unexpected(exc: Exception) -> None:
+    """Click's usage errors and anything unforeseen: still one line."""
+    # By class name: typer >= 0.20 raises its vendored copy of click's exceptions (typer._click).
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if "ClickException" in names:
+        # no_args_is_help raises with an empty message after printing the help
+        print(f"mathtune: error: {exc.format_message() or 'missing command (see above)'}", file=sys.stderr)
+        sys.exit(2)
+    if names & {"Exit", "Abort"}:
+        sys.exit(getattr(exc, "exit_code", 1))
+    print(f"mathtune: internal error: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
+    sys.exit(1)
 
 
 def _exit_interrupted(exc: interrupts.Interrupted) -> None:

@@ -18,7 +18,7 @@ def find_eval_dirs(paths: list[Path]) -> list[tuple[str, Path]]:
     found = []
     for path in paths:
         if (path / "metrics.json").is_file():
-            found.append((path.name if path.parent.name != "eval" else f"{path.parents[1].name}/{path.name}", path))
+            found.append((eval_dir_label(path), path))
             continue
         # eval/base, eval/tuned, and eval/<benchmark>/tuned for other benchmarks
         subdirs = [d for d in sorted((path / "eval").glob("*")) if (d / "metrics.json").is_file()]
@@ -26,7 +26,29 @@ def find_eval_dirs(paths: list[Path]) -> list[tuple[str, Path]]:
         if not subdirs:
             raise MathtuneError(f"{path} holds no evaluation (no metrics.json, no eval/*/metrics.json)")
         found += [(f"{path.name}/{d.relative_to(path / 'eval')}", d) for d in subdirs]
-    return found
+    return _unique_labels(found)
+
+
+def eval_dir_label(path: Path) -> str:
+    """An eval dir named by its run and benchmark: RUN/tuned, RUN/svamp/tuned (RUN/eval/svamp/tuned);
+    a dir outside a run's eval/ by its own name."""
+    eval_root = next((parent for parent in path.parents if parent.name == "eval"), None)
+    if eval_root is None:
+        return path.name
+    return f"{eval_root.parent.name}/{path.relative_to(eval_root)}"
+
+
+def _unique_labels(found: list[tuple[str, Path]]) -> list[tuple[str, Path]]:
+    """Two runs of the same folder name (a/run, b/run) get their parent folder's name in front."""
+    labels = [label for label, _ in found]
+    if len(set(labels)) == len(labels):
+        return found
+    named = []
+    for label, path in found:
+        eval_root = next((parent for parent in path.parents if parent.name == "eval"), None)
+        anchor = eval_root.parent if eval_root is not None else path
+        named.append((f"{anchor.parent.name}/{label}" if labels.count(label) > 1 else label, path))
+    return named
 
 
 def _load_entry(label: str, eval_dir: Path) -> dict[str, Any]:
@@ -62,7 +84,19 @@ def _pair(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
                 for name in others} if common else {}
     return {"first": first["label"], "second": second["label"], "n_common": len(common),
             "mcnemar": mcnemar_exact(a, b) if common else None, "mcnemar_by_score": by_score,
-            "samples": samples}
+            "decoding_differs": decoding_differences(first["metrics"], second["metrics"]), "samples": samples}
+
+
+# Generation settings that change what a model writes; the batch size only by padding, and the
+# sample count only adds maj@k, so those two are left out.
+DECODING_KEYS = ("greedy", "max_new_tokens", "stop", "dtype", "calculator", "temperature")
+
+
+def decoding_differences(first: dict[str, Any], second: dict[str, Any]) -> dict[str, list[Any]]:
+    """{setting: [first's, second's]} for the decoding settings two evaluations ran with differently."""
+    a = first.get("reproducibility", {}).get("generation", {})
+    b = second.get("reproducibility", {}).get("generation", {})
+    return {key: [a.get(key), b.get(key)] for key in DECODING_KEYS if key in a and key in b and a[key] != b[key]}
 
 
 def compare_runs(eval_dirs: list[Path], labels: list[str] | None = None) -> dict[str, Any]:
@@ -152,6 +186,10 @@ def render_comparison_markdown(comparison: dict[str, Any]) -> str:
 def _pair_markdown(pair: dict[str, Any]) -> list[str]:
     test = pair["mcnemar"]
     lines = [f"\n## {pair['first']} vs {pair['second']} ({pair['n_common']} shared problems)\n"]
+    if pair.get("decoding_differs"):
+        settings = "; ".join(f"{key}: {a} vs {b}" for key, (a, b) in pair["decoding_differs"].items())
+        lines.append(f"**Decoded with different settings** ({pair['first']} vs {pair['second']}: {settings}): the "
+                     "difference measures the decoding as well as the models.\n")
     if test:
         lines.append(f"Exact McNemar test on strict-match outcomes: only {pair['first']} right: {test['b']}, "
                      f"only {pair['second']} right: {test['c']}, two-sided p = {test['p_value']:.4g}.")

@@ -143,6 +143,14 @@ def read_fingerprint(directory: Path) -> dict[str, Any] | None:
         return None
 
 
+# What mathtune writes into run and eval dirs: a dir holding anything else is not one of ours.
+MATHTUNE_NAMES = frozenset({
+    FINGERPRINT_FILE, "config.yaml", "train_log.jsonl", "dev_log.jsonl", "tensorboard", "checkpoints", "adapter",
+    "train_card.json", "run_card.json", "eval", "samples", "report", "comparison.md", "comparison.json",
+    "comparison.png", "predictions.jsonl", "metrics.json", "lm_eval.json",
+})
+
+
 def check_fingerprint(directory: Path, current: dict[str, Any], what: str, advice: str) -> None:
     """Refuse to continue `directory` if it holds the results of something else.
 
@@ -152,6 +160,12 @@ def check_fingerprint(directory: Path, current: dict[str, Any], what: str, advic
     if stored is None:
         if (directory / "predictions.jsonl").is_file() or (directory / "checkpoints").is_dir():
             raise MathtuneError(f"{directory} holds {what} with no record of what produced them; {advice}")
+        foreign = sorted(entry.name for entry in directory.iterdir() if not entry.name.startswith(".")
+                         and entry.name not in MATHTUNE_NAMES) if directory.is_dir() else []
+        if foreign:  # resumed or adopted, these would be mixed with (or trained over) the new results
+            raise MathtuneError(f"{directory} holds files mathtune did not write ({', '.join(foreign[:3])}"
+                                f"{', ...' if len(foreign) > 3 else ''}) and no {what} to continue; "
+                                "-o a new or empty directory, or pass --overwrite to replace it")
         return
     difference = first_difference(stored, current)
     if difference:

@@ -75,6 +75,12 @@ def watch(path: Path, resume_flag: bool = False) -> None:
     _watched.update(path=path, resume_flag=resume_flag)
 
 
+def watched() -> Path | None:
+    """The directory this command writes (`watch`), if it said."""
+    path = _watched["path"]
+    return path if isinstance(path, Path) else None
+
+
 def _kept(path: Path) -> str:
     if not path.exists():
         return f"nothing was kept ({path} was removed)"

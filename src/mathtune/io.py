@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -12,6 +13,32 @@ from pathlib import Path
 from typing import Any
 
 from mathtune.errors import MathtuneError
+
+# A write the filesystem refused: full (ENOSPC), over quota (EDQUOT), read-only (EROFS), not ours
+# (EACCES, EPERM), or over a file-size limit (EFBIG: RLIMIT_FSIZE, FAT32's 4 GiB).
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
+
+
+def write_failure(exc: BaseException) -> tuple[str, str | None] | None:
+    """(reason, path or None) when `exc`, or an exception it was raised from, is a refused write;
+    None for anything else. Libraries wrap the OSError: torch.save raises `RuntimeError: [enforce fail
+    at inline_container.cc] unexpected pos` and safetensors a `SafetensorError` naming the OS error."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in WRITE_ERRNOS:
+            filename = current.filename if isinstance(current.filename, str | os.PathLike) else None
+            return os.strerror(current.errno), None if filename is None else str(filename)
+        text = str(current)
+        if isinstance(current, RuntimeError) and ("inline_container" in text or "file write failed" in text):
+            return "the write failed (full disk or file-size limit)", None
+        if type(current).__name__ == "SafetensorError":
+            for code in WRITE_ERRNOS:
+                if f"os error {code})" in text or os.strerror(code) in text:
+                    return os.strerror(code), None
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -26,6 +53,9 @@ def atomic_write_text(path: str | Path, text: str) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise _with_filename(exc, path) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -38,11 +68,18 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
 def append_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
     """Append whole lines and fsync, so a kill loses at most the rows not yet passed in."""
     drop_torn_tail(path)
-    with open(path, "a", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with open(path, "a", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:  # a write's OSError names no file; the message must (a torn row is cut next time)
+        raise _with_filename(exc, path) from None
+
+
+def _with_filename(exc: OSError, path: str | Path) -> OSError:
+    return exc if exc.filename else type(exc)(exc.errno, exc.strerror, str(path))
 
 
 def drop_torn_tail(path: str | Path) -> None:

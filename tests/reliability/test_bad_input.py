@@ -119,7 +119,10 @@ CASES: dict[str, Callable[[Env], Case]] = {
     "model-dir-without-config": lambda e: Case(
         e.train("--model", str(_model_without_config(e))), ["no config.json"]),
     "model-unknown-name-offline-hub": lambda e: Case(
-        e.train("--model", "nobody-xyz/no-such-model"), ["cannot load model 'nobody-xyz/no-such-model'"]),
+        e.train("--model", "nobody-xyz/no-such-model"), ["model 'nobody-xyz/no-such-model'", "cannot be reached"]),
+    "model-dir-only-config": lambda e: Case(
+        e.train("--model", str(_model_only_config(e))), ["only-config", "no weights", "no tokenizer",
+                                                          "model.safetensors", "tokenizer.json"]),
     "model-path-missing": lambda e: Case(e.train("--model", "./no/such/dir"), ["no/such/dir", "not a directory"]),
     # --- config -----------------------------------------------------------------------------
     "method-unknown": lambda e: Case(e.train("--method", "dora"), ["unknown method 'dora'", "lora"]),
@@ -152,7 +155,7 @@ CASES: dict[str, Callable[[Env], Case]] = {
     "output-dir-is-a-file": lambda e: Case(
         e.train("-o", str(e.file("a-file", "x"))), ["not a directory"], [e.tmp / "a-file"]),
     "eval-run-dir-missing": lambda e: Case(
-        ["eval", str(e.tmp / "no-run"), "--eval-size", "2"], ["no-run", "not found"], [e.tmp / "no-run"]),
+        ["eval", str(e.tmp / "no-run"), "--eval-size", "2"], ["no-run", "does not exist"], [e.tmp / "no-run"]),
     "eval-run-dir-without-adapter": lambda e: Case(
         ["eval", str(_run_dir_without_adapter(e)), "--eval-size", "2", "-s", "eval.max_new_tokens=2"],
         ["no trained weights", "train first"], [e.tmp / "run"]),
@@ -168,6 +171,13 @@ CASES: dict[str, Callable[[Env], Case]] = {
 def _corrupt_weights(env: Env) -> Path:
     folder = _model_copy(env, "corrupt-weights")
     (folder / "model.safetensors").write_bytes(os.urandom(2048))
+    return folder
+
+
+def _model_only_config(env: Env) -> Path:
+    folder = env.tmp / "only-config"
+    folder.mkdir()
+    (folder / "config.json").write_bytes((env.model / "config.json").read_bytes())
     return folder
 
 

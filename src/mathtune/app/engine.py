@@ -69,8 +69,10 @@ class Engine:
             engine.pool += pool_from_run(run)
         return engine
 
-    def config_for(self, model: str, run_name: str | None, strategy: str, max_new_tokens: int) -> RunConfig:
-        """The run's own config for its tuned model; the same settings (or the defaults) for a base model."""
+    def config_for(self, model: str, run_name: str | None, strategy: str, max_new_tokens: int,
+                   calculator: bool | None = None) -> RunConfig:
+        """The run's own config for its tuned model; the same settings (or the defaults) for a base model.
+        Its recorded eval settings are the default (calculator decoding included); `calculator` overrides."""
         if model not in self.models:
             raise MathtuneError(f"unknown base model '{model}' (choose from {', '.join(self.models)})")
         get_strategy(strategy)
@@ -91,7 +93,8 @@ class Engine:
         return cfg.model_copy(
             update={
                 "prompt": cfg.prompt.model_copy(update={"strategy": strategy}),
-                "eval": cfg.eval.model_copy(update={"max_new_tokens": max_new_tokens}),
+                "eval": cfg.eval.model_copy(update={"max_new_tokens": max_new_tokens, "calculator": (
+                    cfg.eval.calculator if calculator is None else bool(calculator))}),
             }
         )
 
@@ -123,7 +126,8 @@ class Engine:
         backend = self.backend(cfg, run_name)
         stops = stop_strings(cfg, get_strategy(cfg.prompt.strategy))
         yield from stream_generate(
-            backend, self.prompt_for(cfg, question, backend.tokenizer), stops, cfg.eval.max_new_tokens
+            backend, self.prompt_for(cfg, question, backend.tokenizer), stops, cfg.eval.max_new_tokens,
+            calculator=cfg.eval.calculator,
         )
 
     def random_problem(self, seed: int | None = None) -> Problem:
@@ -159,9 +163,40 @@ def check_question(question: str | None) -> str:
     return question
 
 
-def stream_generate(backend: Any, prompt: str, stops: tuple[str, ...], max_new_tokens: int) -> Iterator[str]:
-    """Greedy decoding in a worker thread, read back through transformers' TextIteratorStreamer."""
-    from transformers import TextIteratorStreamer
+CALCULATOR_WINDOW = 32  # generated tokens decoded to look for an open `<<expr=` annotation
+
+
+class CalculatorForcing:
+    """Calculator decoding inside transformers' `generate` (a logits processor, one row): once the
+    generated text ends in an open ``<<expr=``, the tokens of ``value>>`` are forced one per step,
+    as the evaluation's own decoding loop does (evaluate/decoding.py)."""
+
+    def __init__(self, tokenizer: Any, prompt_length: int) -> None:
+        self.tokenizer, self.prompt_length, self.forced = tokenizer, prompt_length, []
+        self.calls = 0
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        from mathtune.evaluate.calculator import complete_calculator_annotation
+
+        if not self.forced:
+            generated = input_ids[0, self.prompt_length:][-CALCULATOR_WINDOW:]
+            value = complete_calculator_annotation(self.tokenizer.decode(generated, skip_special_tokens=True))
+            if value is not None:
+                self.forced = self.tokenizer.encode(f"{value}>>", add_special_tokens=False)
+                self.calls += 1
+        if not self.forced:
+            return scores
+        token = self.forced.pop(0)
+        forced = scores.new_full(scores.shape, float("-inf"))
+        forced[:, token] = 0.0
+        return forced
+
+
+def stream_generate(backend: Any, prompt: str, stops: tuple[str, ...], max_new_tokens: int,
+                    calculator: bool = False) -> Iterator[str]:
+    """Greedy decoding in a worker thread, read back through transformers' TextIteratorStreamer;
+    with `calculator`, the calculator writes the results of `<<expr=` annotations."""
+    from transformers import LogitsProcessorList, TextIteratorStreamer
 
     tokenizer = backend.tokenizer
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=STREAM_TIMEOUT_S)
@@ -177,6 +212,8 @@ def stream_generate(backend: Any, prompt: str, stops: tuple[str, ...], max_new_t
     }
     if stops:
         kwargs.update(stop_strings=list(stops), tokenizer=tokenizer)
+    if calculator:
+        kwargs["logits_processor"] = LogitsProcessorList([CalculatorForcing(tokenizer, encoded["input_ids"].shape[1])])
     failure: list[BaseException] = []
 
     def work() -> None:

@@ -108,11 +108,13 @@ class Handlers:
         max_new_tokens: float,
         question: str,
         problem: dict[str, Any] | None,
+        calculator: bool | None = None,
     ) -> Iterator[tuple[str, str, str, str]]:
-        """Stream the base model's answer, then the tuned model's; finish each with its extracted answer."""
+        """Stream the base model's answer, then the tuned model's; finish each with its extracted answer.
+        Both decode as the run was evaluated (its eval.calculator) unless the calculator switch says otherwise."""
         question = check_question(question)
         run = run_label if run_label and run_label != NO_RUN else None
-        cfg = self.engine.config_for(model, run, strategy, int(max_new_tokens))
+        cfg = self.engine.config_for(model, run, strategy, int(max_new_tokens), calculator)
         reference = problem["solution"] if problem and problem.get("question", "").strip() == question else None
         texts = ["", ""]
         notes = ["_loading the model…_", "_waiting for the base model…_" if run else "_no run selected_"]

@@ -58,6 +58,8 @@ def build_demo(engine: Engine, store: RatingStore, seed: int | None = None, logi
                     label="Max new tokens",
                     elem_id="max-tokens",
                 )
+                calculator = gr.Checkbox(value=engine.default_config.eval.calculator, label="Calculator decoding",
+                                         elem_id="calculator")
             question = gr.Textbox(
                 lines=4,
                 label="Problem (up to 2,000 characters)",
@@ -78,7 +80,7 @@ def build_demo(engine: Engine, store: RatingStore, seed: int | None = None, logi
                     tuned_notes = gr.Markdown(elem_id="tuned-details")
         run.change(handlers.on_run_change, run, [model, prompt])
         draw.click(handlers.draw_problem, None, [question, problem, reference])
-        solve_inputs = [model, run, prompt, tokens, question, problem]
+        solve_inputs = [model, run, prompt, tokens, question, problem, calculator]
         solve.click(handlers.solve, solve_inputs, [base_text, tuned_text, base_notes, tuned_notes])
         with gr.Tab("Human evaluation", elem_id="tab-rate"):
             rater = _rating_tab(handlers)

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from mathtune.errors import MathtuneError
+from mathtune.hub import hub_unreachable
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class Problem:
 
 
 def hub_rows(path: str, name: str | None, split: str) -> list[dict[str, Any]]:
+    hub_unreachable()  # offline: datasets then reads its cache or fails at once, without 30 s of retries
     try:
         from datasets import load_dataset
 

@@ -17,6 +17,13 @@ from mathtune.models.vocab import check_saved_tokenizer
 def build_backend(cfg: RunConfig, adapter_dir: Path | None = None) -> tuple[HFBackend, dict[str, Any]]:
     """Load the base model (and the tuned weights from `adapter_dir`) behind a generation backend."""
     if adapter_dir is not None and not adapter_dir.is_dir():  # before minutes of loading the base
+        run_dir = adapter_dir.parent
+        steps = sorted(run_dir.glob("checkpoints/step-*"))
+        if steps:
+            raise MathtuneError(
+                f"no trained weights at {adapter_dir}: training of {run_dir} was interrupted (checkpoint at step "
+                f"{int(steps[-1].name.removeprefix('step-'))}); finish it with: mathtune train -c "
+                f"{run_dir / 'config.yaml'} -o {run_dir} --resume")
         raise MathtuneError(f"no trained weights at {adapter_dir}; train first or check the run dir")
     precision = cfg.eval_precision()
     placement = choose_placement(cfg.model.device, precision)

@@ -38,7 +38,9 @@ def augment_workflow(cfg: RunConfig, output: Path, variants: int, seed: int, inc
     rows += [{"id": v.id, "question": v.question, "answer": v.solution, "program": program,
               "source_id": v.id.rpartition("~")[0]} for v, program in kept]
     atomic_write_text(output, "".join(json.dumps(row) + "\n" for row in rows))
+    data_dir = cfg.resolved_data_dir()  # the folder read, also when it came from MATHTUNE_DATA_DIR
+    source = {**cfg.data.model_dump(mode="json"), "data_dir": str(data_dir) if data_dir else None}
     record = {**report.to_dict(), "rows": len(rows), "seed": seed, "variants": variants,
-              "include_original": include_original, "source": cfg.data.model_dump(mode="json")}
+              "include_original": include_original, "source": source}
     atomic_write_json(output.with_name(output.name + ".report.json"), record)
     return record

@@ -15,14 +15,19 @@ from mathtune.report.markdown import render_report_markdown
 
 def make_figures(data: dict[str, Any], out_dir: Path) -> list[dict[str, Any]]:
     """Draw every chart the data supports; a chart with nothing to show is left out, not drawn empty."""
-    rows, tuned = data["rows"], [row for row in data["rows"] if row.get("trainable_params")]
+    rows = data["rows"]
+    groups = plots.by_benchmark(rows)
+    main = next(iter(groups.values()), [])  # cost charts: one benchmark's accuracies, not a mix
+    tuned = [row for row in main if row.get("trainable_params")]
     specs = [
         (
-            "accuracy.png",
-            "Accuracy chart",
-            "Strict-match exact match per model with Wilson 95% intervals.",
-            lambda p: plots.accuracy_ci_chart(rows, p),
-        ),
+            plots.chart_path(Path("accuracy.png"), benchmark, index == 0).name,
+            f"Accuracy on {plots.benchmark_title(benchmark)}",
+            f"Strict-match exact match per model on {plots.benchmark_title(benchmark)} with Wilson 95% intervals.",
+            lambda p, group=group: plots.accuracy_ci_chart(group, p),
+        )
+        for index, (benchmark, group) in enumerate(groups.items())
+    ] + [
         (
             "loss.png",
             "Training loss",
@@ -65,7 +70,8 @@ def make_figures(data: dict[str, Any], out_dir: Path) -> list[dict[str, Any]]:
     for name, title, caption, draw in specs:
         path = draw(out_dir / name)
         if path is not None:
-            section = {"accuracy.png": "accuracy", "failures.png": "failures"}.get(name, "cost")
+            section = "accuracy" if name.startswith("accuracy") and "_vs_" not in name else \
+                {"failures.png": "failures"}.get(name, "cost")
             figures.append(
                 {"file": name, "path": path, "title": title, "caption": caption, "section": section}
             )

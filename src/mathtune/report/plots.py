@@ -15,8 +15,30 @@ def _pyplot() -> Any:
     return plt
 
 
+BENCHMARK_NAMES = {"gsm8k": "GSM8K", "svamp": "SVAMP", "svamp-all": "SVAMP (all 1,000)", "math": "MATH",
+                   "arc-challenge": "ARC-Challenge"}
+
+
+def benchmark_title(benchmark: str) -> str:
+    return BENCHMARK_NAMES.get(benchmark, benchmark)
+
+
+def by_benchmark(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Rows grouped by the benchmark they were evaluated on, in order of first appearance: an accuracy
+    chart holds one benchmark, never bars of different problems side by side."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row.get("benchmark") or "gsm8k", []).append(row)
+    return groups
+
+
+def chart_path(path: Path, benchmark: str, first: bool) -> Path:
+    """The first benchmark's chart keeps the given name; the others get `-<benchmark>` added."""
+    return path if first else path.with_name(f"{path.stem}-{benchmark}{path.suffix}")
+
+
 def accuracy_bar_chart(rows: list[dict[str, Any]], path: Path, score: str = "strict-match") -> Path:
-    """Accuracy per model with one-standard-error bars."""
+    """Accuracy per model with one-standard-error bars (rows of one benchmark, which the title names)."""
     plt = _pyplot()
     labels = [row["label"] for row in rows]
     values = [100 * row["scores"][score]["exact_match"] for row in rows]
@@ -24,7 +46,7 @@ def accuracy_bar_chart(rows: list[dict[str, Any]], path: Path, score: str = "str
     fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(rows) + 2), 3.5))
     ax.bar(labels, values, yerr=errors, capsize=4, color="#4C72B0")
     ax.set_ylabel(f"exact match, {score} (%)")
-    ax.set_title("GSM8K accuracy (± 1 s.e.)")
+    ax.set_title(f"{benchmark_title(rows[0].get('benchmark') or 'gsm8k')} accuracy (± 1 s.e.)")
     ax.set_ylim(0, max([v + e for v, e in zip(values, errors, strict=True)] + [5]) * 1.2)
     plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
     return _save(plt, fig, path)
@@ -49,14 +71,14 @@ def _ci_percent(row: dict[str, Any], score: str) -> tuple[float, float, float]:
 
 
 def accuracy_ci_chart(rows: list[dict[str, Any]], path: Path, score: str = "strict-match") -> Path:
-    """Accuracy per model with Wilson 95% intervals (rows carry `ci95`, see report.data)."""
+    """Accuracy per model with Wilson 95% intervals (rows carry `ci95`, see report.data), of one benchmark."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(rows) + 2), 3.5))
     stats = [_ci_percent(row, score) for row in rows]
     ax.bar([r["label"] for r in rows], [s[0] for s in stats], color="#4C72B0",
            yerr=[[s[1] for s in stats], [s[2] for s in stats]], capsize=4)
     ax.set_ylabel(f"exact match, {score} (%)")
-    ax.set_title("GSM8K accuracy (Wilson 95% interval)")
+    ax.set_title(f"{benchmark_title(rows[0].get('benchmark') or 'gsm8k')} accuracy (Wilson 95% interval)")
     ax.set_ylim(0, min(100, max([s[0] + s[2] for s in stats] + [5]) * 1.15))
     plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
     return _save(plt, fig, path)

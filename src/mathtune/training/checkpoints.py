@@ -48,8 +48,12 @@ def save_checkpoint(run_dir: Path, step: int, accelerator: Any, model: Any, opti
         if accelerator.scaler is not None:
             state["scaler"] = accelerator.scaler.state_dict()
     if main:
-        torch.save(state, tmp / STATE_FILE)
-        os.replace(tmp, root / f"step-{step:07d}")
+        try:
+            torch.save(state, tmp / STATE_FILE)
+            os.replace(tmp, root / f"step-{step:07d}")
+        except BaseException:  # a full disk (or a kill) mid-save: no half checkpoint left on the disk
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         for old in sorted(root.glob("step-*"))[:-CHECKPOINTS_KEPT]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()

@@ -240,3 +240,25 @@ def test_bad_inputs_are_one_line_and_exit_2(runs, run_cli, tmp_path):
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert (existing / "keep.txt").read_text() == "mine" and sorted(p.name for p in existing.iterdir()) == ["keep.txt"]
     assert not any((tmp_path / name).exists() for name in ("g", "q", "o"))
+
+
+def test_stacked_lora_with_a_nonlinear_stage_folds_exactly(tiny_models):
+    """f acts on the stage's (out, in) update matrix, never on activations: W0 + s1 B1 A1 + gelu(s2 B2 A2)
+    is one dense weight, and the folded model computes what the stacked one did."""
+    from mathtune.methods.merge import fold_stacked_lora
+    from mathtune.methods.stacked_lora.method import add_stage, matching_linears
+    from mathtune.models.loading import load_model, load_tokenizer, resolve_source
+
+    source = resolve_source(str(tiny_models["llama"]))
+    model, tokenizer = load_model(source, dtype=torch.float32).eval(), load_tokenizer(source)
+    paths = matching_linears(model, ["q_proj", "v_proj", "down_proj"])
+    add_stage(model, paths, "stage1", 4, 8, "identity", 0.0)
+    add_stage(model, paths, "stage2", 4, 8, "gelu", 0.0)
+    torch.manual_seed(0)
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.5)
+    expected = logits(model, tokenizer, PROMPTS[0])
+    folded = fold_stacked_lora(model)
+    assert not any("StackedLora" in type(m).__name__ for m in folded.modules())
+    torch.testing.assert_close(logits(folded, tokenizer, PROMPTS[0]), expected, atol=1e-4, rtol=0)

@@ -4,6 +4,7 @@ computed inside mathtune."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -38,11 +39,13 @@ def runs(tmp_path_factory, tiny_models, data_dir):
     """Finished tiny runs, trained a few steps so the adapter moves the logits."""
     root = tmp_path_factory.mktemp("runs")
     made = {}
-    for arch, method in (("llama", "lora"), ("phi", "lora"), ("llama", "full")):
+    for arch, method in (("llama", "lora"), ("phi", "lora"), ("llama", "full"), ("llama", "qlora")):
+        if method == "qlora" and importlib.util.find_spec("bitsandbytes") is None:
+            continue
         cfg = build_config({
             "model": {"name": str(tiny_models[arch])}, "data": {"data_dir": str(data_dir), "train_size": 16},
             "train": {"max_steps": 3, "precision": "fp32", "lr": 2e-2, "allocator": "system"},
-            "method": {"name": method, **({"dropout": 0.0} if method == "lora" else {})},
+            "method": {"name": method, **({"dropout": 0.0} if method in ("lora", "qlora") else {})},
             "eval": {"num_problems": 4, "max_new_tokens": 16, "batch_size": 4, "dtype": "fp32"},
             "output_dir": str(root / f"{arch}-{method}")})
         made[arch, method] = (train_workflow(cfg), cfg)
@@ -67,10 +70,14 @@ def logits(model, tokenizer, prompt: str) -> torch.Tensor:
         return model(tokenizer(prompt, return_tensors="pt").input_ids).logits.float()
 
 
-@pytest.mark.parametrize("arch,method", [("llama", "lora"), ("phi", "lora"), ("llama", "full")])
+@pytest.mark.parametrize("arch,method", [("llama", "lora"), ("phi", "lora"), ("llama", "full"), ("llama", "qlora")])
 def test_merged_hf_export_matches_the_tuned_model(runs, arch, method, tmp_path):
+    """qlora: the tuned model is the 4-bit base + LoRA as evaluation runs it; the export is merged into the
+    dequantized base, so it computes the same function in plain float weights."""
     from transformers import AutoModelForCausalLM
 
+    if (arch, method) not in runs:
+        pytest.skip("bitsandbytes is not installed")
     run_dir, cfg = runs[arch, method]
     card = export_workflow(run_dir, "hf", out=tmp_path / "hf")
     out = tmp_path / "hf"
@@ -80,6 +87,16 @@ def test_merged_hf_export_matches_the_tuned_model(runs, arch, method, tmp_path):
     assert not any(type(m).__module__.startswith("peft.") for m in exported.modules())
     tuned, tokenizer = tuned_model(cfg)
     base, _ = build_backend(cfg)
+    if method == "qlora":
+        # bitsandbytes' CPU 4-bit matmul rounds (about bf16's 0.4 %): the export (merged into the dequantized
+        # base; the export's own check above holds it to 1e-4 against the adapter on that base) is held to 1 %
+        # of the largest logit against the 4-bit model evaluation ran. (Greedy tokens of a random tiny model,
+        # its logits nearly tied, can differ under that rounding: not asserted.)
+        for prompt in PROMPTS:
+            quantized = logits(tuned, tokenizer, prompt)
+            gap = (logits(exported, tokenizer, prompt) - quantized).abs().max().item()
+            assert gap <= 0.01 * quantized.abs().max().item(), gap
+        return
     for prompt in PROMPTS:
         expected = logits(tuned, tokenizer, prompt)
         torch.testing.assert_close(logits(exported, tokenizer, prompt), expected, atol=1e-4, rtol=0)

@@ -9,6 +9,7 @@ the noted ones -> model card README.md, run_card.json and fingerprint.json -> re
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -41,8 +42,9 @@ PLACEHOLDER = "QUESTIONPLACEHOLDER"  # stands for the user's question while the 
 PROBE_QUESTION = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
                   "How many clips did Natalia sell altogether in April and May?")
 # Max |logit| gap, relative to the largest |logit|, between the written model loaded back and the tuned
-# model: fp32 safetensors are exact up to summation order; f16 and q8_0 round the weights.
-LOADED_BACK_TOLERANCE = {"hf": 1e-4, "f16": 2e-2, "q8_0": 5e-2}
+# model: fp32 safetensors are exact up to summation order; f16 and q8_0 round the weights (SmolLM2-135M,
+# 43-token probe: f16 1.6 %). A wrong layout is far past these (Q/K left unpermuted: over 100 %).
+LOADED_BACK_TOLERANCE = {"hf": 1e-4, "f16": 5e-2, "q8_0": 1e-1}
 
 
 def export_workflow(run_dir: Path, fmt: str, quant: str | None = None, out: Path | None = None,
@@ -81,6 +83,9 @@ def export_workflow(run_dir: Path, fmt: str, quant: str | None = None, out: Path
     card: dict[str, Any] = {}
 
     def write(tmp: Path) -> None:
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # a temp dir is private; the export is as readable as any other output
         if fmt == "hf":
             files = write_hf(merged, tokenizer, cfg, tmp)
             loaded = load_back_hf(tmp)
@@ -95,6 +100,8 @@ def export_workflow(run_dir: Path, fmt: str, quant: str | None = None, out: Path
         atomic_write_text(tmp / "README.md", readme(cfg, run_dir, fmt, quant, files, metrics, check, before, after))
         atomic_write_json(tmp / "run_card.json", card)
         write_fingerprint(tmp, export_fingerprint(cfg, run_dir / "adapter", fmt, quant))
+        for path in tmp.iterdir():  # some writers create private files (0600); an export is meant to be shared
+            path.chmod(0o666 & ~umask)
 
     replace_dir(out, write)
     return card

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import SHARED_DATA
+from helpers import SHARED_DATA, train_tokenizer
 
 from mathtune.config import build_config
 from mathtune.evaluate.backend import build_backend
@@ -279,3 +279,28 @@ def test_stacked_lora_with_a_nonlinear_stage_folds_exactly(tiny_models):
     folded = fold_stacked_lora(model)
     assert not any("StackedLora" in type(m).__name__ for m in folded.modules())
     torch.testing.assert_close(logits(folded, tokenizer, PROMPTS[0]), expected, atol=1e-4, rtol=0)
+
+
+def test_gguf_writer_round_trips_a_tiny_qwen2(tmp_path, corpus):
+    """Qwen2: no Q/K permutation (llama.cpp runs NEOX-style rotary for it), and Q/K/V biases."""
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    from mathtune.models.gguf_export import write_gguf
+
+    tokenizer = train_tokenizer(corpus)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False, initializer_range=0.2)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias"):
+                parameter.normal_(std=0.5)  # zero biases would not show a misplaced one
+    tokenizer.save_pretrained(tmp_path / "tok")
+    write_gguf(model, tmp_path / "tok", tmp_path / "q.gguf", "f16", name="tiny-qwen2")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="q.gguf", dtype=torch.float32).eval()
+    assert loaded.config.model_type == "qwen2"
+    expected = logits(model, tokenizer, PROMPTS[0])
+    gap = (logits(loaded, tokenizer, PROMPTS[0]) - expected).abs().max().item()
+    assert gap <= 0.02 * expected.abs().max().item(), gap

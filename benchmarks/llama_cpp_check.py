@@ -51,6 +51,7 @@ def llama_cpp_greedy(llm: Any, prompt: str, stop: tuple[str, ...], max_new: int,
                      eos: set[int]) -> tuple[str, int, list[int]]:
     """mathtune's greedy loop on llama.cpp: argmax of the last logits, stop strings on the decoded tail,
     the calculator's tokens forced after an open annotation. Returns (text cut at a stop, tokens, prompt ids)."""
+    import llama_cpp
     import numpy as np
 
     from mathtune.evaluate.calculator import complete_calculator_annotation
@@ -62,8 +63,11 @@ def llama_cpp_greedy(llm: Any, prompt: str, stop: tuple[str, ...], max_new: int,
     tokens: list[int] = []
     forced: list[int] = []
     while len(tokens) < max_new:
-        token = forced.pop(0) if forced else int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        if token in eos and not forced:
+        # The last position's logits straight from llama.cpp (without logits_all, Llama.scores is not filled).
+        last = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),))
+        was_forced = bool(forced)
+        token = forced.pop(0) if was_forced else int(np.argmax(last))
+        if token in eos and not was_forced:  # a forced calculator token is never EOS
             break
         tokens.append(token)
         tail = llm.detokenize(tokens[-STOP_WINDOW:]).decode("utf-8", errors="ignore")
@@ -84,6 +88,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="first N problems of the run's evaluation")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for both (default: torch's)")
     parser.add_argument("--quant", default="f16", choices=["f16", "q8_0"])
+    parser.add_argument("--mathtune-batch-size", type=int, default=None,
+                        help="rows mathtune decodes at once (default: the run's eval.batch_size; 1: as llama.cpp here)")
     args = parser.parse_args()
     build_seconds = ensure_llama_cpp()
 
@@ -113,10 +119,12 @@ def main() -> None:
 
     # mathtune's own decoding of the same prompts, on the same threads (its batch size: the run's).
     backend, _ = build_backend(cfg, run_dir / "adapter")
+    batch_size = args.mathtune_batch_size or cfg.eval.batch_size
+    backend.batch_size = batch_size
     requests = [GenerationRequest(row["prompt"], stop, max_new, calculator) for row in rows]
     started = time.perf_counter()
-    ours = [g for start in range(0, len(requests), cfg.eval.batch_size)
-            for g in backend.generate(requests[start : start + cfg.eval.batch_size])]
+    ours = [g for start in range(0, len(requests), batch_size)
+            for g in backend.generate(requests[start : start + batch_size])]
     ours_seconds = time.perf_counter() - started
     eos = {i for i in (backend.tokenizer.eos_token_id, getattr(backend.model.generation_config, "eos_token_id", None))
            if isinstance(i, int)}
@@ -153,7 +161,7 @@ def main() -> None:
         "mathtune_rerun_identical_to_stored": sum(g.text == r["output"] for g, r in zip(ours, rows, strict=True)),
         "tokens_per_second": {
             "mathtune": round(sum(g.new_tokens for g in ours) / ours_seconds, 1),
-            "mathtune_batch_size": cfg.eval.batch_size,
+            "mathtune_batch_size": batch_size,
             "llama_cpp": round(llama_tokens / llama_seconds, 1), "llama_cpp_batch_size": 1},
     }
     table = "\n".join([
@@ -164,7 +172,7 @@ def main() -> None:
         f"| same right/wrong ({score}) | {summary['same_correctness']}/{n} |",
         *(f"| {name}: mathtune / llama.cpp | {100 * a['mathtune']:.1f} % / {100 * a['llama_cpp']:.1f} % |"
           for name, a in summary["accuracy"].items()),
-        f"| tokens/s: mathtune (batch {cfg.eval.batch_size}) / llama.cpp (batch 1) | "
+        f"| tokens/s: mathtune (batch {batch_size}) / llama.cpp (batch 1) | "
         f"{summary['tokens_per_second']['mathtune']} / {summary['tokens_per_second']['llama_cpp']} |",
         f"| mathtune's rerun identical to its stored predictions | "
         f"{summary['mathtune_rerun_identical_to_stored']}/{n} |",

@@ -4,7 +4,7 @@
     OMP_NUM_THREADS=1 python benchmarks/llama_cpp_check.py RUN_DIR --limit 10 --threads 1   # a quick look
 
 1. Installs llama-cpp-python (LLAMA_CPP_PIN) when it is missing; pip builds it from source (llama.cpp's C++),
-   which took about 15 minutes on 2 cores: the build time is printed.
+   which took 34 minutes on 2 shared cores (docs/export.md): the build time is recorded.
 2. Exports RUN_DIR's tuned model with `mathtune export RUN_DIR --format gguf --quant f16` (kept; reused).
 3. Reads RUN_DIR/eval/tuned/predictions.jsonl: mathtune's evaluation of the run (prompts, outputs, scores).
 4. Decodes each prompt greedily with llama.cpp (batch 1), with the run's stop strings, token cap and, when the
@@ -33,7 +33,7 @@ def ensure_llama_cpp() -> float | None:
     """Install llama-cpp-python when missing; the seconds the build took, or None when it was there."""
     if importlib.util.find_spec("llama_cpp") is not None:
         return None
-    print(f"installing {LLAMA_CPP_PIN} (builds llama.cpp from source; about 15 minutes on 2 cores)...", flush=True)
+    print(f"installing {LLAMA_CPP_PIN} (builds llama.cpp from source: 34 minutes on 2 shared cores)...", flush=True)
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "pip", "install", LLAMA_CPP_PIN], check=True)
     return time.perf_counter() - started

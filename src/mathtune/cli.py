@@ -454,6 +454,24 @@ def lm_eval_cmd(run_dir: Annotated[Path | None, typer.Argument(help="Finished ru
         _print_scores({"label": f"lm-eval {task}", **entry})
     typer.echo(f"lm-eval results written to {out / 'lm_eval.json'}")
 
+
+@app.command("export")
+def export_cmd(run_dir: Annotated[Path, typer.Argument(help="Finished run dir whose tuned model to export")],
+               format_: Annotated[str, typer.Option("--format", help="hf: merged safetensors; gguf: llama.cpp/Ollama")]
+               = "hf",
+               quant: Annotated[str | None, typer.Option(help="GGUF weights: f16 (default) or q8_0")] = None,
+               output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Folder to write "
+                                                               "(default: RUN_DIR/export/hf or gguf-QUANT)")] = None,
+               overwrite: OverwriteOpt = False) -> None:
+    """The tuned model merged into plain weights (hf) or one GGUF file + Ollama Modelfile, loaded back and checked."""
+    from mathtune.recipes.export import export_workflow
+
+    card = export_workflow(run_dir, format_, quant, output_dir, overwrite)
+    check = card["loaded_back"]
+    typer.echo(f"exported {card['format']}{' ' + card['quant'] if card['quant'] else ''} to {card['output']} "
+               f"({', '.join(card['files'][:3])}{', ...' if len(card['files']) > 3 else ''}); loaded back: max logit "
+               f"gap {check['max_abs_logit_gap']:.2g} of {check['max_abs_logit']:.3g}")
+
 def main() -> None:
     # Our own log at MATHTUNE_LOG; other libraries' import-time chatter (torchao/bitsandbytes kernels
     # missing on CPU, torch pytree deprecations) only at ERROR, so a failure stays one line on stderr.

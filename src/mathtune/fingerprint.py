@@ -180,3 +180,11 @@ def write_fingerprint(directory: Path, fingerprint: dict[str, Any]) -> None:
     from mathtune.io import atomic_write_json
 
     atomic_write_json(directory / FINGERPRINT_FILE, fingerprint)
+
+
+def export_fingerprint(cfg: Any, adapter_dir: Path, fmt: str, quant: str | None) -> dict[str, Any]:
+    """What an exported model is: the base model, the tuned weights (a hash of the run's adapter dir),
+    the method and prompt it was tuned with, and the format and quantization it was written in."""
+    return {"kind": "export", "model": _model_identity(cfg), "adapter": files_digest(adapter_dir),
+            "method": cfg.method.model_dump(mode="json"), "prompt": cfg.prompt.model_dump(mode="json"),
+            "format": fmt, "quant": quant, "mathtune": __version__}

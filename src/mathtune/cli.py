@@ -1,4 +1,6 @@
-"""`mathtune` command line: train, eval, compare, run. Every command builds one RunConfig.
+"""`mathtune` command line: one typer command per recipe (`mathtune --help` lists them: train, eval,
+sample, verifier (train, score), curve, augment, compare, run, report, app, lm-eval). Every command builds one
+RunConfig; the choices its help lists (benchmarks, methods, prompt strategies) come from the registries.
 
 Bad input of any kind ends in one line on stderr and exit code 2, never a traceback.
 """

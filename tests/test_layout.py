@@ -93,3 +93,39 @@ def test_components_never_import_a_recipe_or_a_front_end():
 
 def test_the_checker_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+# The layers docs/architecture.md states, below the recipes: what each may import (its own package
+# always). Base modules import only base modules; config.py reads the registries it validates against;
+# fingerprint.py hashes what models/, methods/ and evaluate/ say a result depends on; compare.py and
+# report/ render results and never load a model or train.
+BASE = ("mathtune.answers", "mathtune.arithmetic", "mathtune.sandbox", "mathtune.sandbox_child",
+        "mathtune.interrupts", "mathtune.io", "mathtune.errors", "mathtune.runcard")
+MAY_IMPORT = {
+    **{module: BASE for module in BASE},
+    "mathtune.config": (*BASE, "mathtune.data", "mathtune.methods", "mathtune.prompts"),
+    "mathtune.fingerprint": (*BASE, "mathtune.models", "mathtune.methods", "mathtune.evaluate"),
+    "mathtune.compare": (*BASE, "mathtune.evaluate"),
+    "mathtune.report": (*BASE, "mathtune.evaluate", "mathtune.compare"),
+}
+
+
+def layer_violations(graph: dict[str, set[str]]) -> dict[str, list[str]]:
+    found = {}
+    for module, targets in graph.items():
+        layer = next((name for name in MAY_IMPORT if module == name or module.startswith(name + ".")), None)
+        if layer is None:
+            continue
+        bad = sorted(t for t in targets if not t.startswith(layer) and not t.startswith(MAY_IMPORT[layer]))
+        if bad:
+            found[module] = bad
+    return found
+
+
+def test_base_config_fingerprint_compare_and_report_import_only_their_layers():
+    assert layer_violations(import_graph()) == {}
+
+
+def test_the_layer_checker_finds_a_base_module_importing_a_component():
+    graph = {"mathtune.io": {"mathtune.errors", "mathtune.models.loading"}, "mathtune.cli": {"mathtune.recipes"}}
+    assert layer_violations(graph) == {"mathtune.io": ["mathtune.models.loading"]}

@@ -1,4 +1,6 @@
-"""`mathtune` command line: train, eval, compare, run. Every command builds one RunConfig.
+"""`mathtune` command line: one typer command per recipe (`mathtune --help` lists them: train, eval,
+sample, verifier (train, score), curve, augment, compare, run, report, app, lm-eval). Every command builds one
+RunConfig; the choices its help lists (benchmarks, methods, prompt strategies) come from the registries.
 
 Bad input of any kind ends in one line on stderr and exit code 2, never a traceback.
 """
@@ -17,8 +19,10 @@ import typer
 
 from mathtune import interrupts
 from mathtune.config import DEFAULT_CONFIG_DIR, RunConfig, build_config, parse_override, read_yaml
+from mathtune.data.benchmarks import benchmarks_help
 from mathtune.errors import MathtuneError
-from mathtune.methods.registry import hide_unused_bitsandbytes
+from mathtune.methods.registry import hide_unused_bitsandbytes, methods_help
+from mathtune.prompts import strategies_help
 from mathtune.speedups.allocator import reexec_with_allocator, reexecuted
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -29,8 +33,8 @@ QUICKSTART = DEFAULT_CONFIG_DIR / "quickstart.yaml"
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (default: quickstart)")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a key: -s train.lr=1e-4")]
 ModelOpt = Annotated[str | None, typer.Option(help="Model: smollm2-135m, a hub id, a directory or a .gguf")]
-MethodOpt = Annotated[str | None, typer.Option(help="Tuning method: lora, qlora, full, stacked-lora, grpo (RL)")]
-PromptOpt = Annotated[str | None, typer.Option(help="Prompt strategy: qa, breakdown, no-breakdown, program")]
+MethodOpt = Annotated[str | None, typer.Option(help=f"Tuning method: {methods_help()}")]
+PromptOpt = Annotated[str | None, typer.Option(help=f"Prompt strategy (prompts.yaml): {strategies_help()}")]
 DataDirOpt = Annotated[str | None, typer.Option(help="Folder with gsm8k/ and svamp/ (env MATHTUNE_DATA_DIR)")]
 OutOpt = Annotated[str | None, typer.Option("--output-dir", "-o", help="Run directory to write")]
 TrainSizeOpt = Annotated[int | None, typer.Option(help="Train rows to use (seeded subset)")]
@@ -133,7 +137,7 @@ def eval_cmd(run_dirs: Annotated[list[Path] | None, typer.Argument(
              config: ConfigOpt = None, set_: SetOpt = None, model: ModelOpt = None, prompt: PromptOpt = None,
              data_dir: DataDirOpt = None, eval_size: EvalSizeOpt = None,
              dataset: Annotated[str | None, typer.Option(
-                 help="Benchmark to test on (gsm8k, svamp, math, arc-challenge, jsonl with data.test_file); a "
+                 help=f"Benchmark to test on ({benchmarks_help()}; jsonl with data.test_file); a "
                       "run's model is tested on it instead of the run's own data, into eval/<benchmark>/")] = None,
              output_dir: OutOpt = None, overwrite: OverwriteOpt = False) -> None:
     """Evaluate a base model or runs' tuned models; writes predictions.jsonl and metrics.json."""
@@ -168,15 +172,15 @@ def eval_cmd(run_dirs: Annotated[list[Path] | None, typer.Argument(
     default = root / ("tuned" if run_dir and not base else "base")
     if cfg.eval.perturbed:  # never mixed with the original problems' predictions (same ids)
         default = default.with_name(default.name + "-perturbed")
-    preflight(tuned_config(cfg, run_dir, own_data) if run_dir and not base else cfg, (cfg.eval.split,),
-              training=False)
+    loaded = preflight(tuned_config(cfg, run_dir, own_data) if run_dir and not base else cfg, (cfg.eval.split,),
+                       training=False)  # the problems it read are passed down: each split is read once
     # An existing eval dir of the same evaluation is resumed: finished predictions are kept and skipped.
     out_path = Path(output_dir) if output_dir else default
     interrupts.watch(out_path)
     # Under `accelerate launch` rank 0 prepares and locks the dir; every rank evaluates its share.
     with main_process_output(out_path, lambda: output_dir_guard(out_path, overwrite, resume=not overwrite)) as out:
         finished = (out / "metrics.json").is_file()  # metrics.json is written last: this evaluation is done
-        metrics = eval_workflow(cfg, run_dir, base, out, own_data)
+        metrics = eval_workflow(cfg, run_dir, base, out, own_data, loaded)
     if not current_processes().main:
         return
     _print_scores(metrics)

@@ -11,15 +11,34 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
+from mathtune.data.benchmarks import BENCHMARKS
 from mathtune.data.records import read_text
 from mathtune.errors import MathtuneError
-from mathtune.methods.configs import MethodConfig
+from mathtune.methods.configs import ON_NEW_METHOD, MethodConfig, method_union
 
 # Shipped inside the package, so an installed wheel finds quickstart.yaml too (the repo's `configs/`
 # is a link to this folder, for the README's `-c configs/...` commands).
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().with_name("configs")
+
+
+def one_of(value: str, choices: tuple[str, ...]) -> str:
+    """`value` if it is one of `choices` (registries that grow at run time: benchmarks, strategies),
+    else pydantic's own error for a Literal, so messages read as they did with one."""
+    if value not in choices:
+        expected = ", ".join(repr(c) for c in choices[:-1]) + f" or {choices[-1]!r}" if len(choices) > 1 else \
+            repr(choices[0])
+        raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
+    return value
+
+
+def strategy_descriptions() -> dict[str, str]:
+    """Each prompt strategy's one-line description, from prompts.yaml (the one place they are declared)."""
+    from mathtune.prompts import load_strategies
+
+    return {name: strategy.description for name, strategy in load_strategies().items()}
 
 
 class Section(BaseModel):
@@ -39,9 +58,9 @@ class ModelConfig(Section):
 
 
 class DataConfig(Section):
-    dataset: Literal["gsm8k", "svamp", "math", "arc-challenge", "jsonl"] = Field(
-        "gsm8k", description="Benchmark to train and test on (math: answers checked by math-verify; "
-        "arc-challenge: by the choice's letter)")
+    dataset: str = Field(
+        "gsm8k", description="Benchmark to train and test on: " + "; ".join(
+            f"{b.name}: {b.description}" for b in BENCHMARKS.values()) + " (the table in data/benchmarks.py)")
     subset: Literal["main", "socratic"] = Field("main", description="GSM8K config: main or socratic")
     data_dir: str | None = Field(
         None, description="Folder holding gsm8k/ and svamp/ (env MATHTUNE_DATA_DIR); else the hub"
@@ -60,15 +79,24 @@ class DataConfig(Section):
     train_size: int | None = Field(None, ge=1, description="Train rows used (first N after shuffle); all if null")
     max_length: int = Field(512, ge=16, description="Max tokens of prompt + target in training")
 
+    @field_validator("dataset")
+    @classmethod
+    def _known_benchmark(cls, name: str) -> str:
+        return one_of(name, tuple(BENCHMARKS))
+
 
 class PromptConfig(Section):
-    strategy: Literal["qa", "breakdown", "no-breakdown", "program", "lm-eval-gsm8k", "lm-eval-gsm8k-cot"] = Field(
-        "qa", description="qa: 'Q: ..\\nA: ..' (Phi-2 study); breakdown/no-breakdown/program (T5 study); "
-        "lm-eval-gsm8k: lm-eval-harness's gsm8k prompt and few-shot draw; lm-eval-gsm8k-cot: its gsm8k_cot "
-        "(8 fixed examples, 'The answer is N.')"
-    )
+    strategy: str = Field("qa", description="Prompt strategy, one of prompts.yaml's: " + "; ".join(
+        f"{name}: {description}" for name, description in strategy_descriptions().items()))
     few_shot: int = Field(0, ge=0, le=16, description="Worked examples from the train split before each question")
     chat_template: bool = Field(False, description="Wrap the prompt in the tokenizer's chat template")
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, name: str) -> str:
+        from mathtune.prompts import load_strategies
+
+        return one_of(name, tuple(load_strategies()))
 
 
 class TrainConfig(Section):
@@ -202,14 +230,7 @@ class RunConfig(Section):
             raise ValueError("data.dataset=jsonl needs data.train_file and/or data.test_file")
         if self.prompt.strategy == "breakdown" and self.data.dataset == "gsm8k" and self.data.subset != "socratic":
             raise ValueError("prompt.strategy=breakdown needs data.subset=socratic (its sub-questions)")
-        if self.method.name == "grpo":
-            programs = self.prompt.strategy == "program"
-            if self.method.reward_program > 0 and not programs:
-                raise ValueError("method.reward_program runs the completion as a program: it needs "
-                                 "prompt.strategy=program (or set method.reward_program=0)")
-            if self.method.reward_correct > 0 and programs:
-                raise ValueError("method.reward_correct reads a final answer from text, but the program strategy "
-                                 "writes code: set method.reward_correct=0 and method.reward_program above 0")
+        self.method.check_against(self)  # each method's own checks (methods/<name>/config.py)
         return self
 
     def eval_precision(self) -> str:
@@ -219,6 +240,15 @@ class RunConfig(Section):
     def resolved_data_dir(self) -> Path | None:
         raw = self.data.data_dir or os.environ.get("MATHTUNE_DATA_DIR")
         return Path(raw).expanduser() if raw else None
+
+
+def rebuild_method_union() -> None:
+    """After `register_method` added to METHOD_CONFIGS: `method.name` accepts the new method too."""
+    RunConfig.model_fields["method"].annotation = method_union()
+    RunConfig.model_rebuild(force=True)
+
+
+ON_NEW_METHOD.append(rebuild_method_union)
 
 
 def _format_error(exc: ValidationError) -> str:

@@ -103,8 +103,10 @@ def eval_fingerprint(cfg: Any, problems: list[Any], adapter_dir: Path | None) ->
         generation["temperature"] = settings["temperature"]
         generation["sampler"] = SAMPLER  # other draws, same distribution: not mixed into these samples
     # A base model is loaded as its run's method loads it: only quantization changes what it is.
+    from mathtune.methods.registry import method_class
+
     method = cfg.method.model_dump(mode="json") if adapter_dir is not None else (
-        {"name": "qlora", "bits": cfg.method.bits} if cfg.method.name == "qlora" else None)
+        {"name": cfg.method.name, "bits": cfg.method.bits} if method_class(cfg.method.name).quantized else None)
     return {"kind": "eval", "model": _model_identity(cfg), "adapter": files_digest(adapter_dir),
             "method": method, "precision": cfg.eval_precision(),
             "prompt": cfg.prompt.model_dump(mode="json"), "data": _data_identity(cfg, problems),

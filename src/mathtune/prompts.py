@@ -1,4 +1,5 @@
-"""Prompt strategies (qa, breakdown, no-breakdown, program) read from prompts.yaml, plus few-shot."""
+"""Prompt strategies read from prompts.yaml (the one place they are declared: config validation and
+the CLI help are generated from it), plus few-shot. `register_strategy` adds one at run time."""
 
 from __future__ import annotations
 
@@ -73,6 +74,18 @@ def load_strategies() -> dict[str, PromptStrategy]:
     return {
         name: PromptStrategy(name=name, stop=tuple(entry.pop("stop")), **entry) for name, entry in tree.items()
     }
+
+
+def register_strategy(strategy: PromptStrategy) -> PromptStrategy:
+    """Add (or replace) a strategy beside prompts.yaml's; `prompt.strategy` accepts it from then on.
+    Its `task` must be one of the lm-eval task YAMLs in evaluate/tasks/ (its answer filters)."""
+    load_strategies()[strategy.name] = strategy
+    return strategy
+
+
+def strategies_help() -> str:
+    """'qa, breakdown, ...': the strategy names, for CLI help texts."""
+    return ", ".join(load_strategies())
 
 
 def get_strategy(name: str) -> PromptStrategy:

@@ -18,8 +18,6 @@ from mathtune.data.problem import Problem, hub_rows
 from mathtune.data.records import read_records, row_locator
 from mathtune.errors import MathtuneError
 
-HUB = {"math": ("hendrycks/competition_math", None), "arc-challenge": ("allenai/ai2_arc", "ARC-Challenge")}
-
 
 def last_boxed(text: str) -> str | None:
     """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), braces balanced, else None."""
@@ -77,10 +75,32 @@ def arc_problems(rows: list[dict[str, Any]], source: str) -> list[Problem]:
 def load_hub_set(name: str, split: str, local_file: str | Path | None = None,
                  numeric_only: bool = False) -> list[Problem]:
     """`name`: math or arc-challenge; rows from `local_file` (.jsonl/.json/.csv) when given, else the hub."""
-    if name not in HUB:
-        raise MathtuneError(f"unknown data set '{name}' (choose from {', '.join(HUB)})")
+    if name not in HUB_PARSERS:
+        raise MathtuneError(f"unknown data set '{name}' (choose from {', '.join(HUB_PARSERS)})")
     if local_file is not None:
         rows, source = read_records(local_file), str(local_file)
     else:
-        rows, source = hub_rows(*HUB[name], split), f"{HUB[name][0]} {split}"
+        hub_id, hub_config = hub_location(name)
+        rows, source = hub_rows(hub_id, hub_config, split), f"{hub_id} {split}"
     return math_problems(rows, source, numeric_only) if name == "math" else arc_problems(rows, source)
+
+
+def load_math(data_cfg: Any, data_dir: Path | None, split: str) -> list[Problem]:
+    return load_hub_set("math", split, data_cfg.train_file if split == "train" else data_cfg.test_file)
+
+
+def load_arc_challenge(data_cfg: Any, data_dir: Path | None, split: str) -> list[Problem]:
+    return load_hub_set("arc-challenge", split, data_cfg.train_file if split == "train" else data_cfg.test_file)
+
+
+HUB_PARSERS = ("math", "arc-challenge")  # the sets this module parses; their hub ids: data/benchmarks.py
+
+
+def hub_location(name: str) -> tuple[str, str | None]:
+    """(hub id, config) of a benchmark, from the table in `data/benchmarks.py`."""
+    from mathtune.data.benchmarks import get_benchmark
+
+    benchmark = get_benchmark(name)
+    if benchmark.hub_id is None:
+        raise MathtuneError(f"benchmark {name} has no hub id")
+    return benchmark.hub_id, benchmark.hub_config

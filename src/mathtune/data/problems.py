@@ -1,4 +1,5 @@
-"""Math word problems from GSM8K, SVAMP, MATH, ARC-Challenge or any JSONL/CSV file, as `Problem` rows.
+"""Math word problems from GSM8K, SVAMP, MATH, ARC-Challenge or any JSONL/CSV file, as `Problem` rows
+(which loader serves which `data.dataset`: the table in `data/benchmarks.py`).
 
 Local copies come first (`data.data_dir` or `MATHTUNE_DATA_DIR`; `data.train_file`/`test_file` for
 jsonl, MATH and ARC); without one, GSM8K comes from the hub (`openai/gsm8k`), SVAMP from
@@ -14,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from mathtune.answers import ANSWER_MARK, format_number, parse_number_text, parse_reference_answer
-from mathtune.data.hub_sets import load_hub_set
 from mathtune.data.problem import Problem, hub_rows
 from mathtune.data.records import read_json_list, read_records, row_locator
 from mathtune.errors import MathtuneError
@@ -72,18 +72,52 @@ def _gsm8k_file(data_dir: Path, subset: str, split: str) -> Path:
 
 
 def load_split(data_cfg: Any, data_dir: Path | None, split: str) -> list[Problem]:
-    """All problems of one split ('train' or 'test') for the configured dataset."""
-    if data_cfg.dataset in ("math", "arc-challenge"):
-        local = data_cfg.train_file if split == "train" else data_cfg.test_file
-        return load_hub_set(data_cfg.dataset, split, local)
-    if data_cfg.dataset == "jsonl":
-        path = data_cfg.train_file if split == "train" else data_cfg.test_file
-        if not path:
-            raise MathtuneError(f"data.dataset=jsonl needs data.{split}_file")
-        rows = read_records(path)
-        return problems_from_rows(rows, str(path), data_cfg.question_field, data_cfg.answer_field)
-    if data_cfg.dataset == "svamp":
-        return _svamp_split(_load_svamp(data_dir), split, data_cfg.svamp_test)
+    """All problems of one split ('train' or 'test') for the configured dataset (its loader in
+    `data/benchmarks.py`)."""
+    from mathtune.data.benchmarks import get_benchmark
+
+    return get_benchmark(data_cfg.dataset).load(data_cfg, data_dir, split)
+
+
+class LoadedSplits:
+    """The splits one command has read, so each is read once: `preflight` fills it and the recipe
+    passes it down (training, contamination checks, few-shot pools, fingerprints). Keyed by the data
+    section too, as a run tested on another benchmark reads two. A split that failed to load fails
+    again with the same error without being read again."""
+
+    def __init__(self) -> None:
+        self._splits: dict[tuple[str, str, str], list[Problem] | MathtuneError] = {}
+
+    def get(self, data_cfg: Any, data_dir: Path | None, split: str) -> list[Problem]:
+        key = (data_cfg.model_dump_json(), str(data_dir), split)
+        if key not in self._splits:
+            try:
+                self._splits[key] = load_split(data_cfg, data_dir, split)
+            except MathtuneError as exc:
+                self._splits[key] = exc
+        loaded = self._splits[key]
+        if isinstance(loaded, MathtuneError):
+            raise MathtuneError(str(loaded))
+        return loaded
+
+    def of(self, cfg: Any, split: str) -> list[Problem]:
+        """`split` of a run config's data section."""
+        return self.get(cfg.data, cfg.resolved_data_dir(), split)
+
+
+def load_jsonl(data_cfg: Any, data_dir: Path | None, split: str) -> list[Problem]:
+    path = data_cfg.train_file if split == "train" else data_cfg.test_file
+    if not path:
+        raise MathtuneError(f"data.dataset=jsonl needs data.{split}_file")
+    rows = read_records(path)
+    return problems_from_rows(rows, str(path), data_cfg.question_field, data_cfg.answer_field)
+
+
+def load_svamp(data_cfg: Any, data_dir: Path | None, split: str) -> list[Problem]:
+    return _svamp_split(_load_svamp(data_dir), split, data_cfg.svamp_test)
+
+
+def load_gsm8k(data_cfg: Any, data_dir: Path | None, split: str) -> list[Problem]:
     local = _gsm8k_file(data_dir, data_cfg.subset, split) if data_dir else None
     if local is not None and local.is_file():
         return problems_from_rows(read_records(local), str(local))
@@ -141,14 +175,11 @@ def check_train_test_disjoint(train: list[Problem], test: list[Problem], allowed
 
 def benchmark_name(data_cfg: Any) -> str:
     """A folder name for the benchmark a data section tests on: gsm8k, gsm8k-socratic, svamp,
-    svamp-all, math, arc-challenge, or jsonl-<test file's stem>."""
-    if data_cfg.dataset == "jsonl":
-        return f"jsonl-{Path(data_cfg.test_file or 'test').stem}"
-    if data_cfg.dataset == "gsm8k" and data_cfg.subset == "socratic":
-        return "gsm8k-socratic"
-    if data_cfg.dataset == "svamp" and data_cfg.svamp_test == "all":
-        return "svamp-all"
-    return data_cfg.dataset
+    svamp-all, math, arc-challenge, or jsonl-<test file's stem> (each benchmark's `folder`)."""
+    from mathtune.data.benchmarks import get_benchmark
+
+    benchmark = get_benchmark(data_cfg.dataset)
+    return benchmark.folder(data_cfg) if benchmark.folder is not None else benchmark.name
 
 
 def sample_problems(problems: list[Problem], count: int | None, seed: int) -> list[Problem]:

@@ -11,7 +11,7 @@ from typing import Any
 
 from mathtune.config import RunConfig
 from mathtune.data.contamination import problems_report
-from mathtune.data.problems import Problem, load_split, sample_problems
+from mathtune.data.problems import LoadedSplits, Problem, sample_problems
 from mathtune.errors import MathtuneError
 from mathtune.evaluate.extraction import INVALID, score_answer
 from mathtune.evaluate.failures import classify_failure, failure_counts
@@ -27,8 +27,8 @@ from mathtune.prompts import (
 )
 
 
-def eval_problems(cfg: RunConfig) -> list[Problem]:
-    problems = load_split(cfg.data, cfg.resolved_data_dir(), cfg.eval.split)
+def eval_problems(cfg: RunConfig, loaded: LoadedSplits | None = None) -> list[Problem]:
+    problems = (loaded or LoadedSplits()).of(cfg, cfg.eval.split)
     drawn = sample_problems(problems, cfg.eval.num_problems, cfg.eval.seed)
     if cfg.eval.perturbed:  # same ids, new numbers: pairs with the original evaluation in `compare`
         from mathtune.data.augment import perturbed_copies
@@ -37,8 +37,8 @@ def eval_problems(cfg: RunConfig) -> list[Problem]:
     return drawn
 
 
-def check_run(cfg: RunConfig, eval_problems: list[Problem], train_problems: list[Problem] | None = None
-              ) -> dict[str, Any]:
+def check_run(cfg: RunConfig, eval_problems: list[Problem], train_problems: list[Problem] | None = None,
+              loaded: LoadedSplits | None = None) -> dict[str, Any]:
     """Contamination report for a run's config: its train split (or the rows trained on) vs
     `eval_problems` (data/contamination.py). Never fails an evaluation: a missing train split gives
     ``{"skipped": reason}``."""
@@ -46,23 +46,25 @@ def check_run(cfg: RunConfig, eval_problems: list[Problem], train_problems: list
         if cfg.eval.split == "train":
             return {"skipped": "evaluating on the train split itself"}
         try:
-            train_problems = load_split(cfg.data, cfg.resolved_data_dir(), "train")
+            train_problems = (loaded or LoadedSplits()).of(cfg, "train")
         except MathtuneError as exc:
             return {"skipped": str(exc)}
     return problems_report(train_problems, eval_problems)
 
 
-def build_prompts(cfg: RunConfig, problems: list[Problem]) -> tuple[list[str], dict[str, Any]]:
+def build_prompts(cfg: RunConfig, problems: list[Problem], loaded: LoadedSplits | None = None
+                  ) -> tuple[list[str], dict[str, Any]]:
     """Prompts with the seeded few-shot prefix; returns the record of what was used."""
+    loaded = loaded or LoadedSplits()
     strategy = get_strategy(cfg.prompt.strategy)
     prefix, shot_ids = "", []
     if cfg.prompt.few_shot and strategy.few_shot_draw == "per-problem":
-        return _per_problem_prompts(cfg, strategy, problems)
+        return _per_problem_prompts(cfg, strategy, problems, loaded)
     if cfg.prompt.few_shot and strategy.few_shot_draw == "task":
         prefix = task_shots_prefix(strategy, cfg.prompt.few_shot)
         shot_ids = [f"{strategy.task}-shot-{i}" for i in range(cfg.prompt.few_shot)]
     elif cfg.prompt.few_shot:
-        pool = load_split(cfg.data, cfg.resolved_data_dir(), "train")
+        pool = loaded.of(cfg, "train")
         programs = _programs_for(pool) if strategy.writes_programs else None
         prefix, shot_ids = few_shot_prefix(strategy, pool, cfg.prompt.few_shot, cfg.eval.seed, programs)
     prompts = [prefix + strategy.format_prompt(p.question) for p in problems]
@@ -83,10 +85,10 @@ def task_shots_prefix(strategy: PromptStrategy, count: int) -> str:
 
 
 def _per_problem_prompts(cfg: RunConfig, strategy: PromptStrategy,
-                         problems: list[Problem]) -> tuple[list[str], dict[str, Any]]:
+                         problems: list[Problem], loaded: LoadedSplits) -> tuple[list[str], dict[str, Any]]:
     """lm-eval's draw: shots for each problem in test-file order, so `lm_eval --samples` matches."""
-    pool = load_split(cfg.data, cfg.resolved_data_dir(), "train")
-    position = {p.id: i for i, p in enumerate(load_split(cfg.data, cfg.resolved_data_dir(), cfg.eval.split))}
+    pool = loaded.of(cfg, "train")
+    position = {p.id: i for i, p in enumerate(loaded.of(cfg, cfg.eval.split))}
     ordered = sorted(problems, key=lambda p: position[p.id])
     prefixes = per_problem_prefixes(strategy, pool, ordered, cfg.prompt.few_shot, cfg.eval.seed)
     prompts = [prefixes[p.id][0] + strategy.format_prompt(p.question) for p in problems]

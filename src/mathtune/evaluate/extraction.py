@@ -84,8 +84,11 @@ def _task_filters_and_ignores(path: Path) -> tuple[dict[str, AnswerFilter], tupl
 FILTERS, GSM8K_REGEXES_TO_IGNORE = _task_filters_and_ignores(GSM8K_TASK)
 # gsm8k_cot reads "The answer is N." (strict) where gsm8k reads "#### N"; flexible-extract and the
 # regexes to ignore are gsm8k's (tests/evaluate/test_extraction.py checks both against lm-eval's own).
+# Every shipped task YAML, by its `task:` name: a strategy's `task` (prompts.yaml) picks one, so a new
+# lm-eval task is one YAML dropped into evaluate/tasks/.
 TASK_FILTERS: dict[str, dict[str, AnswerFilter]] = {
-    "gsm8k": FILTERS, "gsm8k_cot": _task_filters_and_ignores(TASKS_DIR / "gsm8k_cot.yaml")[0]}
+    yaml.safe_load(path.read_text(encoding="utf-8"))["task"]: _task_filters_and_ignores(path)[0]
+    for path in sorted(TASKS_DIR.glob("*.yaml"))}
 SCORE_NAMES: tuple[str, ...] = (*FILTERS, "numeric-match", "math-verify")
 SCORE_TITLES = {"strict-match": "EM strict", "flexible-extract": "EM flexible", "numeric-match": "numeric",
                 "math-verify": "math-verify"}  # column titles of reports, in SCORE_NAMES order

@@ -10,9 +10,27 @@ from torch import nn
 
 
 class TuningMethod(Protocol):
-    """apply -> train -> save; load rebuilds the tuned model for evaluation."""
+    """apply -> train -> save; load rebuilds the tuned model for evaluation.
+
+    What recipes need to know about a method is declared here, by the method, never named in a recipe.
+    Methods subclass this protocol so they inherit the defaults below."""
 
     name: str
+    config_class: type  # its `method:` section (a methods.section.MethodSection, `name` a Literal of `name`)
+    # Its frozen base layers come from bitsandbytes: the base is loaded quantized for evaluation too
+    # (fingerprint), and a process training it keeps bitsandbytes importable (registry).
+    quantized: bool = False
+    # "module:function" of its own training loop, run by `mathtune train` instead of recipes/train.py's
+    # (GRPO: TRL's, recipes/rl.py); None: the shared loop. A string, so no component imports a recipe.
+    loop: str | None = None
+    # Its saved adapters are PEFT adapters that several runs can add to one loaded base
+    # (`mathtune eval RUN1 RUN2`: `load_adapter` + `set_adapter`).
+    shares_base: bool = False
+
+    def check(self, model_name: str | None = None) -> None:
+        """Before any output is touched (training only): e.g. the adapter a method starts from exists
+        and belongs to `model_name`. Nothing to check by default."""
+        return None
 
     def base_load_kwargs(self, placement: Any) -> dict[str, Any]:
         """Extra `from_pretrained` kwargs for the base (dtype, quantization_config)."""

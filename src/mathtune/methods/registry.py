@@ -1,9 +1,10 @@
-"""Method name -> implementation, in one place. Adding a method adds one line here."""
+"""Method name -> implementation, in one place. Adding a method adds one line here (or one
+`register_method` call at run time); what a recipe needs to know about it is declared by the method
+itself (methods/base.py: `check`, `quantized`, `loop`, `shares_base`, `config_class`)."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from typing import Any
 
 from mathtune.methods.base import TuningMethod
@@ -13,7 +14,7 @@ from mathtune.methods.lora.method import LoraMethod
 from mathtune.methods.qlora.method import QloraMethod
 from mathtune.methods.stacked_lora.method import StackedLoraMethod
 
-METHODS: dict[str, Callable[[Any], TuningMethod]] = {
+METHODS: dict[str, type[TuningMethod]] = {
     "lora": LoraMethod,
     "full": FullMethod,
     "qlora": QloraMethod,
@@ -22,11 +23,26 @@ METHODS: dict[str, Callable[[Any], TuningMethod]] = {
 }
 
 
+def register_method(method: type[TuningMethod]) -> type[TuningMethod]:
+    """Add (or replace) a method at run time: `method.name` in configs picks it from then on."""
+    from mathtune.methods.configs import add_method_config
+
+    METHODS[method.name] = method
+    add_method_config(method.name, method.config_class)
+    return method
+
+
+def method_class(name: str) -> type[TuningMethod]:
+    return METHODS[name]
+
+
 def build_method(cfg: Any) -> TuningMethod:
     return METHODS[cfg.name](cfg)
 
 
-QUANTIZED_METHODS = {"qlora"}  # the methods whose frozen base layers come from bitsandbytes
+def methods_help() -> str:
+    """'lora, full, ...': the method names, for CLI help texts."""
+    return ", ".join(METHODS)
 
 
 def hide_unused_bitsandbytes(method_name: str) -> bool:
@@ -37,7 +53,8 @@ def hide_unused_bitsandbytes(method_name: str) -> bool:
     None` is Python's own way to make a module absent: `importlib.util.find_spec` returns None, so
     PEFT and transformers see it as not installed, and `import` raises ModuleNotFoundError. Nothing
     is hidden once bitsandbytes or PEFT is imported. Returns whether it was hidden."""
-    if method_name in QUANTIZED_METHODS or "bitsandbytes" in sys.modules or "peft" in sys.modules:
+    method = METHODS.get(method_name)
+    if (method is not None and method.quantized) or "bitsandbytes" in sys.modules or "peft" in sys.modules:
         return False
     sys.modules["bitsandbytes"] = None
     return True

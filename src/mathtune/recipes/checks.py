@@ -8,55 +8,61 @@ from typing import Any
 
 from mathtune.config import RunConfig
 from mathtune.data.problem import Problem
-from mathtune.data.problems import load_split, sample_problems
+from mathtune.data.problems import LoadedSplits, sample_problems
 from mathtune.errors import MathtuneError
 from mathtune.methods.registry import build_method
 from mathtune.models.loading import load_tokenizer, resolve_source, source_config
 
 
-def load_train_problems(cfg: RunConfig) -> list[Problem]:
+def load_train_problems(cfg: RunConfig, loaded: LoadedSplits | None = None) -> list[Problem]:
     """The rows a run trains on: the train split, a seeded `data.train_size` subset of it."""
-    problems = load_split(cfg.data, cfg.resolved_data_dir(), "train")
+    problems = (loaded or LoadedSplits()).of(cfg, "train")
     return sample_problems(problems, cfg.data.train_size, cfg.train.seed)
 
 
-def preflight(cfg: RunConfig, splits: tuple[str, ...] = ("train", "test"), training: bool = True) -> None:
-    """Fail on bad data or an unknown model before any output dir is touched."""
-    loaded = {split: load_split(cfg.data, cfg.resolved_data_dir(), split) for split in splits}
+def preflight(cfg: RunConfig, splits: tuple[str, ...] = ("train", "test"), training: bool = True,
+              loaded: LoadedSplits | None = None) -> LoadedSplits:
+    """Fail on bad data or an unknown model before any output dir is touched. Returns the splits it
+    read, for the recipe to pass down (each split is read once per command)."""
+    loaded = loaded or LoadedSplits()
+    for split in splits:
+        loaded.of(cfg, split)
     if training:
-        check_no_test_problems_in_training(cfg, loaded.get("test"))
+        check_no_test_problems_in_training(cfg, loaded=loaded)
     source = resolve_source(cfg.model.name, cfg.model.gguf_file)
     source_config(source)
     if cfg.prompt.chat_template:
         from mathtune.prompts import check_chat_template
 
         check_chat_template(load_tokenizer(source))
-    method = build_method(cfg.method)
-    if training and hasattr(method, "check"):  # stacked-lora, grpo: the adapter they start from
-        method.check(cfg.model.name)
+    if training:  # e.g. stacked-lora, grpo: the adapter they start from
+        build_method(cfg.method).check(cfg.model.name)
+    return loaded
 
 
-def check_no_test_problems_in_training(cfg: RunConfig, test: list[Any] | None = None) -> None:
+def check_no_test_problems_in_training(cfg: RunConfig, test: list[Any] | None = None,
+                                       loaded: LoadedSplits | None = None) -> None:
     """The rows a run trains on must not be test problems (SVAMP with `svamp_test: all`, a jsonl
     train file that is its test file), unless `data.allow_test_overlap` says it is meant."""
     from mathtune.data.problems import check_train_test_disjoint
 
+    loaded = loaded or LoadedSplits()
     if test is None:
         try:
-            test = load_split(cfg.data, cfg.resolved_data_dir(), "test")
+            test = loaded.of(cfg, "test")
         except MathtuneError:
             return  # no test split (a jsonl run with only a train file): nothing to overlap with
-    check_train_test_disjoint(load_train_problems(cfg), test, cfg.data.allow_test_overlap)
+    check_train_test_disjoint(load_train_problems(cfg, loaded), test, cfg.data.allow_test_overlap)
 
 
-def check_train_dir(cfg: RunConfig, run_dir: Path, resume: bool, finished_is_done: bool = False
-                    ) -> dict[str, Any]:
+def check_train_dir(cfg: RunConfig, run_dir: Path, resume: bool, finished_is_done: bool = False,
+                    loaded: LoadedSplits | None = None) -> dict[str, Any]:
     """The run's fingerprint; resuming a run dir that trained something else is refused, naming the
     first difference, and so is resuming a finished training (unless `finished_is_done`: `run` goes on
     to its evaluations)."""
     from mathtune.fingerprint import check_fingerprint, train_fingerprint
 
-    fingerprint = train_fingerprint(cfg, load_train_problems(cfg))
+    fingerprint = train_fingerprint(cfg, load_train_problems(cfg, loaded))
     if resume and run_dir.is_dir():
         if not finished_is_done and (run_dir / "train_card.json").is_file() and (run_dir / "adapter").is_dir():
             card = json.loads((run_dir / "train_card.json").read_text(encoding="utf-8"))

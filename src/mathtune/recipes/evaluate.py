@@ -11,7 +11,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from mathtune.config import RunConfig, load_config
-from mathtune.data.problems import Problem, benchmark_name
+from mathtune.data.problems import LoadedSplits, Problem, benchmark_name
 from mathtune.errors import MathtuneError
 from mathtune.evaluate.backend import build_backend
 from mathtune.evaluate.decoding import add_majority_votes, majority_summary
@@ -28,19 +28,21 @@ from mathtune.evaluate.extraction import CHOICE_FILTERS, FILTERS
 from mathtune.evaluate.generation import Backend, GenerationRequest
 from mathtune.evaluate.sharding import ShardedRows, current_processes, expected_length
 from mathtune.io import atomic_write_json, output_dir_guard
+from mathtune.methods.registry import METHODS, method_class
 from mathtune.prompts import get_strategy, render_prompts
 from mathtune.recipes.checks import preflight
 from mathtune.runcard import peak_cuda_mb, peak_rss_mb, provenance
 
 
 def check_eval_dir(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None,
-                   problems: list[Problem] | None = None) -> dict[str, Any]:
+                   problems: list[Problem] | None = None, loaded: LoadedSplits | None = None) -> dict[str, Any]:
     """This evaluation's fingerprint; an eval dir holding another evaluation's predictions (another
     model, adapter, prompt, problem draw or generation setting) is refused, never mixed or replaced."""
     from mathtune.fingerprint import check_fingerprint, eval_fingerprint, first_difference
 
     processes = current_processes()
-    fingerprint = eval_fingerprint(cfg, problems if problems is not None else eval_problems(cfg), adapter_dir)
+    fingerprint = eval_fingerprint(cfg, problems if problems is not None else eval_problems(cfg, loaded),
+                                   adapter_dir)
     fingerprint["processes"] = processes.world  # recorded; a relaunch with another number still resumes
     processes.agreed(lambda: check_fingerprint(out_dir, fingerprint, "predictions",
                                                 "pass --overwrite to replace them, or -o another directory "
@@ -50,8 +52,10 @@ def check_eval_dir(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None,
 
 
 def evaluate(cfg: RunConfig, backend: Backend, out_dir: Path, label: str, tokenizer: Any = None,
-             meta: dict[str, Any] | None = None, show_progress: bool = True) -> dict[str, Any]:
+             meta: dict[str, Any] | None = None, show_progress: bool = True,
+             loaded: LoadedSplits | None = None) -> dict[str, Any]:
     """Evaluate one model (already behind `backend`) and write predictions + metrics into out_dir.
+    `loaded`: the splits `preflight` read (None: read them here).
 
     A dir holding this same evaluation is resumed (finished: its metrics are returned as they are);
     one holding another is refused (`check_eval_dir`)."""
@@ -61,14 +65,15 @@ def evaluate(cfg: RunConfig, backend: Backend, out_dir: Path, label: str, tokeni
     if processes.world > 1 and cfg.eval.samples > 1:
         processes.refuse("eval.samples > 1 draws its samples per chunk of problems, so a process's share would "
                          "draw other samples than one process does; use `mathtune sample` (a seed per problem)")
-    problems = eval_problems(cfg)
+    loaded = loaded or LoadedSplits()
+    problems = eval_problems(cfg, loaded)
     adapter = (meta or {}).get("adapter")
     fingerprint = check_eval_dir(cfg, out_dir, Path(adapter) if adapter else None, problems)
     if processes.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_fingerprint(out_dir, fingerprint)
     strategy = get_strategy(cfg.prompt.strategy)
-    prompts, prompt_record = build_prompts(cfg, problems)
+    prompts, prompt_record = build_prompts(cfg, problems, loaded)
     if tokenizer is not None:
         prompts = render_prompts(tokenizer, prompts, cfg.prompt.chat_template)
     predictions = ShardedRows(out_dir / "predictions.jsonl", processes, [p.id for p in problems],
@@ -102,7 +107,7 @@ def evaluate(cfg: RunConfig, backend: Backend, out_dir: Path, label: str, tokeni
     metrics = summarize_predictions(rows)
     if cfg.eval.samples > 1:
         metrics["self_consistency"] = majority_summary(rows)
-    metrics["contamination"] = check_run(cfg, problems)
+    metrics["contamination"] = check_run(cfg, problems, loaded=loaded)
     if cfg.eval.text_metrics:
         metrics.update(text_metrics(rows))
     metrics.update({
@@ -154,23 +159,23 @@ def _reproducibility(cfg: RunConfig, problems: list[Problem], prompt_record: dic
 
 
 def evaluate_model(cfg: RunConfig, out_dir: Path, label: str, adapter_dir: Path | None = None,
-                   show_progress: bool = True) -> dict[str, Any]:
-    from mathtune.recipes.evaluate import check_eval_dir
-
-    check_eval_dir(cfg, out_dir, adapter_dir)  # before minutes of loading the model
+                   show_progress: bool = True, loaded: LoadedSplits | None = None) -> dict[str, Any]:
+    loaded = loaded or LoadedSplits()
+    check_eval_dir(cfg, out_dir, adapter_dir, loaded=loaded)  # before minutes of loading the model
     backend, meta = build_backend(cfg, adapter_dir)
-    return evaluate(cfg, backend, out_dir, label, backend.tokenizer, meta, show_progress)
+    return evaluate(cfg, backend, out_dir, label, backend.tokenizer, meta, show_progress, loaded)
 
 
 def eval_workflow(cfg: RunConfig, run_dir: Path | None, base: bool, out_dir: Path,
-                  own_data: bool = True) -> dict[str, Any]:
+                  own_data: bool = True, loaded: LoadedSplits | None = None) -> dict[str, Any]:
     """Evaluate the base model, or the tuned model of a finished run dir (its config wins; with
     `own_data=False` the benchmark is this call's `data` section instead of the run's)."""
     if base:
-        return evaluate_model(cfg, out_dir, "base")
+        return evaluate_model(cfg, out_dir, "base", loaded=loaded)
     if run_dir is None:
         raise MathtuneError("pass a run directory to evaluate its tuned model, or --base")
-    return evaluate_model(tuned_config(cfg, run_dir, own_data), out_dir, "tuned", adapter_dir=run_dir / "adapter")
+    return evaluate_model(tuned_config(cfg, run_dir, own_data), out_dir, "tuned", adapter_dir=run_dir / "adapter",
+                          loaded=loaded)
 
 
 def eval_adapters_workflow(cfg: RunConfig, run_dirs: list[Path], overwrite: bool = False
@@ -180,11 +185,14 @@ def eval_adapters_workflow(cfg: RunConfig, run_dirs: list[Path], overwrite: bool
     configs = [tuned_config(cfg, run_dir) for run_dir in run_dirs]
     first = configs[0]
     for run_dir, run_cfg in zip(run_dirs, configs, strict=True):
-        if run_cfg.model.name != first.model.name or run_cfg.method.name not in ("lora", "qlora") \
+        if run_cfg.model.name != first.model.name or not method_class(run_cfg.method.name).shares_base \
                 or run_cfg.method.name != first.method.name:
-            raise MathtuneError(f"{run_dir}: shared-base evaluation needs LoRA/QLoRA adapters of one model "
+            shared = "/".join(name for name, method in METHODS.items() if method.shares_base)
+            raise MathtuneError(f"{run_dir}: shared-base evaluation needs {shared} adapters of one model "
                                 f"({first.model.name}, {first.method.name}); evaluate it on its own")
-        preflight(run_cfg, (cfg.eval.split,), training=False)
+    loaded = LoadedSplits()
+    for run_cfg in configs:
+        preflight(run_cfg, (cfg.eval.split,), training=False, loaded=loaded)
     backend, meta = build_backend(first, run_dirs[0] / "adapter")
     results = []
     for index, (run_dir, run_cfg) in enumerate(zip(run_dirs, configs, strict=True)):
@@ -194,7 +202,7 @@ def eval_adapters_workflow(cfg: RunConfig, run_dirs: list[Path], overwrite: bool
         backend.model.set_adapter(name)
         with output_dir_guard(run_dir / "eval" / "tuned", overwrite, resume=not overwrite) as out:
             metrics = evaluate(run_cfg, backend, out, "tuned", backend.tokenizer,
-                               {**meta, "adapter": str(run_dir / "adapter"), "shared_base": True})
+                               {**meta, "adapter": str(run_dir / "adapter"), "shared_base": True}, loaded=loaded)
         results.append((metrics, out))
     return results
 

@@ -20,17 +20,18 @@ def run_workflow(cfg: RunConfig, overwrite: bool = False, resume: bool = False) 
     from mathtune.fingerprint import write_fingerprint
 
     processes = current_processes()  # under `accelerate launch` every step uses every process
-    preflight(cfg, ("train", cfg.eval.split))
-    fingerprint = processes.agreed(lambda: check_train_dir(cfg, Path(cfg.output_dir), resume, finished_is_done=True))
+    loaded = preflight(cfg, ("train", cfg.eval.split))  # each split read once, passed down
+    fingerprint = processes.agreed(lambda: check_train_dir(cfg, Path(cfg.output_dir), resume, finished_is_done=True,
+                                                           loaded=loaded))
     run_path = Path(cfg.output_dir)
     with main_process_output(run_path, lambda: output_dir_guard(run_path, overwrite, resume)) as run_dir:
         if processes.main:
             write_fingerprint(run_dir, fingerprint)
-        base = evaluate_model(cfg, run_dir / "eval" / "base", "base", show_progress=processes.main)
+        base = evaluate_model(cfg, run_dir / "eval" / "base", "base", show_progress=processes.main, loaded=loaded)
         if not (resume and (run_dir / "train_card.json").is_file()):
-            train(cfg, run_dir, resume=resume, show_progress=processes.main)
+            train(cfg, run_dir, resume=resume, show_progress=processes.main, loaded=loaded)
         tuned = evaluate_model(cfg, run_dir / "eval" / "tuned", "tuned", adapter_dir=run_dir / "adapter",
-                               show_progress=processes.main)
+                               show_progress=processes.main, loaded=loaded)
         if not processes.main:  # rank 0 compares and writes the card
             return {"base": _headline(base), "tuned": _headline(tuned)}
         comparison = compare_runs([run_dir / "eval" / "base", run_dir / "eval" / "tuned"], ["base", "tuned"])

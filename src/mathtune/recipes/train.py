@@ -7,6 +7,7 @@ base with fp32 adapters. It keeps what Trainer gives: checkpoints, --resume, tqd
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import random
@@ -22,11 +23,11 @@ from tqdm.auto import tqdm
 
 from mathtune.config import RunConfig, config_to_yaml
 from mathtune.data.batching import Example, causal_example, count_loss_tokens, seq2seq_example, split_by_tokens
-from mathtune.data.problems import Problem, split_train_dev
+from mathtune.data.problems import LoadedSplits, Problem, split_train_dev
 from mathtune.errors import MathtuneError
 from mathtune.io import atomic_write_json, atomic_write_text, output_dir_guard, read_jsonl_tolerant, replace_dir
 from mathtune.methods.base import count_parameters
-from mathtune.methods.registry import build_method
+from mathtune.methods.registry import build_method, method_class
 from mathtune.models.device import choose_placement
 from mathtune.models.setup import LoadedModel, load_for_run
 from mathtune.prompts import get_strategy, render_prompts
@@ -147,13 +148,13 @@ class Session:
         return budget
 
 
-def setup(cfg: RunConfig) -> Session:
+def setup(cfg: RunConfig, loaded: LoadedSplits | None = None) -> Session:
     torch.manual_seed(cfg.train.seed)
     placement = choose_placement(cfg.model.device, cfg.train.precision)
     accelerator = make_accelerator(placement.device, placement.compute_dtype, cfg.train.grad_accum)
     configure_deepspeed(accelerator, cfg.train.batch_size, cfg.train.max_grad_norm)
     method = build_method(cfg.method)
-    problems, dev = load_train_problems(cfg), []
+    problems, dev = load_train_problems(cfg, loaded), []
     if cfg.train.dev_eval_every:
         problems, dev = split_train_dev(problems, cfg.train.dev_size, cfg.train.seed)
     loaded = load_for_run(cfg.model, placement, method.base_load_kwargs(placement))
@@ -208,14 +209,17 @@ def train_step(s: Session, step: int) -> tuple[float, int]:
     return loss_sum, tokens
 
 
-def train(cfg: RunConfig, run_dir: Path, resume: bool = False, show_progress: bool = True) -> TrainResult:
-    """Fine-tune `cfg.model` with `cfg.method` on the train split; write the adapter and a run card."""
-    if cfg.method.name == "grpo":  # RL: TRL's loop (recipes/rl.py), the same run dir
-        from mathtune.recipes.rl import train_grpo
-
-        card = train_grpo(cfg, run_dir, resume, show_progress)
+def train(cfg: RunConfig, run_dir: Path, resume: bool = False, show_progress: bool = True,
+          loaded: LoadedSplits | None = None) -> TrainResult:
+    """Fine-tune `cfg.model` with `cfg.method` on the train split; write the adapter and a run card.
+    `loaded`: the splits `preflight` read (None: read them here)."""
+    loaded = loaded or LoadedSplits()
+    own_loop = method_class(cfg.method.name).loop
+    if own_loop is not None:  # a method with its own loop (GRPO: TRL's, recipes/rl.py), the same run dir
+        module, function = own_loop.split(":")
+        card = getattr(importlib.import_module(module), function)(cfg, run_dir, resume, show_progress)
         return TrainResult(run_dir / "adapter", card["steps"], card["final_loss"], card)
-    s = setup(cfg)
+    s = setup(cfg, loaded)
     checkpoint = latest_checkpoint(run_dir) if resume else None
     start_step, tokens_before = (0, 0) if checkpoint is None else restore_checkpoint(
         checkpoint, s.accelerator, s.model, s.optimizer, s.scheduler)
@@ -236,7 +240,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, show_progress: bo
             _log_dev_accuracy(s, writer, log_path, done)
         if done % cfg.train.save_every == 0 and done < s.total_steps:  # every rank: sharded engines save parts
             save_checkpoint(run_dir, done, s.accelerator, s.model, s.optimizer, s.scheduler, tokens_before + tokens)
-    card = _train_card(s, start_step, loss, time.perf_counter() - started, tokens)
+    card = _train_card(s, start_step, loss, time.perf_counter() - started, tokens, loaded)
     # FSDP/DeepSpeed: every rank takes part in gathering the whole weights; rank 0 writes them.
     full_state = _gathered_model_state(s) if shards_state(s.accelerator) else None
     if s.main:
@@ -278,7 +282,8 @@ def _start_logs(s: Session, run_dir: Path, resume: bool, start_step: int) -> tup
     return _tensorboard(run_dir), log_path
 
 
-def _train_card(s: Session, start_step: int, loss: float, wall: float, tokens: int) -> dict[str, Any]:
+def _train_card(s: Session, start_step: int, loss: float, wall: float, tokens: int,
+                loaded: LoadedSplits) -> dict[str, Any]:
     trainable, total = count_parameters(s.model)
     return {
         "kind": "train", "config": s.cfg.model_dump(mode="json"), "model": s.loaded.source.label,
@@ -293,16 +298,17 @@ def _train_card(s: Session, start_step: int, loss: float, wall: float, tokens: i
         "micro_batch_tokens": s.micro_batch_tokens, "data": s.data_stats, "processes": s.world,
         "engine": s.accelerator.distributed_type.value, "mixed_precision": s.accelerator.mixed_precision,
         "loss_scaler": s.accelerator.scaler is not None, "speedups": s.speedups.as_card(),
-        "contamination": train_card_entry(s.cfg, s.problems), **provenance(),
+        "contamination": train_card_entry(s.cfg, s.problems, loaded), **provenance(),
     }
 
 
-def train_card_entry(cfg: RunConfig, train_problems: list[Problem]) -> dict[str, Any]:
+def train_card_entry(cfg: RunConfig, train_problems: list[Problem], loaded: LoadedSplits | None = None
+                     ) -> dict[str, Any]:
     """For train_card.json: the rows trained on vs the test problems `mathtune eval` will draw."""
     from mathtune.evaluate.evaluator import check_run, eval_problems
 
     try:
-        return check_run(cfg, eval_problems(cfg), train_problems)
+        return check_run(cfg, eval_problems(cfg, loaded), train_problems)
     except MathtuneError as exc:
         return {"skipped": str(exc)}
 
@@ -343,12 +349,12 @@ def _log_step(writer: Any, log_path: Path, step: int, loss: float, lr: float, to
 def train_workflow(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> Path:
     from mathtune.fingerprint import write_fingerprint
 
-    preflight(cfg, ("train",))
+    loaded = preflight(cfg, ("train",))
     if process_rank() != 0:  # under `accelerate launch`: rank 0 owns (checks, locks, writes) the run dir
-        train(cfg, Path(cfg.output_dir), resume=resume, show_progress=False)
+        train(cfg, Path(cfg.output_dir), resume=resume, show_progress=False, loaded=loaded)
         return Path(cfg.output_dir)
-    fingerprint = check_train_dir(cfg, Path(cfg.output_dir), resume)
+    fingerprint = check_train_dir(cfg, Path(cfg.output_dir), resume, loaded=loaded)
     with output_dir_guard(cfg.output_dir, overwrite, resume) as run_dir:
         write_fingerprint(run_dir, fingerprint)
-        train(cfg, run_dir, resume=resume)  # writes config.yaml, the one place it is written
+        train(cfg, run_dir, resume=resume, loaded=loaded)  # writes config.yaml, the one place it is written
     return run_dir

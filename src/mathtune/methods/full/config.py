@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from mathtune.methods.section import MethodSection
 
 
-class FullMethodConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
+class FullMethodConfig(MethodSection):
     name: Literal["full"] = "full"

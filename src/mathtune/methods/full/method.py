@@ -8,11 +8,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from mathtune.methods.base import TuningMethod
 from mathtune.methods.full.config import FullMethodConfig
 
 
-class FullMethod:
+class FullMethod(TuningMethod):
     name = "full"
+    config_class = FullMethodConfig
 
     def __init__(self, cfg: FullMethodConfig) -> None:
         self.cfg = cfg

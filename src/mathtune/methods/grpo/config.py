@@ -5,7 +5,7 @@ Defaults fit the 2-core CPU config (configs/grpo_cpu.yaml); configs/grpo_gpu.yam
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -48,3 +48,13 @@ class GrpoMethodConfig(LoraMethodConfig):
             raise ValueError("every GRPO reward weight is 0: set method.reward_correct, reward_program or "
                              "reward_format above 0")
         return self
+
+    def check_against(self, run: Any) -> None:
+        """The rewards must fit the prompt strategy: a program is run, a text answer is read."""
+        programs = run.prompt.strategy == "program"
+        if self.reward_program > 0 and not programs:
+            raise ValueError("method.reward_program runs the completion as a program: it needs "
+                             "prompt.strategy=program (or set method.reward_program=0)")
+        if self.reward_correct > 0 and programs:
+            raise ValueError("method.reward_correct reads a final answer from text, but the program strategy "
+                             "writes code: set method.reward_correct=0 and method.reward_program above 0")

@@ -12,6 +12,9 @@ from mathtune.methods.lora.method import LoraMethod
 
 class GrpoMethod(LoraMethod):
     name = "grpo"
+    config_class = GrpoMethodConfig
+    loop = "mathtune.recipes.rl:train_grpo"  # TRL's GRPOTrainer
+    shares_base = False  # shared-base evaluation stays LoRA/QLoRA runs, as before
 
     def __init__(self, cfg: GrpoMethodConfig) -> None:
         super().__init__(cfg)  # a GrpoMethodConfig is a LoraMethodConfig: the adapter's shape

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from mathtune.methods.section import MethodSection
 
 
-class LoraMethodConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
+class LoraMethodConfig(MethodSection):
     name: Literal["lora"] = "lora"
     r: int = Field(8, ge=1, le=1024, description="Rank of the update B @ A")
     alpha: float = Field(16.0, gt=0, description="Scale: the update is multiplied by alpha / r")

@@ -11,6 +11,7 @@ from typing import Any
 
 from torch import nn
 
+from mathtune.methods.base import TuningMethod
 from mathtune.methods.lora.config import LoraMethodConfig
 from mathtune.models.targets import lora_targets
 from mathtune.models.vocab import embedding_weights, new_token_ids
@@ -47,8 +48,10 @@ def token_indices(model: nn.Module) -> list[int] | dict[str, list[int]] | None:
     return {modules[id(model.get_input_embeddings())]: ids, modules[id(model.get_output_embeddings())]: ids}
 
 
-class LoraMethod:
+class LoraMethod(TuningMethod):
     name = "lora"
+    config_class = LoraMethodConfig
+    shares_base = True
 
     def __init__(self, cfg: LoraMethodConfig) -> None:
         self.cfg = cfg

@@ -28,6 +28,8 @@ def require_bitsandbytes() -> None:
 
 class QloraMethod(LoraMethod):
     name = "qlora"
+    config_class = QloraMethodConfig
+    quantized = True
 
     def __init__(self, cfg: QloraMethodConfig) -> None:
         super().__init__(cfg)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from mathtune.methods.section import MethodSection
 
 Activation = Literal["identity", "relu", "gelu", "tanh", "silu"]
 
 
-class StackedLoraMethodConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
+class StackedLoraMethodConfig(MethodSection):
     name: Literal["stacked-lora"] = "stacked-lora"
     stage1_adapter: str | None = Field(
         None, description="Stage-1 adapter dir (a lora or stacked-lora run dir, or its adapter/); "

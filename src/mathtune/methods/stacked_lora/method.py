@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mathtune.errors import MathtuneError
+from mathtune.methods.base import TuningMethod
 from mathtune.methods.stacked_lora.config import StackedLoraMethodConfig
 from mathtune.methods.stacked_lora.layer import StackedLoraLinear
 from mathtune.models.targets import lora_targets
@@ -64,8 +65,9 @@ class TokenRows(nn.Module):
         return F.linear(x, weight, self.base.bias)
 
 
-class StackedLoraMethod:
+class StackedLoraMethod(TuningMethod):
     name = "stacked-lora"
+    config_class = StackedLoraMethodConfig
 
     def __init__(self, cfg: StackedLoraMethodConfig) -> None:
         self.cfg = cfg

@@ -180,6 +180,18 @@ class EvalConfig(Section):
         "(data/augment.py, seeded by `seed`); problems with no clean variant are left out"
     )
     text_metrics: bool = Field(False, description="ROUGE-1 and semantic similarity vs reference solutions")
+    backend: Literal["hf", "llama-cpp"] = Field(
+        "hf", description="Generation engine: 'hf' (PyTorch and mathtune's decoding loop) or 'llama-cpp' "
+        "(llama-cpp-python on the GGUF file `gguf`, CPU; same decoding rules; no perplexity)")
+    gguf: str | None = Field(
+        None, description="GGUF file for backend llama-cpp (null: the embedded model's own file, base model "
+        "only; a tuned run: `mathtune export RUN --format gguf`)")
+
+    @model_validator(mode="after")
+    def _llama_cpp_scores_no_perplexity(self) -> EvalConfig:
+        if self.backend == "llama-cpp" and self.perplexity:
+            raise ValueError("eval.backend llama-cpp scores no perplexity: add -s eval.perplexity=false")
+        return self
 
 
 class VerifierConfig(Section):

@@ -25,6 +25,8 @@ def build_backend(cfg: RunConfig, adapter_dir: Path | None = None) -> tuple[HFBa
                 f"{int(steps[-1].name.removeprefix('step-'))}); finish it with: mathtune train -c "
                 f"{run_dir / 'config.yaml'} -o {run_dir} --resume")
         raise MathtuneError(f"no trained weights at {adapter_dir}; train first or check the run dir")
+    if cfg.eval.backend == "llama-cpp":
+        return build_llama_cpp_backend(cfg, adapter_dir)
     precision = cfg.eval_precision()
     placement = choose_placement(cfg.model.device, precision)
     method = build_method(cfg.method)
@@ -48,3 +50,30 @@ def build_backend(cfg: RunConfig, adapter_dir: Path | None = None) -> tuple[HFBa
     if added:
         meta["added_characters"] = added
     return HFBackend(model, tokenizer, placement.device, seq2seq, cfg.eval.batch_size), meta
+
+
+def build_llama_cpp_backend(cfg: RunConfig, adapter_dir: Path | None) -> tuple[Any, dict[str, Any]]:
+    """llama.cpp on `eval.gguf` (or, for the base embedded model, its own GGUF file): mathtune's decoding
+    rules, llama.cpp's engine (evaluate/llama_cpp_backend.py). A tuned run must be exported first:
+    its adapter is not applied here."""
+    from mathtune.evaluate.llama_cpp_backend import LlamaCppBackend
+    from mathtune.models.loading import EMBEDDED_MODELS, embedded_gguf
+
+    if cfg.eval.gguf:
+        path = Path(cfg.eval.gguf).expanduser()
+    elif adapter_dir is None and cfg.model.name in EMBEDDED_MODELS:
+        path = embedded_gguf(cfg.model.name)
+    elif adapter_dir is None and cfg.model.name.endswith(".gguf"):
+        path = Path(cfg.model.name).expanduser()
+    else:
+        what = f"the run {adapter_dir.parent}" if adapter_dir is not None else f"the model {cfg.model.name}"
+        raise MathtuneError(f"eval.backend llama-cpp needs a GGUF file of {what}: mathtune export "
+                            f"{adapter_dir.parent if adapter_dir is not None else 'RUN_DIR'} --format gguf, then "
+                            "-s eval.gguf=EXPORT/FILE.gguf")
+    if cfg.model.device not in ("auto", "cpu"):
+        raise MathtuneError("eval.backend llama-cpp runs on the CPU here: set model.device to auto or cpu")
+    backend = LlamaCppBackend(path, context=2048, parallel=cfg.eval.batch_size)
+    meta = {"backend": "llama-cpp", "model": cfg.model.name, "gguf": str(path),
+            "adapter": str(adapter_dir) if adapter_dir else None, "device": "cpu", "threads": backend.threads,
+            "parallel": backend.parallel, "compute_dtype": "gguf", "quantized": True}
+    return backend, meta

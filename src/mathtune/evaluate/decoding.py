@@ -27,6 +27,8 @@ SHARED_PREFIX_MIN_TOKENS = 32  # below this a shared prefill saves less than the
 STOP_WINDOW = 24  # tokens decoded to look for a stop string; stop strings are a few tokens long
 SAMPLER = "inverse-cdf"  # how a sampled token is drawn (draw_tokens); recorded in sampling fingerprints
 DRAW_BLOCK = 256  # tokens per block of the two-level cumulative sum in draw_tokens
+# Recorded in every evaluation's reproducibility record: how rows were batched (causal models).
+CONTINUOUS_BATCHING = "continuous: at most batch_size rows; prompts join as rows finish (longest first)"
 
 
 @dataclass

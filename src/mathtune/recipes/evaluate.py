@@ -14,7 +14,7 @@ from mathtune.config import RunConfig, load_config
 from mathtune.data.problems import LoadedSplits, Problem, benchmark_name
 from mathtune.errors import MathtuneError
 from mathtune.evaluate.backend import build_backend
-from mathtune.evaluate.decoding import add_majority_votes, majority_summary
+from mathtune.evaluate.decoding import CONTINUOUS_BATCHING, add_majority_votes, majority_summary
 from mathtune.evaluate.evaluator import (
     build_prompts,
     check_run,
@@ -84,7 +84,9 @@ def evaluate(cfg: RunConfig, backend: Backend, out_dir: Path, label: str, tokeni
     todo = predictions.mine(done)
     stop = stop_strings(cfg, strategy)
     started = time.perf_counter()
-    chunk = cfg.eval.batch_size * 4  # several batches per write: length-sorting has room to work
+    # several batches per write: length-sorting has room to work, and a continuous batch drains (its
+    # rows finish one by one with nothing left to admit) once per chunk, not once per batch
+    chunk = cfg.eval.batch_size * 8
     shared = processes.world > 1  # rank 0's bar counts its own share
     bar = tqdm(total=len(todo) if shared else len(problems), initial=0 if shared else len(problems) - len(todo),
                desc=f"eval {label}" + (f" (rank 0 of {processes.world})" if shared else ""),
@@ -151,7 +153,7 @@ def _reproducibility(cfg: RunConfig, problems: list[Problem], prompt_record: dic
                      "seed": cfg.eval.seed, "ids": [p.id for p in problems]},
         "extraction": {name: {"regex": f.pattern, "group_select": f.group_select} for name, f in filters.items()},
         "generation": {"greedy": True, "max_new_tokens": cfg.eval.max_new_tokens, "stop": list(stop),
-                       "batch_size": cfg.eval.batch_size, "dtype": cfg.eval.dtype,
+                       "batch_size": cfg.eval.batch_size, "batching": CONTINUOUS_BATCHING, "dtype": cfg.eval.dtype,
                        "calculator": cfg.eval.calculator, "samples": cfg.eval.samples,
                        "temperature": cfg.eval.temperature if cfg.eval.samples > 1 else None},
         "dataset": cfg.data.model_dump(mode="json"), **(meta or {}), **provenance(),

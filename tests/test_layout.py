@@ -93,3 +93,18 @@ def test_components_never_import_a_recipe_or_a_front_end():
 
 def test_the_checker_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_the_code_under_test_is_this_checkouts_in_process_and_in_subprocesses(tmp_path):
+    """An installed mathtune (another checkout's editable install, a wheel) must never be what the
+    tests run: in-process imports come from `pythonpath` (pyproject.toml), subprocesses from the
+    PYTHONPATH tests/conftest.py sets."""
+    import subprocess
+    import sys
+
+    import mathtune
+
+    assert Path(mathtune.__file__).resolve().is_relative_to(SRC)
+    done = subprocess.run([sys.executable, "-c", "import mathtune; print(mathtune.__file__)"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, check=True)
+    assert Path(done.stdout.strip()).resolve().is_relative_to(SRC), done.stdout

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import pytest
 import torch
@@ -157,7 +158,7 @@ def test_the_calculator_forces_results_into_the_rows_that_ask_and_nowhere_else(t
     prompts = [f"Question {i}:" + " x" * (60 * i) + "\nAnswer:" for i in range(len(plans))]
     lengths = [len(ids(p)) for p in prompts]
     scripts = {length: writes(*parts) for length, (parts, _, _) in zip(lengths, plans, strict=True)}
-    assert all(b - a > 50 for a, b in zip(lengths, lengths[1:])), "each row's positions must be its own"
+    assert all(b - a > 50 for a, b in itertools.pairwise(lengths)), "each row's positions must be its own"
     model = _scripted_model(tiny_models, scripts, tokenizer.eos_token_id)
     requests = [GenerationRequest(prompt, ("Question:",), 40, calculator)
                 for prompt, (_, calculator, _) in zip(prompts, plans, strict=True)]

@@ -54,9 +54,13 @@ MUTANTS: list[Mutant] = [
            "            position = position + 1\n",
            "            position = torch.full_like(position, mask.shape[1] - 1)\n",
            DECODING_TESTS, named_in_issue=True),
-    Mutant("decoding: padded prefill positions ignore left padding", "evaluate/decoding.py",
-           "    position = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)\n",
-           "    position = torch.arange(mask.shape[1]).expand_as(mask)\n",
+    # (Prefill positions counted from the padded edge instead are an equivalent mutant for rotary
+    # models: every row's positions shift by a constant, which RoPE attention cannot see.)
+    Mutant("decoding: padded prefill attends to the padding", "evaluate/decoding.py",
+           "    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=position,\n"
+           "                   past_key_values=cache, use_cache=True, logits_to_keep=1)",
+           "    logits = model(input_ids=input_ids, attention_mask=torch.ones_like(mask), position_ids=position,\n"
+           "                   past_key_values=cache, use_cache=True, logits_to_keep=1)",
            DECODING_TESTS),
     Mutant("decoding: calculator tokens never fed to the model", "evaluate/decoding.py",
            "    token = row.forced.pop(0) if row.forced else chosen\n",

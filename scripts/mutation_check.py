@@ -45,6 +45,9 @@ DECODING_TESTS = ("tests/evaluate/test_decoding_guards.py",)
 CALCULATOR_TESTS = ("tests/evaluate/test_decoding_guards.py::test_the_calculator_forces_results_into_the_rows_that_"
                     "ask_and_nowhere_else", "tests/evaluate/test_calculator.py")
 
+AGREEMENT_TESTS = ("tests/evaluate/test_agreement.py::test_our_scores_equal_lm_evals_filters_and_metric_on_crafted_"
+                   "outputs",)
+
 MUTANTS: list[Mutant] = [
     # ---- decoding (evaluate/decoding.py) ------------------------------------------------------------
     # The decoding loop is being rewritten (continuous batching, #35): when these go STALE, write the
@@ -113,6 +116,18 @@ MUTANTS: list[Mutant] = [
            "    return numbers[-1] if numbers else None\n",
            "    return None\n",
            ("tests/evaluate/test_extraction.py",)),
+    Mutant("extraction: exact_match skips regexes_to_ignore after the first", "evaluate/extraction.py",
+           "    for pattern in GSM8K_REGEXES_TO_IGNORE:\n",
+           "    for pattern in GSM8K_REGEXES_TO_IGNORE[:1]:\n",
+           AGREEMENT_TESTS),
+    Mutant("extraction: flexible-extract takes the first match, not the last", "evaluate/extraction.py",
+           'regex["regex_pattern"], regex.get("group_select", 0))',
+           'regex["regex_pattern"], 0)',
+           AGREEMENT_TESTS),
+    Mutant("extraction: gsm8k_cot scored with gsm8k's strict filter", "evaluate/extraction.py",
+           '"gsm8k_cot": _task_filters_and_ignores(TASKS_DIR / "gsm8k_cot.yaml")[0]}',
+           '"gsm8k_cot": FILTERS}',
+           AGREEMENT_TESTS),
     # ---- metrics: McNemar ----
     Mutant("metrics: McNemar counts concordant pairs", "evaluate/metrics.py",
            "    b = sum(1 for base, tuned in zip(base_correct, tuned_correct, strict=True) if base and not tuned)\n",

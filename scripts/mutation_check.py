@@ -2,7 +2,7 @@
 the tests meant to guard each one fail (the mutant is "killed").
 
     python3 scripts/mutation_check.py                 # every mutant
-    python3 scripts/mutation_check.py -k calculator   # those whose name contains 'calculator'
+    python3 scripts/mutation_check.py -k calculator   # those whose name contains 'calculator' (-k repeatable)
     python3 scripts/mutation_check.py --list          # names, files and tests, nothing run
 
 The checkout is never edited: src/, tests/ and what the tests read are copied once to a temporary
@@ -202,11 +202,12 @@ def run_tests(copy: Path, tests: tuple[str, ...], timeout: int) -> tuple[int, st
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-k", "--keyword", default="", help="run only the mutants whose name contains this")
+    parser.add_argument("-k", "--keyword", action="append", default=[],
+                        help="run only the mutants whose name contains this (repeatable: any of them)")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per mutant's test run")
     args = parser.parse_args()
-    chosen = [m for m in MUTANTS if args.keyword.lower() in m.name.lower()]
+    chosen = [m for m in MUTANTS if not args.keyword or any(k.lower() in m.name.lower() for k in args.keyword)]
     if args.list:
         for mutant in chosen:
             print(f"{mutant.name}\n    src/mathtune/{mutant.file}; tests: {' '.join(mutant.tests)}")

@@ -107,6 +107,10 @@ MUTANTS: list[Mutant] = [
            "    if rounded.is_integer():\n",
            "    if True:\n",
            CALCULATOR_TESTS),
+    Mutant("calculator: asked of a seq2seq model, silently ignored", "recipes/checks.py",
+           "    if cfg.eval.calculator and seq2seq and cfg.eval.split in splits:\n",
+           "    if False:\n",
+           ("tests/reliability/test_bad_input.py::test_the_calculator_on_a_seq2seq_model_is_refused_in_one_line",)),
     # ---- extraction ----
     Mutant("extraction: the last number after '####' instead of the first", "evaluate/extraction.py",
            "        answer = parse_number(after)\n",

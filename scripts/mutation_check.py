@@ -144,7 +144,8 @@ MUTANTS: list[Mutant] = [
     # ---- fingerprint ----
     Mutant("fingerprint: a half-written eval dir resumes whatever settings wrote it", "fingerprint.py",
            "    difference = first_difference(stored, current)\n",
-           "    difference = first_difference(stored, current) if (directory / 'metrics.json').is_file() else None\n",
+           "    difference = first_difference(stored, current) if what != 'predictions' or "
+           "(directory / 'metrics.json').is_file() else None\n",  # eval dirs only: training dirs still checked
            ("tests/reliability/test_rerun_safety.py::test_a_half_written_evaluation_resumes_only_with_the_settings_"
             "that_wrote_it",), named_in_issue=True),
     Mutant("fingerprint: calculator left out of the eval fingerprint", "fingerprint.py",

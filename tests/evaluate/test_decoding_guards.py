@@ -104,10 +104,13 @@ def _scripted_model(tiny_models, scripts: dict[int, list[int]], eos_id: int):
                                                               attn_implementation="eager")
             self.config, self.generation_config = self.inner.config, self.inner.generation_config
 
-        def forward(self, *, attention_mask: torch.Tensor, **kwargs):
-            out = self.inner(attention_mask=attention_mask, **kwargs)
+        def forward(self, **kwargs):
+            out = self.inner(**kwargs)
             width = out.logits.shape[1]
-            seen = attention_mask.long().cumsum(-1)[:, -width:]  # tokens of the row up to each position
+            # tokens of the row up to each position: from its positions, else from its padding mask
+            positions = kwargs.get("position_ids")
+            seen = (positions[:, -width:] + 1 if positions is not None
+                    else kwargs["attention_mask"].long().cumsum(-1)[:, -width:])
             logits = torch.full_like(out.logits, -1e4)
             for row in range(logits.shape[0]):
                 for column in range(width):

@@ -8,7 +8,8 @@ the tests meant to guard each one fail (the mutant is "killed").
 The checkout is never edited: src/, tests/ and what the tests read are copied once to a temporary
 directory, each mutant is written into that copy (and restored after), and pytest runs there with
 PYTHONPATH=<copy>/src, so in-process imports and subprocesses alike see the mutant. Only the mutant's
-own test files run (-x: the first failure is enough).
+own test files run (-x: the first failure is enough), after a baseline run of each test set on the
+unmutated copy (a kill counts only if those tests pass without the mutant).
 
 A mutant's original snippet must occur exactly once in its file; one that is missing or ambiguous is
 reported STALE (the code was rewritten: update the mutant, do not drop it) and makes the check fail,
@@ -211,6 +212,8 @@ def main() -> int:
                         help="run only the mutants whose name contains this (repeatable: any of them)")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per mutant's test run")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="skip running each mutant's tests on the unmutated copy first")
     args = parser.parse_args()
     chosen = [m for m in MUTANTS if not args.keyword or any(k.lower() in m.name.lower() for k in args.keyword)]
     if args.list:
@@ -222,6 +225,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="mathtune-mutants-") as tmp:
         copy = Path(tmp)
         copy_checkout(copy)
+        # A kill means something only if the same tests pass without the mutant (in the copy, too).
+        for tests in ([] if args.no_baseline else list(dict.fromkeys(m.tests for m in chosen))):
+            code, last = run_tests(copy, tests, args.timeout)
+            if code != 0:
+                print(f"BASELINE FAILS ({code}): {' '.join(tests)}: {last}")
+                return 1
+        if not args.no_baseline:
+            print(f"baseline: the tests of every mutant pass unmutated ({time.perf_counter() - started:.0f} s)",
+                  flush=True)
         for mutant in chosen:
             path = copy / "src" / "mathtune" / mutant.file
             source = path.read_text(encoding="utf-8")

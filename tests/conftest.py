@@ -10,6 +10,11 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+CHECKOUT_SRC = Path(__file__).resolve().parents[1] / "src"
+# Subprocesses (the console script, `python -m mathtune.cli`, benchmarks) import this checkout's source
+# too, not whichever mathtune is installed: PYTHONPATH comes before site-packages (tests/test_layout.py).
+if os.environ.get("PYTHONPATH", "").split(os.pathsep)[0] != str(CHECKOUT_SRC):
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CHECKOUT_SRC), os.environ.get("PYTHONPATH")]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # hub calls fail fast instead of hanging offline
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # In-process CLI tests must not re-execute pytest under another allocator (speedups/allocator.py);

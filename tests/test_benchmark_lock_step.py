@@ -11,11 +11,12 @@ BENCHMARK = Path(__file__).parent.parent / "benchmarks" / "train_throughput.py"
 def test_both_arms_run_in_lock_step_and_report_each_step(tiny_models, data_dir, tmp_path):
     out = tmp_path / "bench.json"
     command = [sys.executable, str(BENCHMARK), "--model", str(tiny_models["llama"]), "--data-dir", str(data_dir),
-               "--rows", "8", "--steps", "3", "--batch-size", "2", "--max-length", "128", "--json", str(out)]
+               "--rows", "8", "--steps", "3", "--batch-size", "2", "--max-length", "128", "--json", str(out),
+               "--check-steps", "3"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    # exit 1 only says the random tiny model's losses disagree beyond the embedded model's tolerance
-    assert done.returncode in (0, 1), done.stderr[-2000:]
-    assert "arms in lock step" in done.stdout
+    # exit 1 is the loss-agreement failure (default tolerances; measured 0.0005 at step 1): the arms train alike
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "arms in lock step" in done.stdout and "-> OK" in done.stdout
     results = json.loads(out.read_text())["results"]
     reference, mathtune = results["reference"], results["mathtune"]
     assert len(reference["step_seconds"]) == len(mathtune["step_seconds"]) == 3

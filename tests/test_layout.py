@@ -129,3 +129,18 @@ def test_base_config_fingerprint_compare_and_report_import_only_their_layers():
 def test_the_layer_checker_finds_a_base_module_importing_a_component():
     graph = {"mathtune.io": {"mathtune.errors", "mathtune.models.loading"}, "mathtune.cli": {"mathtune.recipes"}}
     assert layer_violations(graph) == {"mathtune.io": ["mathtune.models.loading"]}
+
+
+def test_the_code_under_test_is_this_checkouts_in_process_and_in_subprocesses(tmp_path):
+    """An installed mathtune (another checkout's editable install, a wheel) must never be what the
+    tests run: in-process imports come from `pythonpath` (pyproject.toml), subprocesses from the
+    PYTHONPATH tests/conftest.py sets."""
+    import subprocess
+    import sys
+
+    import mathtune
+
+    assert Path(mathtune.__file__).resolve().is_relative_to(SRC)
+    done = subprocess.run([sys.executable, "-c", "import mathtune; print(mathtune.__file__)"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, check=True)
+    assert Path(done.stdout.strip()).resolve().is_relative_to(SRC), done.stdout

@@ -17,12 +17,29 @@ def cfg_for(model_dir, data_dir, out, **train):
     })
 
 
-def test_dev_accuracy_is_logged_from_a_slice_of_the_train_split(tiny_models, data_dir, tmp_path):
+def test_dev_accuracy_is_logged_from_a_slice_of_the_train_split(tiny_models, data_dir, tmp_path, monkeypatch):
+    """The dev slice's problems are train problems, and the logged accuracy is the score of what was
+    generated for them: generation is replaced by answers right for every other problem (a random
+    tiny model would score 0 whatever the logging did)."""
+    from mathtune.evaluate.generation import Generation, HFBackend
+
+    train_rows = [json.loads(line) for line in (data_dir / "gsm8k" / "train.jsonl").read_text().splitlines()]
+    answers = {row["question"]: row["answer"].rpartition("####")[2].strip() for row in train_rows}
+    asked: list[str] = []
+
+    def every_other_right(self, requests, **kwargs):
+        questions = [next(q for q in answers if q in request.prompt) for request in requests]  # train questions
+        asked.extend(questions)
+        return [Generation(f"#### {answers[q]}" if i % 2 == 0 else "#### -1", False, 3)
+                for i, q in enumerate(questions)]
+
+    monkeypatch.setattr(HFBackend, "generate", every_other_right)
     cfg = cfg_for(tiny_models["llama"], data_dir, tmp_path / "run", dev_eval_every=2, dev_size=4)
     result = train(cfg, tmp_path / "run", show_progress=False)
     rows = read_jsonl_tolerant(tmp_path / "run" / "dev_log.jsonl")
     assert [row["step"] for row in rows] == [2, 4]
-    assert all(0.0 <= row["strict-match"] <= 1.0 for row in rows)
+    assert [(row["strict-match"], row["numeric-match"]) for row in rows] == [(0.5, 0.5), (0.5, 0.5)]
+    assert len(asked) == 8 and len(set(asked)) == 4  # the same 4 dev problems at each step
     assert result.card["data"]["rows"] == 12  # 16 sampled rows minus the 4-problem dev slice
 
 

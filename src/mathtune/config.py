@@ -168,7 +168,8 @@ class EvalConfig(Section):
     max_new_tokens: int = Field(256, ge=1, le=4096, description="Generation cap; hitting it counts as truncated")
     stop: list[str] | None = Field(None, description="Stop strings; null: the prompt strategy's own")
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="Inference dtype ('auto' as train)")
-    calculator: bool = Field(False, description="Calculator-augmented decoding of '<<expr=' annotations")
+    calculator: bool = Field(False, description="Calculator-augmented decoding of '<<expr=' annotations "
+                                                "(causal models; refused for seq2seq)")
     samples: int = Field(1, ge=1, le=64, description="k > 1: also sample k solutions and report maj@k")
     temperature: float = Field(0.7, gt=0, description="Sampling temperature for maj@k and `mathtune sample`")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling for `mathtune sample` (1: off)")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import random
 import re
+from decimal import Decimal
+from fractions import Fraction
 
 import pytest
 from helpers import SHARED_DATA, synthetic_problem
@@ -17,6 +19,7 @@ from mathtune.data.augment import (
     Dropped,
     augment,
     overlaps_test_split,
+    parse_written,
     perturb,
     perturbed_copies,
 )
@@ -59,6 +62,36 @@ def assert_consistent(variant: Problem, program: str, original: Problem) -> None
         assert float(variant.answer) >= 0
     assert variant.question != original.question
     assert NUMBER.sub("N", variant.question) == NUMBER.sub("N", original.question)  # same story, new numbers
+    assert answer_from_question(variant, original) == pytest.approx(float(variant.answer)), (variant, original)
+
+
+def answer_from_question(variant: Problem, original: Problem) -> float:
+    """The variant's answer recomputed from its *question* (not from its own solution): each number of
+    the original question is paired with the variant question's number in the same place, and the
+    original's steps are replayed with them, each step's new result standing in for its old one."""
+
+    def value(match: re.Match[str]) -> Fraction:
+        return parse_written(match).value
+
+    old, new = ([value(m) for m in NUMBER.finditer(p.question)] for p in (original, variant))
+    assert len(old) == len(new)
+    values: dict[Fraction, Fraction] = {}
+    for before, after in zip(old, new, strict=True):
+        assert values.setdefault(before, after) == after, "one number of the question became two"
+    for expression, result in ANNOTATION.findall(original.solution):
+        replayed = NUMBER.sub(lambda m: "({}/{})".format(*values.get(value(m), value(m)).as_integer_ratio()),
+                              expression)
+        values[Fraction(evaluate_number(result)).limit_denominator(10**9)] = Fraction(evaluate_number(replayed))
+    return float(values[Fraction(Decimal(original.answer))])
+
+
+def test_the_answer_follows_the_variant_question_of_a_known_story():
+    """Synthetic stories are (a + b) x c: read a, b, c back from each variant's question."""
+    problems = synthetic(30)
+    for variant, _ in augment(problems, 2, seed=1)[0]:
+        a, b, c = map(int, re.search(r"has (\d+) \w+ and buys (\d+) more\. .* gets (\d+) times", variant.question)
+                      .groups())
+        assert float(variant.answer) == (a + b) * c, variant
 
 
 def test_variants_are_consistent_on_synthetic_and_real_gsm8k_rows():

@@ -81,6 +81,49 @@ def test_our_evaluator_reproduces_lm_eval_per_problem(tiny_models, data_dir, tmp
         assert ours["scores"][name]["exact_match"] == record["summary"][task]["scores"][name]["exact_match"]
 
 
+SOLUTION = "She sells 16 - 3 - 4 = <<16-3-4=9>>9 eggs.\nShe makes 9 * 2 = $<<9*2=18>>18.\n#### 18"
+CRAFTED = [  # outputs a model writes, right and wrong under each score, tricky formats included
+    "9 * 2 = 18\n#### 18", "#### 18.", "#### $18", "#### 1,8", "She makes 18 dollars.\n#### 19",
+    "#### 18 eggs and 2 boxes", "The answer is 18.", "The answer is $18.", "The answer is 17. #### 18",
+    "So 9 * 2 = 18 dollars", "no number at all", "#### -18", "It is 18.00", "The answer is 18.0.",
+    "#### 18\n#### 20", "costs $18.", "2 + 16 = 18, then 20", "9 * 2 = 18. The answer is 18.\n\nQuestion:",
+    "The answer is 1,8. Done",
+]
+
+
+@pytest.mark.parametrize(("task", "strategy"), [("gsm8k", "lm-eval-gsm8k"), ("gsm8k_cot", "lm-eval-gsm8k-cot")])
+def test_our_scores_equal_lm_evals_filters_and_metric_on_crafted_outputs(task, strategy):
+    """lm-eval's own filters and exact_match, built from the shipped task's filter_list and metric
+    settings, against ours on outputs of known answers: per output and per score, with scores that
+    are neither all right nor all wrong (a tiny random model's outputs score 0 under both)."""
+    from jinja2 import Template
+    from lm_eval.api.metrics import exact_match_hf_evaluate
+    from lm_eval.filters.extraction import RegexFilter
+
+    from mathtune.evaluate.extraction import score_answer
+    from mathtune.prompts import get_strategy
+
+    config = shipped_task(task)
+    reference = Template(config["doc_to_target"]).render(answer=SOLUTION)
+    metric = {k: v for k, v in config["metric_list"][0].items() if k not in ("metric", "aggregation",
+                                                                             "higher_is_better")}
+    for entry in config["filter_list"]:
+        regex = entry["filter"][0]
+        assert [f["function"] for f in entry["filter"]] == ["regex", "take_first"]
+        lm_filter = RegexFilter(regex_pattern=regex["regex_pattern"], group_select=regex.get("group_select", 0))
+        theirs = []
+        for output in CRAFTED:
+            extracted = lm_filter.apply([[output]], [{}])[0][0]
+            right = exact_match_hf_evaluate([extracted], [reference], **metric)["exact_match"] == 1.0
+            theirs.append((extracted, right))
+        ours = []
+        for output in CRAFTED:
+            extracted, correct = score_answer(output, SOLUTION, "18", "number", get_strategy(strategy).task)
+            ours.append((extracted[entry["name"]], correct[entry["name"]]))
+        assert ours == theirs, entry["name"]
+        assert 2 <= sum(right for _, right in ours) <= len(CRAFTED) - 2, entry["name"]
+
+
 def _read_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 

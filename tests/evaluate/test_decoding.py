@@ -42,6 +42,8 @@ def test_sampling_is_seeded(llama, data_dir):
     requests = gsm8k_requests(data_dir, count=4)
     first = backend.generate(requests, sample=True, temperature=1.0, seed=7)
     assert first == backend.generate(requests, sample=True, temperature=1.0, seed=7)
+    assert first != backend.generate(requests)  # sampled, not greedy
+    assert first != backend.generate(requests, sample=True, temperature=1.0, seed=8)
 
 
 @pytest.mark.parametrize(("written", "inserted"), [("3 + 4 = <<3+4=", "7>>"), ("<<48/2=", "24>>"),

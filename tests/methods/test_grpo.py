@@ -154,10 +154,21 @@ def test_resume_after_a_kill_continues_from_the_checkpoint(tiny_models, data_dir
     with pytest.raises(KeyboardInterrupt):
         train(build_config(tree), out, show_progress=False)
     assert (out / "checkpoints" / "checkpoint-2").is_dir() and not (out / "adapter").exists()
+    checkpoint = out / "checkpoints" / "checkpoint-2"
+    saved = load_file(checkpoint / "adapter_model.safetensors")
+    before = {entry["step"]: entry["reward"] for entry in
+              json.loads((checkpoint / "trainer_state.json").read_text())["log_history"] if "reward" in entry}
+    assert sorted(before) == [1, 2]
     monkeypatch.setattr(trl.GRPOTrainer, "_generate", real_generate)
     card = train(build_config(tree), out, resume=True, show_progress=False).card
     assert card["resumed_from"] == "checkpoint-2" and card["steps"] == 3
-    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    # one more step, not three: steps 1-2 logged as they were before the kill, step 3 added
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2, 3]
+    assert {row["step"]: row["reward"] for row in rows[:2]} == before
+    final = load_file(out / "adapter" / "adapter_model.safetensors")
+    assert final.keys() == saved.keys()
+    assert max((final[k] - saved[k]).abs().max().item() for k in final) > 0  # step 3 trained on top
 
 
 @pytest.mark.parametrize(("overrides", "says"), [

@@ -60,7 +60,12 @@ def test_train_save_reload_generate(arch, method, strategy, tiny_models, data_di
     assert not torch.allclose(tuned_logits, base_logits, atol=1e-5), "reloaded weights equal the base"
     strategy_obj = get_strategy(strategy)
     prompt = strategy_obj.format_prompt("Tom has 3 pens and buys 4 more. How many pens?")
-    out = tuned.generate([GenerationRequest(prompt, strategy_obj.stop, 6)] * 2)
-    assert len(out) == 2 and all(isinstance(g.text, str) and g.new_tokens <= 6 for g in out)
-    assert out[0] == out[1]  # greedy: the same prompt gives the same text
+    longer = strategy_obj.format_prompt("Ann has 12 books, gives 5 away, then buys 9 more and reads 2. How many "
+                                        "books does Ann have now?")
+    requests = [GenerationRequest(prompt, strategy_obj.stop, 6), GenerationRequest(longer, strategy_obj.stop, 4)]
+    out = tuned.generate(requests)
+    assert len(out) == 2 and all(isinstance(g.text, str) for g in out)
+    assert out[0].new_tokens <= 6 and out[1].new_tokens <= 4
+    # prompts of unequal length in one batch (padding) decode as each does alone
+    assert out == [tuned.generate([request])[0] for request in requests]
     assert meta["adapter"] == str(result.adapter_dir)

@@ -289,3 +289,17 @@ def test_real_process_exit_code_and_stderr(name, env):
                           capture_output=True, text=True, cwd=env.tmp, env=child_env, timeout=300)
     assert_one_line_error(proc.returncode, proc.stderr, case.says)
     assert snapshot(env.out) == before
+
+
+@pytest.mark.parametrize("command", ["eval", "sample"])
+def test_the_calculator_on_a_seq2seq_model_is_refused_in_one_line(command, tiny_models, data_dir, tmp_path, run_cli):
+    """T5 decodes with `generate`, which has no calculator: asking for one is refused before anything
+    is written, never ignored while metrics.json records it as used."""
+    out, samples = tmp_path / "out", ["-k", "2"] if command == "sample" else []
+    result = run_cli(command, "--base", "--model", str(tiny_models["t5"]), "--data-dir", str(data_dir), *samples,
+                     "--eval-size", "2", "-s", "eval.calculator=true", "-s", "eval.max_new_tokens=4", "-o", str(out))
+    assert_one_line_error(result.code, result.stderr, ["eval.calculator", "seq2seq"])
+    assert not out.exists()
+    done = run_cli(command, "--base", "--model", str(tiny_models["t5"]), "--data-dir", str(data_dir), *samples,
+                   "--eval-size", "2", "-s", "eval.max_new_tokens=4", "-o", str(out))
+    assert done.code == 0, done.stderr

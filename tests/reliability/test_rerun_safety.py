@@ -56,6 +56,39 @@ def test_a_finished_evaluation_is_not_replaced_by_another_sample_size(run_cli, f
     assert replaced.code == 0 and json.loads(metrics.read_text())["n"] == 2
 
 
+def test_a_half_written_evaluation_resumes_only_with_the_settings_that_wrote_it(run_cli, finished_run, data_dir):
+    """Killed after two of four problems (no metrics.json yet): another max_new_tokens, the calculator
+    or a retrained adapter is refused, naming what changed, and the two predictions stay; the same
+    settings finish it, the two kept as they were."""
+    common = ("--data-dir", str(data_dir), "--eval-size", "4", "-s", "eval.perplexity=false")
+    tuned = ("eval", str(finished_run), *common)
+    assert run_cli(*tuned, "-s", "eval.max_new_tokens=4").code == 0
+    out = finished_run / "eval" / "tuned"
+    predictions = out / "predictions.jsonl"
+    kept = "".join(predictions.read_text().splitlines(keepends=True)[:2])
+    predictions.write_text(kept)
+    (out / "metrics.json").unlink()
+    longer = run_cli(*tuned, "-s", "eval.max_new_tokens=5")
+    assert longer.code == 2 and "generation.max_new_tokens: 4 -> 5" in longer.stderr, longer.stderr
+    calculator = run_cli(*tuned, "-s", "eval.max_new_tokens=4", "-s", "eval.calculator=true")
+    assert calculator.code == 2 and "generation.calculator: False -> True" in calculator.stderr, calculator.stderr
+    assert predictions.read_text() == kept and not (out / "metrics.json").exists()
+    # the adapter trained again (other weights, same files): not the model these predictions came from
+    from safetensors.torch import load_file, save_file
+
+    weights_file = finished_run / "adapter" / "adapter_model.safetensors"
+    original = weights_file.read_bytes()
+    save_file({name: tensor + 0.01 for name, tensor in load_file(weights_file).items()}, weights_file)
+    retrained = run_cli(*tuned, "-s", "eval.max_new_tokens=4")
+    assert retrained.code == 2 and "adapter" in retrained.stderr and "different settings" in retrained.stderr
+    assert predictions.read_text() == kept
+    weights_file.write_bytes(original)
+    resumed = run_cli(*tuned, "-s", "eval.max_new_tokens=4")
+    assert resumed.code == 0, resumed.stderr
+    assert predictions.read_text().startswith(kept) and len(predictions.read_text().splitlines()) == 4
+    assert json.loads((out / "metrics.json").read_text())["n"] == 4
+
+
 def test_resume_of_a_finished_training_says_it_is_finished(run_cli, finished_run, tiny_llama, data_dir):
     card = (finished_run / "train_card.json").read_bytes()
     result = run_cli("train", "--model", str(tiny_llama), "--data-dir", str(data_dir), "-o", str(finished_run),

@@ -46,7 +46,7 @@ def run_to_end(argv: list[str], env: dict[str, str]) -> None:
 
 
 def kill_when(argv: list[str], env: dict[str, str], ready, what: str) -> None:
-    """Start `argv`, wait until `ready()` is true, then SIGKILL it after a random few milliseconds."""
+    """Start `argv`, wait until `ready()` is true, then SIGKILL it after a few milliseconds (seeded)."""
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
     deadline = time.monotonic() + 600
@@ -56,7 +56,7 @@ def kill_when(argv: list[str], env: dict[str, str], ready, what: str) -> None:
                 pytest.fail(f"finished (code {proc.returncode}) before {what}: {proc.stderr.read()[-2000:]!r}")
             assert time.monotonic() < deadline, f"no {what} within 600 s"
             time.sleep(0.01)
-        time.sleep(random.uniform(0, 0.2))
+        time.sleep(random.Random(what).uniform(0, 0.2))  # seeded per call: a failure reruns the same kill
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
         if proc.poll() is None:

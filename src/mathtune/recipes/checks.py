@@ -11,7 +11,7 @@ from mathtune.data.problem import Problem
 from mathtune.data.problems import LoadedSplits, sample_problems
 from mathtune.errors import MathtuneError
 from mathtune.methods.registry import build_method
-from mathtune.models.loading import load_tokenizer, resolve_source, source_config
+from mathtune.models.loading import is_seq2seq, load_tokenizer, resolve_source, source_config
 
 
 def load_train_problems(cfg: RunConfig, loaded: LoadedSplits | None = None) -> list[Problem]:
@@ -30,7 +30,13 @@ def preflight(cfg: RunConfig, splits: tuple[str, ...] = ("train", "test"), train
     if training:
         check_no_test_problems_in_training(cfg, loaded=loaded)
     source = resolve_source(cfg.model.name, cfg.model.gguf_file)
-    source_config(source)
+    config = source_config(source)
+    architecture = cfg.model.architecture
+    seq2seq = is_seq2seq(config) if architecture == "auto" else architecture == "seq2seq"
+    if cfg.eval.calculator and seq2seq and cfg.eval.split in splits:
+        # seq2seq models decode with `generate`, which has no calculator: refused, never recorded as used
+        raise MathtuneError(f"eval.calculator works with causal models only; {cfg.model.name} is an "
+                            "encoder-decoder (seq2seq) model: set eval.calculator=false")
     if cfg.prompt.chat_template:
         from mathtune.prompts import check_chat_template
 

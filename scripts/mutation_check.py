@@ -42,7 +42,7 @@ class Mutant:
     named_in_issue: bool = False  # one of the four bugs issue #41 names: must never survive
 
 
-DECODING_TESTS = ("tests/evaluate/test_decoding_guards.py",)
+DECODING_TESTS = ("tests/evaluate/test_decoding_guards.py", "tests/evaluate/test_continuous_batching.py")
 CALCULATOR_TESTS = ("tests/evaluate/test_decoding_guards.py::test_the_calculator_forces_results_into_the_rows_that_"
                     "ask_and_nowhere_else", "tests/evaluate/test_calculator.py")
 
@@ -55,8 +55,8 @@ MUTANTS: list[Mutant] = [
     # same bugs into the new code. The guards (tests/evaluate/test_decoding_guards.py) test public
     # behaviour only, so they carry over unchanged.
     Mutant("decoding: decode-step positions ignore left padding", "evaluate/decoding.py",
-           "            position = position + 1\n",
-           "            position = torch.full_like(position, mask.shape[1] - 1)\n",
+           "        self.position = self.position + 1\n",
+           "        self.position = torch.full_like(self.position, self.mask.shape[1] - 1)\n",
            DECODING_TESTS, named_in_issue=True),
     # (Prefill positions counted from the padded edge instead are an equivalent mutant for rotary
     # models: every row's positions shift by a constant, which RoPE attention cannot see.)
@@ -79,8 +79,22 @@ MUTANTS: list[Mutant] = [
            "        row.calls += 1\n",
            DECODING_TESTS),
     Mutant("decoding: a finished row's cache row is not dropped", "evaluate/decoding.py",
-           "                mask, position = mask[kept], position[kept]\n",
-           "                mask, position = mask[: len(keep)], position[: len(keep)]\n",
+           "            self.mask, self.position, self.logits = self.mask[kept], self.position[kept], "
+           "self.logits[kept]\n",
+           "            self.mask, self.position, self.logits = (t[: len(keep)] for t in (self.mask, self.position,"
+           " self.logits))\n",
+           DECODING_TESTS),
+    Mutant("decoding: a joining prompt's cache padded on the wrong side", "evaluate/decoding.py",
+           "    return torch.nn.functional.pad(t, (0, 0, width - t.shape[-2], 0))\n",
+           "    return torch.nn.functional.pad(t, (0, 0, 0, width - t.shape[-2]))\n",
+           DECODING_TESTS),
+    Mutant("decoding: a joining prompt's padding not masked", "evaluate/decoding.py",
+           "        mask = torch.cat([_pad_left(self.mask, width), _pad_left(joining.mask, width)])\n",
+           "        mask = torch.cat([_pad_left(self.mask, width), torch.ones_like(_pad_left(joining.mask, width))])\n",
+           DECODING_TESTS),
+    Mutant("decoding: columns some row still uses are trimmed", "evaluate/decoding.py",
+           "        first = int(self.mask.any(dim=0).long().argmax())",
+           "        first = int(self.mask.all(dim=0).long().argmax())",
            DECODING_TESTS),
     Mutant("decoding: stop strings ignored", "evaluate/decoding.py",
            "    if any(s and s in tail for s in row.stop):\n",

@@ -177,6 +177,39 @@ class VerifierConfig(Section):
         "more rows, fewer runs of the prompt and larger matmuls, a little more padding")
 
 
+class ImproveConfig(Section):
+    """`mathtune improve RUN_DIR`: self-training (rejection-sampling fine-tuning / expert iteration). Each
+    round samples the current model on train problems, keeps the distinct solutions the answer check
+    confirms (data/self_training.py), mixes them with the human ones and trains the next model."""
+
+    rounds: int = Field(1, ge=1, le=10, description="Rounds of sample -> filter -> train; each starts from the "
+                        "model the round before trained (round 1: the run's own tuned model)")
+    samples_per_problem: int = Field(4, ge=1, le=64, description="Solutions sampled per train problem (k)")
+    temperature: float = Field(0.7, gt=0, description="Sampling temperature of those solutions")
+    problems: int | None = Field(None, ge=1, description="Train problems sampled per round (seeded draw of the "
+                                 "train split with `seed`; null: all of them)")
+    max_per_problem: int | None = Field(4, ge=1, description="Distinct right solutions kept per problem (null: "
+                                        "all), so easy problems do not crowd out the rest")
+    score: Literal["numeric-match", "strict-match", "flexible-extract"] = Field(
+        "numeric-match", description="The evaluation score a sample must pass to be kept (programs: always the "
+        "sandbox's result, which also has to be confirmed)")
+    mix: list[Literal["human", "self", "augmented"]] = Field(
+        ["human", "self"], min_length=1, description="Sources of each round's train data: human: the run's "
+        "own train rows; self: the kept samples; augmented: `augmented_file`")
+    augmented_file: str | None = Field(None, description="A `mathtune augment` JSONL, for mix 'augmented'")
+    start_from: Literal["base"] = Field(
+        "base", description="Each round trains the run's method afresh from the base model on the mixed data "
+        "(STaR's choice: no drift from training on one's own output twice)")
+    seed: int = Field(0, description="Seed of the train-problem draw and the samples (round r samples with "
+                      "sample seed `seed + r`)")
+
+    @model_validator(mode="after")
+    def _augmented_needs_a_file(self) -> ImproveConfig:
+        if "augmented" in self.mix and not self.augmented_file:
+            raise ValueError("improve.mix 'augmented' needs improve.augmented_file (`mathtune augment -o FILE`)")
+        return self
+
+
 class RunConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -186,6 +219,7 @@ class RunConfig(Section):
     )
     train: TrainConfig = Field(default_factory=TrainConfig)
     verifier: VerifierConfig = Field(default_factory=VerifierConfig)
+    improve: ImproveConfig = Field(default_factory=ImproveConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output_dir: str = Field("runs/quickstart", description="Run directory (adapter, predictions, run card)")
 

@@ -1,0 +1,88 @@
+"""`mathtune improve` end to end on the tiny random Llama: one round of sample -> filter -> train. A random
+model is never right, so the sampler is scripted: per problem one right solution, one repeat of it,
+one repeat of the human solution and one wrong one."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mathtune.config import build_config
+from mathtune.evaluate.generation import Generation, HFBackend
+from mathtune.recipes.improve import improve_workflow
+from mathtune.recipes.train import train_workflow
+
+
+def _solutions(data_dir) -> dict[str, str]:
+    rows = [json.loads(line) for line in (data_dir / "gsm8k" / "train.jsonl").read_text().splitlines()]
+    return {row["question"]: row["answer"] for row in rows}
+
+
+@pytest.fixture
+def scripted_sampler(monkeypatch, data_dir):
+    solutions, calls = _solutions(data_dir), []
+
+    def sample(self, requests, keys, k, *, temperature=1.0, top_p=1.0, seed=0, share_prefix=True, first=0):
+        calls.append((list(keys), k, seed))
+        drawn = []
+        for request in requests:
+            question = request.prompt.split("Q: ", 1)[1].split("\nA:", 1)[0]
+            human = solutions[question]
+            answer = human.rsplit("#### ", 1)[1]
+            script = [f" My way: the result is {answer}.\n#### {answer}", f" my way:  the result is {answer}.\n"
+                      f"#### {answer}", f" {human}", " I guess.\n#### 123456"]
+            drawn.append([Generation(script[j % 4], False, 9) for j in range(first, k)])
+        return drawn
+
+    monkeypatch.setattr(HFBackend, "sample", sample)
+    return calls
+
+
+def test_one_round_keeps_the_verified_samples_and_trains_the_next_model(tiny_models, data_dir, tmp_path,
+                                                                        scripted_sampler):
+    tree = {"model": {"name": str(tiny_models["llama"])}, "data": {"data_dir": str(data_dir), "train_size": 8},
+            "train": {"max_steps": 2, "precision": "fp32", "batch_size": 4, "save_every": 1},
+            "eval": {"max_new_tokens": 8, "batch_size": 8},
+            "improve": {"rounds": 1, "samples_per_problem": 4, "problems": 6, "seed": 3},
+            "output_dir": str(tmp_path / "run")}
+    cfg = build_config(tree)
+    run_dir = train_workflow(cfg)
+    [card] = improve_workflow(cfg, run_dir, show_progress=False)
+
+    round_dir = run_dir / "improve" / "round-1"
+    rows = [json.loads(line) for line in (round_dir / "data.jsonl").read_text().splitlines()]
+    self_rows = [row for row in rows if row["source"] == "self"]
+    # 6 problems x 4 samples: per problem only the first sample survives (a repeat, the human solution
+    # again and a wrong answer are dropped)
+    assert len(self_rows) == 6 and all(row["id"].endswith("~self0") for row in self_rows)
+    assert all("My way" in row["answer"] and "123456" not in row["answer"] for row in self_rows)
+    assert card["sources"] == {"human": 8, "self": 6, "augmented": 0} and card["rows"] == 14
+    assert card["filter"]["dropped"] == {"duplicate of a kept solution": 12, "wrong answer": 6}
+    assert card["round"] == 1 and card["sample_seed"] == 4 and card["source_run"] == str(run_dir)
+    assert scripted_sampler[0][1:] == (4, 4)  # k and the round's seed reached the sampler
+    trained = json.loads((round_dir / "model" / "train_card.json").read_text())
+    assert trained["data"]["rows"] == 14 and (round_dir / "model" / "adapter").is_dir()
+    assert trained["config"]["data"]["train_file"] == str(round_dir / "data.jsonl")
+
+    # the same command again: nothing sampled, the same bytes, the trained model kept
+    data_before = (round_dir / "data.jsonl").read_bytes()
+    adapter_before = sorted(p.stat().st_mtime_ns for p in (round_dir / "model" / "adapter").iterdir())
+    calls = len(scripted_sampler)
+    again = improve_workflow(cfg, run_dir, show_progress=False)
+    assert len(scripted_sampler) == calls and (round_dir / "data.jsonl").read_bytes() == data_before
+    assert again[0]["sha256"] == card["sha256"]
+    assert sorted(p.stat().st_mtime_ns for p in (round_dir / "model" / "adapter").iterdir()) == adapter_before
+
+    # the same settings from scratch give byte-identical data
+    other = build_config({**tree, "output_dir": str(tmp_path / "run2")})
+    run2 = train_workflow(other)
+    improve_workflow(other, run2, show_progress=False)
+    assert (run2 / "improve" / "round-1" / "data.jsonl").read_bytes() == data_before
+
+
+def test_improve_refuses_what_it_cannot_do(tiny_models, data_dir, tmp_path, run_cli):
+    result = run_cli("improve", str(tmp_path / "nothing"), "-s", f"model.name={tiny_models['llama']}")
+    assert result.code == 2 and result.stderr.startswith("mathtune: error:") and "not a finished run" in result.stderr
+    result = run_cli("improve", str(tmp_path), "-s", "improve.mix=[human, augmented]")
+    assert result.code == 2 and "improve.augmented_file" in result.stderr and "Traceback" not in result.stderr

@@ -63,14 +63,15 @@ def test_programs_need_the_sandbox_to_confirm_the_right_answer():
     rows = [_row([
         _sample(program, True),  # no sandbox record: not confirmed
         _sample(program, True, {"ok": False, "answer": None, "reason": "timeout"}),
+        _sample(program, True, {"ok": False, "answer": "14", "reason": "exit code 1"}),
         _sample(program, True, {"ok": True, "answer": "15", "reason": None}),  # a score that disagrees
         _sample(program, True, {"ok": True, "answer": "14", "reason": None}),
         _sample(program, True, {"ok": True, "answer": "14", "reason": None}),  # duplicate
     ])]
     kept, report = verified_solutions(rows, programs=True, human={"p1": HUMAN})
-    assert len(kept) == 1 and kept[0]["id"] == "p1~self3"
+    assert len(kept) == 1 and kept[0]["id"] == "p1~self4"
     assert "answer = (3 + 4) * 2" in kept[0]["program"] and kept[0]["answer"] == HUMAN
-    assert report.dropped == {UNCONFIRMED: 3, DUPLICATE: 1}
+    assert report.dropped == {UNCONFIRMED: 4, DUPLICATE: 1}
 
 
 def test_test_problems_never_enter_the_training_data():

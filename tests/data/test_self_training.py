@@ -18,6 +18,7 @@ from mathtune.data.self_training import (
     verified_solutions,
     write_rows,
 )
+from mathtune.prompts import extract_program
 
 QUESTION = "Tom has 3 apples and buys 4 more. Then Tom gets 2 times as many. How many apples does he have now?"
 HUMAN = "Tom has 3 + 4 = 7 apples.\nThen 7 * 2 = 14 apples.\n#### 14"
@@ -43,7 +44,7 @@ def test_only_distinct_right_solutions_with_the_right_answer_line_are_kept():
         _sample("The answer is 14.", True),  # right by numeric match, but no '#### N' line to learn
         _sample("7 apples, doubled: 14\n#### 14.0", True),
     ])]
-    kept, report = verified_solutions(rows, programs=False, human={"p1": HUMAN})
+    kept, report = verified_solutions(rows, programs=None, human={"p1": HUMAN})
     assert [row["answer"] for row in kept] == ["3 + 4 = 7, 7 * 2 = 14\n#### 14", "7 apples, doubled: 14\n#### 14.0"]
     assert [row["id"] for row in kept] == ["p1~self0", "p1~self5"]
     assert all(row["source"] == "self" and row["source_id"] == "p1" for row in kept)
@@ -53,7 +54,7 @@ def test_only_distinct_right_solutions_with_the_right_answer_line_are_kept():
 
 def test_a_right_score_with_a_wrong_answer_line_is_dropped_and_the_cap_holds():
     rows = [_row([_sample(f"step {i}\n#### 14", True) for i in range(4)] + [_sample("x\n#### 15", True)])]
-    kept, report = verified_solutions(rows, programs=False, max_per_problem=2)
+    kept, report = verified_solutions(rows, programs=None, max_per_problem=2)
     assert [row["answer"] for row in kept] == ["step 0\n#### 14", "step 1\n#### 14"]
     assert report.dropped == {OVER_CAP: 2, NO_ANSWER_LINE: 1}
 
@@ -68,7 +69,7 @@ def test_programs_need_the_sandbox_to_confirm_the_right_answer():
         _sample(program, True, {"ok": True, "answer": "14", "reason": None}),
         _sample(program, True, {"ok": True, "answer": "14", "reason": None}),  # duplicate
     ])]
-    kept, report = verified_solutions(rows, programs=True, human={"p1": HUMAN})
+    kept, report = verified_solutions(rows, programs=extract_program, human={"p1": HUMAN})
     assert len(kept) == 1 and kept[0]["id"] == "p1~self4"
     assert "answer = (3 + 4) * 2" in kept[0]["program"] and kept[0]["answer"] == HUMAN
     assert report.dropped == {UNCONFIRMED: 4, DUPLICATE: 1}
@@ -81,11 +82,11 @@ def test_test_problems_never_enter_the_training_data():
         *human_rows([Problem("h1", "Mia has 9 pens and loses 2 of them on the way home. How many are left?",
                              "9 - 2 = 7\n#### 7", "7")]),
         *verified_solutions([_row([_sample("a\n#### 14", True)], "p1", near),
-                             _row([_sample("b\n#### 14", True)], "p2", test[1][1].upper())], programs=False)[0],
+                             _row([_sample("b\n#### 14", True)], "p2", test[1][1].upper())], programs=None)[0],
     ]
     _, report = verified_solutions([_row([_sample("a\n#### 14", True)], "p1", near),
                                     _row([_sample("b\n#### 14", True)], "p2", test[1][1].upper())],
-                                   programs=False)
+                                   programs=None)
     kept = drop_test_problems(rows, test, report)
     assert [row["id"] for row in kept] == ["h1"]
     assert report.dropped[TEST_OVERLAP] == 2 and report.kept == 0
@@ -96,12 +97,12 @@ def test_the_same_samples_give_byte_identical_files(tmp_path):
             for j in range(3)]
     paths = []
     for name in ("first.jsonl", "second.jsonl"):
-        kept, _ = verified_solutions(json.loads(json.dumps(rows)), programs=False)
+        kept, _ = verified_solutions(json.loads(json.dumps(rows)), programs=None)
         digest = write_rows(tmp_path / name, kept)
         paths.append((tmp_path / name, digest))
     assert paths[0][0].read_bytes() == paths[1][0].read_bytes() and paths[0][1] == paths[1][1]
     # untouched when the data is the same (its mtime dates the data), rewritten when it is not
     before = paths[0][0].stat().st_mtime_ns
-    write_rows(paths[0][0], verified_solutions(rows, programs=False)[0])
+    write_rows(paths[0][0], verified_solutions(rows, programs=None)[0])
     assert paths[0][0].stat().st_mtime_ns == before
-    assert write_rows(paths[0][0], verified_solutions(rows[:2], programs=False)[0]) != paths[0][1]
+    assert write_rows(paths[0][0], verified_solutions(rows[:2], programs=None)[0]) != paths[0][1]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,15 +61,14 @@ def _answer_line_right(solution: str, reference: str) -> bool:
     return value is not None and expected is not None and numbers_equal(float(value), float(expected))
 
 
-def verified_solutions(rows: Sequence[dict[str, Any]], *, programs: bool, score: str = "numeric-match",
-                       human: dict[str, str] | None = None, max_per_problem: int | None = None,
-                       ) -> tuple[list[dict[str, Any]], FilterReport]:
+def verified_solutions(rows: Sequence[dict[str, Any]], *, programs: Callable[[str], str] | None = None,
+                       score: str = "numeric-match", human: dict[str, str] | None = None,
+                       max_per_problem: int | None = None) -> tuple[list[dict[str, Any]], FilterReport]:
     """The distinct right samples of `rows` (the rows of a `mathtune sample` samples.jsonl) as train
-    rows {id, question, answer, source, source_id[, program]}. `programs`: the program strategy
-    (confirmation by the sandbox required; the row's answer is the reference solution and its
-    program the sampled one). `human`: problem id -> human solution, never repeated by a kept one."""
-    from mathtune.prompts import extract_program
-
+    rows {id, question, answer, source, source_id[, program]}. `programs`: for the program strategy,
+    its extractor of the program from an output (`prompts.extract_program`); confirmation by the
+    sandbox is then required, the row's answer is the reference solution and its program the sampled
+    one. `human`: problem id -> human solution, never repeated by a kept one."""
     report, kept = FilterReport(), []
     for row in rows:
         report.problems += 1
@@ -85,7 +84,7 @@ def verified_solutions(rows: Sequence[dict[str, Any]], *, programs: bool, score:
                                  and _answer_line_right(f"#### {sandbox['answer']}", row["reference_answer"])):
                 report.dropped[UNCONFIRMED] += 1
                 continue
-            text = extract_program(sample["output"]).strip() if programs else sample["output"].strip()
+            text = programs(sample["output"]).strip() if programs else sample["output"].strip()
             if not programs and not _answer_line_right(text, row["reference_answer"]):
                 report.dropped[NO_ANSWER_LINE] += 1
                 continue

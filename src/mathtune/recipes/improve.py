@@ -101,7 +101,7 @@ def write_round_data(run_cfg: RunConfig, round_dir: Path, run_dir: Path, model_d
         samples = read_samples(round_dir / "samples")
         # a sample repeating its problem's human solution is recall, not a solution of the model's own
         references = {p.id: p.solution for p in load_split(run_cfg.data, run_cfg.resolved_data_dir(), "train")}
-        kept, report = verified_solutions(samples, programs=False, score=improve.score, human=references,
+        kept, report = verified_solutions(samples, score=improve.score, human=references,
                                           max_per_problem=improve.max_per_problem)
         rows += kept
     if "augmented" in improve.mix:

@@ -363,6 +363,15 @@ def run_cmd(config: ConfigOpt = None, set_: SetOpt = None, model: ModelOpt = Non
 def _print_scores(metrics: dict[str, Any]) -> None:
     parts = [f"{name} {100 * s['exact_match']:.1f}±{100 * s['stderr']:.1f}%" for name, s in metrics["scores"].items()]
     typer.echo(f"{metrics.get('label', '')}: n={metrics['n']} " + ", ".join(parts))
+    voted = metrics.get("voted")
+    if voted:  # test-time compute beside greedy, on the same problems
+        numeric = voted["scores"].get("numeric-match") or next(iter(voted["scores"].values()))
+        test = voted["mcnemar_vs_greedy"].get("numeric-match") or next(iter(voted["mcnemar_vs_greedy"].values()))
+        typer.echo(f"{metrics.get('label', '')} {voted['method']}@{voted['k']}: "
+                   + ", ".join(f"{name} {100 * s['exact_match']:.1f}±{100 * s['stderr']:.1f}%"
+                               for name, s in voted["scores"].items())
+                   + f" (vs greedy: only greedy right {test['b']}, only voted right {test['c']}, "
+                   f"McNemar p = {test['p_value']:.3g}; numeric-match {100 * numeric['exact_match']:.1f}%)")
 
 
 @app.command("report")

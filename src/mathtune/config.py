@@ -141,7 +141,16 @@ class EvalConfig(Section):
     stop: list[str] | None = Field(None, description="Stop strings; null: the prompt strategy's own")
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="Inference dtype ('auto' as train)")
     calculator: bool = Field(False, description="Calculator-augmented decoding of '<<expr=' annotations")
-    samples: int = Field(1, ge=1, le=64, description="k > 1: also sample k solutions and report maj@k")
+    samples: int = Field(1, ge=1, le=64, description="k > 1: also sample k solutions and report maj@k (or "
+                         "vote on them: `vote`)")
+    vote: Literal["none", "majority", "verifier-weighted"] = Field(
+        "none", description="Test-time compute beside greedy: k = `samples` solutions per problem, each seeded by "
+        "(sample_seed, problem, index) as `mathtune sample` draws them; the answer of the most samples "
+        "(majority) or of the highest summed verifier scores (verifier-weighted, `verifier`). The metrics hold "
+        "greedy and voted scores side by side and an exact McNemar test between them. none: with samples > 1, "
+        "the older maj@k drawn per chunk of problems (one process only)")
+    verifier: str | None = Field(None, description="Verifier dir (`mathtune verifier train`) for vote "
+                                 "verifier-weighted")
     temperature: float = Field(0.7, gt=0, description="Sampling temperature for maj@k and `mathtune sample`")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling for `mathtune sample` (1: off)")
     sample_seed: int = Field(0, description="Seed of the sampled solutions (`mathtune sample`); each sample "
@@ -152,6 +161,14 @@ class EvalConfig(Section):
         "(data/augment.py, seeded by `seed`); problems with no clean variant are left out"
     )
     text_metrics: bool = Field(False, description="ROUGE-1 and semantic similarity vs reference solutions")
+
+    @model_validator(mode="after")
+    def _a_vote_needs_samples(self) -> EvalConfig:
+        if self.vote != "none" and self.samples < 2:
+            raise ValueError(f"eval.vote={self.vote} votes on sampled solutions: set eval.samples to 2 or more")
+        if self.vote == "verifier-weighted" and not self.verifier:
+            raise ValueError("eval.vote=verifier-weighted needs eval.verifier (a `mathtune verifier train` dir)")
+        return self
 
 
 class VerifierConfig(Section):

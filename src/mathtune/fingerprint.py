@@ -102,6 +102,9 @@ def eval_fingerprint(cfg: Any, problems: list[Any], adapter_dir: Path | None) ->
 
         generation["temperature"] = settings["temperature"]
         generation["sampler"] = SAMPLER  # other draws, same distribution: not mixed into these samples
+    if cfg.eval.vote != "none":  # per-problem seeded samples voted on (recipes/evaluate.py)
+        generation |= {"vote": cfg.eval.vote, "sample_seed": settings["sample_seed"], "top_p": settings["top_p"],
+                       "verifier": files_digest(Path(cfg.eval.verifier) / "adapter") if cfg.eval.verifier else None}
     # A base model is loaded as its run's method loads it: only quantization changes what it is.
     method = cfg.method.model_dump(mode="json") if adapter_dir is not None else (
         {"name": "qlora", "bits": cfg.method.bits} if cfg.method.name == "qlora" else None)

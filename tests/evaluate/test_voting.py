@@ -67,6 +67,13 @@ def test_majority_vote_beside_greedy_with_mcnemar(tiny_models, data_dir, tmp_pat
     # the comparison shows greedy and voted side by side
     text = render_comparison_markdown(compare_runs([tmp_path / "eval"], ["base"]))
     assert "Greedy vs voted" in text and f"| base | majority | 3 | 0.0 ± 0.0 | {100 * sum(expected) / N:.1f}" in text
+    # and so does the report, Markdown and HTML
+    from mathtune.report.build import write_report
+
+    written = write_report([tmp_path / "eval"], tmp_path / "report")
+    sentence = (f"greedy numeric-match 0.0 %, majority@3 {100 * sum(expected) / N:.1f} % on the same {N} problems: "
+                f"only greedy right 0, only the vote right {sum(expected)}")
+    assert sentence in written["markdown"].read_text() and sentence in written["html"].read_text()
 
 
 def test_verifier_weighted_vote_follows_the_weights(tiny_models, data_dir, tmp_path, scripted_sampler, monkeypatch):

@@ -86,3 +86,50 @@ def test_improve_refuses_what_it_cannot_do(tiny_models, data_dir, tmp_path, run_
     assert result.code == 2 and result.stderr.startswith("mathtune: error:") and "not a finished run" in result.stderr
     result = run_cli("improve", str(tmp_path), "-s", "improve.mix=[human, augmented]")
     assert result.code == 2 and "improve.augmented_file" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_two_rounds_continue_from_the_sampled_full_model(tiny_models, data_dir, tmp_path, scripted_sampler):
+    tree = {"model": {"name": str(tiny_models["llama"])}, "method": {"name": "full"},
+            "data": {"data_dir": str(data_dir), "train_size": 4},
+            "train": {"max_steps": 1, "precision": "fp32", "batch_size": 2},
+            "eval": {"max_new_tokens": 8, "batch_size": 8},
+            "improve": {"rounds": 2, "samples_per_problem": 2, "problems": 3, "start_from": "continue"},
+            "output_dir": str(tmp_path / "run")}
+    cfg = build_config(tree)
+    run_dir = train_workflow(cfg)
+    first, second = improve_workflow(cfg, run_dir, show_progress=False)
+    rounds = run_dir / "improve"
+    assert first["sampled_model"] == str(run_dir) and second["sampled_model"] == str(rounds / "round-1" / "model")
+    assert [seed for _, _, seed in scripted_sampler] == [1, 2]  # each round its own samples
+    # each round trained on from the model it sampled, not from the base model
+    for number, start in ((1, run_dir), (2, rounds / "round-1" / "model")):
+        card = json.loads((rounds / f"round-{number}" / "model" / "train_card.json").read_text())
+        assert card["config"]["model"]["name"] == str(start / "adapter")
+    result = build_config({**tree, "method": {"name": "lora"}, "output_dir": str(tmp_path / "lora")})
+    with pytest.raises(Exception, match="needs a full fine-tuning run"):
+        improve_workflow(result, train_workflow(result), show_progress=False)
+
+
+def test_the_augmented_mix_adds_augment_rows_and_never_a_test_problem(data_dir, tmp_path):
+    """write_round_data with mix human + augmented: `mathtune augment`'s variants join the human rows
+    (its copies of the originals do not: the human rows are their own source); a variant that repeats a
+    test question is dropped."""
+    from mathtune.recipes.augment import augment_workflow
+    from mathtune.recipes.improve import write_round_data
+
+    tree = {"data": {"data_dir": str(data_dir), "train_size": 5}, "output_dir": str(tmp_path / "run")}
+    augmented = tmp_path / "augmented.jsonl"
+    augment_workflow(build_config(tree), augmented, variants=2, seed=0, include_original=True)
+    variants = [json.loads(line) for line in augmented.read_text().splitlines()]
+    variants = [row for row in variants if row["id"] != row["source_id"]]
+    assert variants
+    test_question = variants[0]["question"]  # pretend the first variant is a test problem
+    cfg = build_config({**tree, "improve": {"mix": ["human", "augmented"], "augmented_file": str(augmented)}})
+    round_dir = tmp_path / "round-1"
+    round_dir.mkdir()
+    card = write_round_data(cfg, round_dir, tmp_path / "run", tmp_path / "run", 1, [("t0", test_question)])
+    rows = [json.loads(line) for line in (round_dir / "data.jsonl").read_text().splitlines()]
+    assert card["sources"] == {"human": 5, "self": 0, "augmented": len(variants) - 1}
+    assert [row["id"] for row in rows if row["source"] == "augmented"] == [row["id"] for row in variants[1:]]
+    assert test_question not in {row["question"] for row in rows}
+    assert card["filter"]["dropped"] == {"problem shares a 13-gram with a test question": 1}

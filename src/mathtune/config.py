@@ -214,9 +214,10 @@ class ImproveConfig(Section):
         ["human", "self"], min_length=1, description="Sources of each round's train data: human: the run's "
         "own train rows; self: the kept samples; augmented: `augmented_file`")
     augmented_file: str | None = Field(None, description="A `mathtune augment` JSONL, for mix 'augmented'")
-    start_from: Literal["base"] = Field(
-        "base", description="Each round trains the run's method afresh from the base model on the mixed data "
-        "(STaR's choice: no drift from training on one's own output twice)")
+    start_from: Literal["base", "continue"] = Field(
+        "base", description="base: each round trains the run's method afresh from the base model on the mixed "
+        "data (STaR's choice: no drift from training on one's own output twice); continue: from the model the "
+        "round sampled (the run's tuned model in round 1; full fine-tuning runs only)")
     seed: int = Field(0, description="Seed of the train-problem draw and the samples (round r samples with "
                       "sample seed `seed + r`)")
 

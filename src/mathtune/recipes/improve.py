@@ -6,8 +6,9 @@ expert iteration). Round r, into RUN_DIR/improve/round-<r>/:
   data.jsonl   the distinct right solutions (data/self_training.py), never a test problem, mixed with
                the human solutions and, if asked, `mathtune augment`'s; data.json: its sha256, sources,
                counts, round, seed and the run it came from
-  model/       the next model: the run's method trained afresh from the base model on data.jsonl (the
-               train recipe; resumed from its last checkpoint)
+  model/       the next model: the run's method trained on data.jsonl afresh from the base model, or
+               on from the sampled model (`improve.start_from`; the train recipe, resumed from its last
+               checkpoint)
 
 The current model of round 1 is the run's own tuned model, of round r the model of round r-1. A round
 whose model is trained is skipped; the same settings give the same samples, data and fingerprints.
@@ -54,6 +55,9 @@ def improve_workflow(cfg: RunConfig, run_dir: Path, show_progress: bool = True) 
     if get_strategy(run_cfg.prompt.strategy).writes_programs:
         raise MathtuneError("mathtune improve: the train recipe builds program targets from reference "
                             "solutions, not from a file's programs, so sampled programs cannot be trained on yet")
+    if cfg.improve.start_from == "continue" and run_cfg.method.name != "full":
+        raise MathtuneError(f"improve.start_from=continue trains on from the sampled model's whole weights: it "
+                            f"needs a full fine-tuning run ({run_dir} is {run_cfg.method.name}); use start_from=base")
     preflight(run_cfg, ("train", "test"), training=False)
     test = load_split(run_cfg.data, run_cfg.resolved_data_dir(), "test")
     cards, current = [], run_dir
@@ -70,10 +74,10 @@ def improve_workflow(cfg: RunConfig, run_dir: Path, show_progress: bool = True) 
                                 [(p.id, p.question) for p in test])
         cards.append(card)
 
-        # 3. the next model, trained afresh from the base model on this round's data
+        # 3. the next model, trained on this round's data from the base model (or the sampled one: continue)
         model_dir = round_dir / "model"
         if not (model_dir / "train_card.json").is_file():
-            train_workflow(training_config(run_cfg, round_dir), resume=model_dir.is_dir())
+            train_workflow(training_config(run_cfg, round_dir, current), resume=model_dir.is_dir())
         current = model_dir
     return cards
 
@@ -125,15 +129,20 @@ def write_round_data(run_cfg: RunConfig, round_dir: Path, run_dir: Path, model_d
     return stored
 
 
-def training_config(run_cfg: RunConfig, round_dir: Path) -> RunConfig:
+def training_config(run_cfg: RunConfig, round_dir: Path, sampled: Path) -> RunConfig:
     """The run's own config training on the round's data (every row of it) into round_dir/model; the
-    test split stays the run's, so the train recipe's test-overlap check and the evaluation see it."""
+    test split stays the run's, so the train recipe's test-overlap check and the evaluation see it.
+    With start_from=continue the model trained is the sampled one's saved weights (full fine-tuning)."""
+    update: dict[str, Any] = {}
+    if run_cfg.improve.start_from == "continue":
+        update["model"] = run_cfg.model.model_copy(update={"name": str(sampled / "adapter"), "gguf_file": None,
+                                                           "revision": None})
     data = run_cfg.data.model_dump()
     test_file = _test_file(run_cfg)
     data.update({"dataset": "jsonl", "train_file": str(round_dir / DATA_FILE), "test_file": test_file,
                  "question_field": "question", "answer_field": "answer", "train_size": None})
     return run_cfg.model_copy(update={"data": type(run_cfg.data).model_validate(data),
-                                      "output_dir": str(round_dir / "model")})
+                                      "output_dir": str(round_dir / "model"), **update})
 
 
 def _test_file(run_cfg: RunConfig) -> str | None:

@@ -9,6 +9,7 @@ import json
 import pytest
 
 from mathtune.config import build_config
+from mathtune.data.programs import solution_to_program
 from mathtune.evaluate.generation import Generation, HFBackend
 from mathtune.recipes.improve import improve_workflow
 from mathtune.recipes.train import train_workflow
@@ -27,11 +28,15 @@ def scripted_sampler(monkeypatch, data_dir):
         calls.append((list(keys), k, seed))
         drawn = []
         for request in requests:
-            question = request.prompt.split("Q: ", 1)[1].split("\nA:", 1)[0]
+            question = request.prompt.split("Q: ", 1)[1].split("\n", 1)[0]
             human = solutions[question]
             answer = human.rsplit("#### ", 1)[1]
-            script = [f" My way: the result is {answer}.\n#### {answer}", f" my way:  the result is {answer}.\n"
-                      f"#### {answer}", f" {human}", " I guess.\n#### 123456"]
+            if "Write a Python program" in request.prompt:  # the program strategy: code, closed by the stop
+                script = [f"total = {answer}\nanswer = total\n", f"total  =  {answer}\nanswer = total",
+                          solution_to_program(human), "answer = 123456\n"]
+            else:
+                script = [f" My way: the result is {answer}.\n#### {answer}", f" my way:  the result is "
+                          f"{answer}.\n#### {answer}", f" {human}", " I guess.\n#### 123456"]
             drawn.append([Generation(script[j % 4], False, 9) for j in range(first, k)])
         return drawn
 
@@ -133,3 +138,31 @@ def test_the_augmented_mix_adds_augment_rows_and_never_a_test_problem(data_dir, 
     assert [row["id"] for row in rows if row["source"] == "augmented"] == [row["id"] for row in variants[1:]]
     assert test_question not in {row["question"] for row in rows}
     assert card["filter"]["dropped"] == {"problem shares a 13-gram with a test question": 1}
+
+
+def test_program_rounds_keep_sandbox_confirmed_programs_and_train_on_them(tiny_models, data_dir, tmp_path,
+                                                                           scripted_sampler):
+    tree = {"model": {"name": str(tiny_models["llama"])}, "prompt": {"strategy": "program"},
+            "data": {"data_dir": str(data_dir), "train_size": 4},
+            "train": {"max_steps": 1, "precision": "fp32", "batch_size": 2},
+            "eval": {"max_new_tokens": 8, "batch_size": 8},
+            "improve": {"samples_per_problem": 4, "problems": 3}, "output_dir": str(tmp_path / "run")}
+    cfg = build_config(tree)
+    run_dir = train_workflow(cfg)
+    [card] = improve_workflow(cfg, run_dir, show_progress=False)
+    round_dir = run_dir / "improve" / "round-1"
+    rows = [json.loads(line) for line in (round_dir / "data.jsonl").read_text().splitlines()]
+    self_rows = [row for row in rows if row["source"] == "self"]
+    # per problem: the first program (the sandbox computes the answer) is kept; its respaced copy and the
+    # reference's own program are repeats; 123456 is wrong. One of the 3 drawn problems shares a 13-gram
+    # with a test question (the synthetic questions share a template): its program never enters the data.
+    assert [row["program"].startswith("total = ") for row in self_rows] == [True] * 2
+    assert all(row["answer"].rstrip().endswith("#### " + row["program"].split()[2]) for row in self_rows)
+    assert card["filter"]["dropped"] == {"duplicate of a kept solution": 6, "wrong answer": 3,
+                                         "problem shares a 13-gram with a test question": 1}
+    assert card["filter"]["kept"] == 2 and card["filter"]["problems_with_a_kept_sample"] == 2
+    samples = [json.loads(line) for line in (round_dir / "samples" / "samples.jsonl").read_text().splitlines()]
+    assert all(row["samples"][0]["sandbox"]["ok"] for row in samples)
+    trained = json.loads((round_dir / "model" / "train_card.json").read_text())
+    assert trained["data"]["program_conversion"]["given_in_file"] == 2
+    assert trained["data"]["examples"] == 4 + 2

@@ -69,7 +69,9 @@ def problems_digest(problems: list[Any]) -> str:
     """Hash of the problems' ids, questions and reference solutions, in order."""
     digest = hashlib.sha256()
     for problem in problems:
-        digest.update(json.dumps([problem.id, problem.question, problem.solution]).encode())
+        program = getattr(problem, "program", None)  # only rows that carry one: older digests stay as they were
+        digest.update(json.dumps([problem.id, problem.question, problem.solution, *([program] if program else [])
+                                  ]).encode())
     return digest.hexdigest()
 
 

@@ -106,3 +106,26 @@ def test_the_same_samples_give_byte_identical_files(tmp_path):
     write_rows(paths[0][0], verified_solutions(rows, programs=None)[0])
     assert paths[0][0].stat().st_mtime_ns == before
     assert write_rows(paths[0][0], verified_solutions(rows[:2], programs=None)[0]) != paths[0][1]
+
+
+def test_a_jsonl_rows_program_is_read_checked_and_fingerprinted(tmp_path):
+    import pytest
+
+    from mathtune.data.records import read_records
+    from mathtune.errors import MathtuneError
+    from mathtune.fingerprint import problems_digest
+
+    path = tmp_path / "train.jsonl"
+    rows = [{"id": "a", "question": QUESTION, "answer": HUMAN, "program": "answer = (3 + 4) * 2"},
+            {"id": "b", "question": QUESTION, "answer": HUMAN}]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    from mathtune.data.problems import problems_from_rows
+
+    with_program, without = problems_from_rows(read_records(path), str(path))
+    assert with_program.program == "answer = (3 + 4) * 2" and without.program is None
+    # a row without a program hashes as before programs existed; another program is another digest
+    assert problems_digest([without]) == problems_digest([Problem("b", QUESTION, HUMAN, "14")])
+    assert problems_digest([with_program]) != problems_digest([Problem("a", QUESTION, HUMAN, "14")])
+    path.write_text(json.dumps({**rows[0], "program": 7}) + "\n")
+    with pytest.raises(MathtuneError, match=r"train.jsonl:1: field 'program' must be non-empty text"):
+        problems_from_rows(read_records(path), str(path))

@@ -61,6 +61,17 @@ def _answer_line_right(solution: str, reference: str) -> bool:
     return value is not None and expected is not None and numbers_equal(float(value), float(expected))
 
 
+def _recalled(solution: str, programs: bool) -> set[str]:
+    """The human solution as a sample would repeat it (programs: also the program converted from it)."""
+    forms = {normalized(solution)}
+    if programs:
+        from mathtune.data.programs import solution_to_program
+
+        program = solution_to_program(solution)
+        forms |= {normalized(program)} if program else set()
+    return forms
+
+
 def verified_solutions(rows: Sequence[dict[str, Any]], *, programs: Callable[[str], str] | None = None,
                        score: str = "numeric-match", human: dict[str, str] | None = None,
                        max_per_problem: int | None = None) -> tuple[list[dict[str, Any]], FilterReport]:
@@ -72,7 +83,7 @@ def verified_solutions(rows: Sequence[dict[str, Any]], *, programs: Callable[[st
     report, kept = FilterReport(), []
     for row in rows:
         report.problems += 1
-        seen = {normalized(human[row["id"]])} if human and row["id"] in human else set()
+        seen = _recalled(human[row["id"]], programs is not None) if human and row["id"] in human else set()
         taken = 0
         for index, sample in enumerate(row["samples"]):
             report.samples += 1
@@ -117,10 +128,12 @@ def drop_test_problems(rows: list[dict[str, Any]], test_questions: Sequence[tupl
     flagged = contamination_report(list(test_questions), [(row["id"], row["question"]) for row in rows],
                                    max_listed=None)
     dropped = {entry["eval_id"] for entry in flagged["examples"]}  # a repeated question shares every n-gram
+    kept = [row for row in rows if row["id"] not in dropped]
     if report is not None and dropped:
         report.dropped[TEST_OVERLAP] += len(dropped)
-        report.kept -= sum(row["id"] in dropped and row.get("source") == "self" for row in rows)
-    return [row for row in rows if row["id"] not in dropped]
+        own = [row for row in kept if row.get("source") == "self"]
+        report.kept, report.problems_with_a_kept_sample = len(own), len({row["source_id"] for row in own})
+    return kept
 
 
 def human_rows(problems: Sequence[Any]) -> list[dict[str, Any]]:

@@ -33,7 +33,7 @@ from mathtune.data.self_training import (
 from mathtune.errors import MathtuneError
 from mathtune.fingerprint import files_digest
 from mathtune.io import atomic_write_json
-from mathtune.prompts import get_strategy
+from mathtune.prompts import extract_program, get_strategy
 from mathtune.recipes.checks import load_train_problems, preflight
 from mathtune.recipes.sample import read_samples, sample_model
 from mathtune.recipes.train import train_workflow
@@ -52,9 +52,6 @@ def improve_workflow(cfg: RunConfig, run_dir: Path, show_progress: bool = True) 
     if run_cfg.method.name == "grpo":
         raise MathtuneError("mathtune improve trains with the run's method on the kept solutions; a grpo run "
                             "has no supervised targets: self-train a lora/full run instead")
-    if get_strategy(run_cfg.prompt.strategy).writes_programs:
-        raise MathtuneError("mathtune improve: the train recipe builds program targets from reference "
-                            "solutions, not from a file's programs, so sampled programs cannot be trained on yet")
     if cfg.improve.start_from == "continue" and run_cfg.method.name != "full":
         raise MathtuneError(f"improve.start_from=continue trains on from the sampled model's whole weights: it "
                             f"needs a full fine-tuning run ({run_dir} is {run_cfg.method.name}); use start_from=base")
@@ -105,7 +102,8 @@ def write_round_data(run_cfg: RunConfig, round_dir: Path, run_dir: Path, model_d
         samples = read_samples(round_dir / "samples")
         # a sample repeating its problem's human solution is recall, not a solution of the model's own
         references = {p.id: p.solution for p in load_split(run_cfg.data, run_cfg.resolved_data_dir(), "train")}
-        kept, report = verified_solutions(samples, score=improve.score, human=references,
+        programs = extract_program if get_strategy(run_cfg.prompt.strategy).writes_programs else None
+        kept, report = verified_solutions(samples, programs=programs, score=improve.score, human=references,
                                           max_per_problem=improve.max_per_problem)
         rows += kept
     if "augmented" in improve.mix:

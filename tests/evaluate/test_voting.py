@@ -130,3 +130,18 @@ def test_bad_vote_settings_are_one_line_errors(run_cli, tiny_models, data_dir, t
                          "-o", str(tmp_path / "out"), *[arg for item in sets for arg in ("-s", item)])
         assert result.code == 2 and result.stderr.startswith("mathtune: error:") and message in result.stderr
         assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_run_reports_greedy_and_voted_for_base_and_tuned(tiny_models, data_dir, tmp_path, scripted_sampler):
+    from mathtune.recipes.run import run_workflow
+
+    cfg = build_config({"model": {"name": str(tiny_models["llama"])}, "data": {"data_dir": str(data_dir),
+                        "train_size": 4}, "train": {"max_steps": 1, "precision": "fp32", "batch_size": 2},
+                        "eval": {"num_problems": N, "batch_size": 4, "max_new_tokens": 8, "samples": 3,
+                                 "vote": "majority", "perplexity": False},
+                        "output_dir": str(tmp_path / "run")})
+    card = run_workflow(cfg)
+    for label in ("base", "tuned"):
+        assert card[label]["voted"]["method"] == "majority" and card[label]["voted"]["n"] == N
+    text = (tmp_path / "run" / "comparison.md").read_text()
+    assert "| base | majority | 3 |" in text and "| tuned | majority | 3 |" in text

@@ -166,3 +166,34 @@ def test_program_rounds_keep_sandbox_confirmed_programs_and_train_on_them(tiny_m
     trained = json.loads((round_dir / "model" / "train_card.json").read_text())
     assert trained["data"]["program_conversion"]["given_in_file"] == 2
     assert trained["data"]["examples"] == 4 + 2
+
+
+def test_a_round_stopped_after_sampling_resumes_without_sampling_again(tiny_models, data_dir, tmp_path,
+                                                                        scripted_sampler, monkeypatch, run_cli):
+    from mathtune.recipes import improve as improve_recipe
+
+    tree = {"model": {"name": str(tiny_models["llama"])}, "data": {"data_dir": str(data_dir), "train_size": 4},
+            "train": {"max_steps": 1, "precision": "fp32", "batch_size": 2},
+            "eval": {"max_new_tokens": 8, "batch_size": 8},
+            "improve": {"samples_per_problem": 2, "problems": 3}, "output_dir": str(tmp_path / "run")}
+    run_dir = train_workflow(build_config(tree))
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    real_train = improve_recipe.train_workflow
+    monkeypatch.setattr(improve_recipe, "train_workflow", killed)
+    with pytest.raises(KeyboardInterrupt):
+        improve_workflow(build_config(tree), run_dir, show_progress=False)
+    round_dir = run_dir / "improve" / "round-1"
+    assert (round_dir / "data.jsonl").is_file() and not (round_dir / "model").exists()
+    monkeypatch.setattr(improve_recipe, "train_workflow", real_train)
+    calls = len(scripted_sampler)
+    (tmp_path / "improve.yaml").write_text(json.dumps({"improve": tree["improve"], "eval": tree["eval"]}))
+    result = run_cli("improve", str(run_dir), "-c", str(tmp_path / "improve.yaml"))
+    assert result.code == 0, result.stderr
+    assert len(scripted_sampler) == calls  # the samples were kept, not drawn again
+    kept = json.loads((round_dir / "data.json").read_text())["filter"]  # one problem overlaps the test split
+    assert f"round 1: kept {kept['kept']} of 6 samples ({kept['problems_with_a_kept_sample']} of 3 problems)" \
+        in result.stdout and kept["kept"] >= 1
+    assert (round_dir / "model" / "train_card.json").is_file()

@@ -98,7 +98,8 @@ def test_two_rounds_continue_from_the_sampled_full_model(tiny_models, data_dir, 
             "data": {"data_dir": str(data_dir), "train_size": 4},
             "train": {"max_steps": 1, "precision": "fp32", "batch_size": 2},
             "eval": {"max_new_tokens": 8, "batch_size": 8},
-            "improve": {"rounds": 2, "samples_per_problem": 2, "problems": 3, "start_from": "continue"},
+            "improve": {"rounds": 2, "samples_per_problem": 2, "problems": 3, "start_from": "continue",
+                        "max_steps": 2},
             "output_dir": str(tmp_path / "run")}
     cfg = build_config(tree)
     run_dir = train_workflow(cfg)
@@ -109,7 +110,7 @@ def test_two_rounds_continue_from_the_sampled_full_model(tiny_models, data_dir, 
     # each round trained on from the model it sampled, not from the base model
     for number, start in ((1, run_dir), (2, rounds / "round-1" / "model")):
         card = json.loads((rounds / f"round-{number}" / "model" / "train_card.json").read_text())
-        assert card["config"]["model"]["name"] == str(start / "adapter")
+        assert card["config"]["model"]["name"] == str(start / "adapter") and card["steps"] == 2  # improve.max_steps
     result = build_config({**tree, "method": {"name": "lora"}, "output_dir": str(tmp_path / "lora")})
     with pytest.raises(Exception, match="needs a full fine-tuning run"):
         improve_workflow(result, train_workflow(result), show_progress=False)
@@ -197,3 +198,10 @@ def test_a_round_stopped_after_sampling_resumes_without_sampling_again(tiny_mode
     assert f"round 1: kept {kept['kept']} of 6 samples ({kept['problems_with_a_kept_sample']} of 3 problems)" \
         in result.stdout and kept["kept"] >= 1
     assert (round_dir / "model" / "train_card.json").is_file()
+
+
+def test_the_shipped_config_validates():
+    from mathtune.config import DEFAULT_CONFIG_DIR, load_config
+
+    cfg = load_config(DEFAULT_CONFIG_DIR / "accuracy" / "self_training.yaml")
+    assert cfg.improve.problems == 2000 and cfg.improve.samples_per_problem == 4 and cfg.eval.calculator

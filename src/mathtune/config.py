@@ -218,6 +218,8 @@ class ImproveConfig(Section):
         "base", description="base: each round trains the run's method afresh from the base model on the mixed "
         "data (STaR's choice: no drift from training on one's own output twice); continue: from the model the "
         "round sampled (the run's tuned model in round 1; full fine-tuning runs only)")
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps of each round's training (null: the "
+                                  "run's own train.max_steps / epochs)")
     seed: int = Field(0, description="Seed of the train-problem draw and the samples (round r samples with "
                       "sample seed `seed + r`)")
 

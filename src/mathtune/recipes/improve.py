@@ -135,6 +135,8 @@ def training_config(run_cfg: RunConfig, round_dir: Path, sampled: Path) -> RunCo
     if run_cfg.improve.start_from == "continue":
         update["model"] = run_cfg.model.model_copy(update={"name": str(sampled / "adapter"), "gguf_file": None,
                                                            "revision": None})
+    if run_cfg.improve.max_steps is not None:
+        update["train"] = run_cfg.train.model_copy(update={"max_steps": run_cfg.improve.max_steps})
     data = run_cfg.data.model_dump()
     test_file = _test_file(run_cfg)
     data.update({"dataset": "jsonl", "train_file": str(round_dir / DATA_FILE), "test_file": test_file,

@@ -111,7 +111,7 @@ def test_a_vote_runs_under_several_processes_and_the_old_maj_at_k_is_refused(tin
     class Reached(Exception):
         pass
 
-    def stop_here(cfg):
+    def stop_here(*args, **kwargs):
         raise Reached
 
     monkeypatch.setattr(evaluate_recipe, "current_processes", lambda: Processes(0, 2))

@@ -5,8 +5,10 @@ one repeat of the human solution and one wrong one."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
+import yaml
 
 from mathtune.config import build_config
 from mathtune.data.programs import solution_to_program
@@ -191,7 +193,13 @@ def test_a_round_stopped_after_sampling_resumes_without_sampling_again(tiny_mode
     monkeypatch.setattr(improve_recipe, "train_workflow", real_train)
     calls = len(scripted_sampler)
     (tmp_path / "improve.yaml").write_text(json.dumps({"improve": tree["improve"], "eval": tree["eval"]}))
-    result = run_cli("improve", str(run_dir), "-c", str(tmp_path / "improve.yaml"))
+    # the run's own data dir moved: --data-dir says where it is now
+    moved = tmp_path / "moved-data"
+    shutil.copytree(data_dir, moved)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config["data"]["data_dir"] = str(tmp_path / "gone")
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    result = run_cli("improve", str(run_dir), "-c", str(tmp_path / "improve.yaml"), "--data-dir", str(moved))
     assert result.code == 0, result.stderr
     assert len(scripted_sampler) == calls  # the samples were kept, not drawn again
     kept = json.loads((round_dir / "data.json").read_text())["filter"]  # one problem overlaps the test split

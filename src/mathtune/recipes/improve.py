@@ -49,6 +49,8 @@ def improve_workflow(cfg: RunConfig, run_dir: Path, show_progress: bool = True) 
     if not (run_dir / "config.yaml").is_file() or not (run_dir / "adapter").is_dir():
         raise MathtuneError(f"{run_dir} is not a finished run (no config.yaml and adapter/); train it first")
     run_cfg = load_config(run_dir / "config.yaml").model_copy(update={"improve": cfg.improve, "eval": cfg.eval})
+    if cfg.data.data_dir:  # this call's --data-dir: where the run's data lives on this machine
+        run_cfg = run_cfg.model_copy(update={"data": run_cfg.data.model_copy(update={"data_dir": cfg.data.data_dir})})
     if run_cfg.method.name == "grpo":
         raise MathtuneError("mathtune improve trains with the run's method on the kept solutions; a grpo run "
                             "has no supervised targets: self-train a lora/full run instead")

@@ -145,3 +145,14 @@ def test_run_reports_greedy_and_voted_for_base_and_tuned(tiny_models, data_dir, 
         assert card[label]["voted"]["method"] == "majority" and card[label]["voted"]["n"] == N
     text = (tmp_path / "run" / "comparison.md").read_text()
     assert "| base | majority | 3 |" in text and "| tuned | majority | 3 |" in text
+
+
+def test_a_backend_without_the_seeded_sampler_is_refused_before_writing(tiny_models, data_dir, tmp_path):
+    class GreedyOnly:
+        def generate(self, requests, **kwargs):
+            raise AssertionError("never reached")
+
+    with pytest.raises(MathtuneError, match="eval.vote needs the transformers backend's seeded sampler"):
+        evaluate_recipe.evaluate(_cfg(tiny_models["llama"], data_dir, vote="majority"), GreedyOnly(),
+                                 tmp_path / "out", "base")
+    assert not (tmp_path / "out").exists()

@@ -65,6 +65,9 @@ def evaluate(cfg: RunConfig, backend: Backend, out_dir: Path, label: str, tokeni
                          "process's share would draw other samples than one process does; set eval.vote=majority "
                          "(a seed per problem and sample), or use `mathtune sample`")
     problems = eval_problems(cfg)
+    if cfg.eval.vote != "none" and not hasattr(backend, "sample"):  # before any output is written
+        raise MathtuneError(f"eval.vote needs the transformers backend's seeded sampler; {type(backend).__name__} "
+                            "has none")
     adapter = (meta or {}).get("adapter")
     fingerprint = check_eval_dir(cfg, out_dir, Path(adapter) if adapter else None, problems)
     if processes.main:
@@ -153,9 +156,6 @@ def _add_votes(cfg: RunConfig, backend: Backend, problems: list[Problem], prompt
     """row["vote"] for each problem: its k samples (seeded by sample_seed, problem id and index, so a
     process's share draws what one process would), each scored like greedy, and the voted outcome per
     score. Returns the tokens sampled."""
-    if not hasattr(backend, "sample"):
-        raise MathtuneError(f"eval.vote needs the transformers backend's seeded sampler; {type(backend).__name__} "
-                            "has none")
     strategy, k = get_strategy(cfg.prompt.strategy), cfg.eval.samples
     drawn = backend.sample(requests, [p.id for p in problems], k, temperature=cfg.eval.temperature,
                            top_p=cfg.eval.top_p, seed=cfg.eval.sample_seed)

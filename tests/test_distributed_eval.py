@@ -55,6 +55,10 @@ def eval_args(model: Path, data: Path, out: Path, size: int = EVAL_SIZE) -> list
             "-s", "eval.batch_size=1", "-s", "eval.max_new_tokens=40", "-s", "train.precision=fp32"]
 
 
+# Votes over per-problem seeded samples (eval.vote): a rank's share draws what one process draws.
+VOTE = ["-s", "eval.vote=majority", "-s", "eval.samples=2", "-s", "eval.temperature=1.0"]
+
+
 def sample_args(model: Path, data: Path, out: Path) -> list[str]:
     return ["sample", "--base", "--model", str(model), "--data-dir", str(data), "-o", str(out), "--eval-size", "6",
             "-k", "3", "--rows", "3", "--seed", "7", "-s", "eval.max_new_tokens=16", "-s", "train.precision=fp32"]
@@ -92,7 +96,8 @@ def test_two_processes_write_what_one_process_writes(tiny_models, data_dir, tmp_
     assert run_cli("verifier", "train", str(synthetic_samples(tmp_path / "train-samples", 8)), "-o", str(verifier),
                    "--model", str(model), "-s", "verifier.epochs=1", "-s", "verifier.max_length=48",
                    "-s", "train.precision=fp32").code == 0
-    for args in (eval_args(model, data_dir, single / "eval"), sample_args(model, data_dir, single / "samples")):
+    for args in ([*eval_args(model, data_dir, single / "eval"), *VOTE],
+                 sample_args(model, data_dir, single / "samples")):
         done = run_cli(*args)
         assert done.code == 0, done.stderr
     (multi / "scored").mkdir(parents=True)  # the verifier scores a copy of the same samples
@@ -100,7 +105,7 @@ def test_two_processes_write_what_one_process_writes(tiny_models, data_dir, tmp_
     done = run_cli("verifier", "score", str(verifier), str(single / "samples"))
     assert done.code == 0, done.stderr
 
-    done = run(launch(str(WORKER), *eval_args(model, data_dir, multi / "eval"),
+    done = run(launch(str(WORKER), *eval_args(model, data_dir, multi / "eval"), *VOTE,
                       ":::", *sample_args(model, data_dir, multi / "samples"),
                       ":::", "verifier", "score", str(verifier), str(multi / "scored")), launch_env)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -113,6 +118,7 @@ def test_two_processes_write_what_one_process_writes(tiny_models, data_dir, tmp_
     assert scores.count(b"\n") == 6 and scores == (single / "samples" / "verifier_scores.jsonl").read_bytes()
     merged, alone = (json.loads((d / "eval" / "metrics.json").read_text()) for d in (multi, single))
     assert merged["reproducibility"]["processes"] == 2 and alone["reproducibility"]["processes"] == 1
+    assert merged["voted"]["n"] == EVAL_SIZE and b'"vote": {' in predictions
     assert without_timing(merged) == without_timing(alone)
     assert json.loads((multi / "eval" / "fingerprint.json").read_text())["processes"] == 2
     assert json.loads((multi / "samples" / "sampling.json").read_text())["processes"] == 2

@@ -353,6 +353,22 @@ def augment_cmd(output: Annotated[Path, typer.Option("--output", "-o", help="JSO
                f"dropped: {report['dropped'] or 'none'}); {report['rows']} rows written to {output}")
 
 
+@app.command("improve")
+def improve_cmd(run_dir: Annotated[Path, typer.Argument(help="Finished run dir whose tuned model starts round 1")],
+                config: ConfigOpt = None, set_: SetOpt = None, data_dir: DataDirOpt = None) -> None:
+    """Self-training: sample train problems, keep the verified distinct solutions, retrain; per round."""
+    from mathtune.recipes.improve import improve_workflow
+
+    cfg = build_run_config(config, set_, data_dir=data_dir)
+    become_training_process(cfg)
+    interrupts.watch(run_dir / "improve")
+    for card in improve_workflow(cfg, run_dir):
+        kept = card["filter"]
+        typer.echo(f"round {card['round']}: kept {kept['kept']} of {kept['samples']} samples "
+                   f"({kept['problems_with_a_kept_sample']} of {kept['problems']} problems), {card['rows']} train "
+                   f"rows {card['sources']}; model in {run_dir / 'improve' / ('round-' + str(card['round']))}/model")
+
+
 @app.command("compare")
 def compare_cmd(paths: Annotated[list[Path], typer.Argument(help="Run dirs or eval dirs to put side by side")],
                 output: Annotated[Path | None, typer.Option("--output", "-o", help="Write <output>.md/.json/.png")]
@@ -401,6 +417,15 @@ def run_cmd(config: ConfigOpt = None, set_: SetOpt = None, model: ModelOpt = Non
 def _print_scores(metrics: dict[str, Any]) -> None:
     parts = [f"{name} {100 * s['exact_match']:.1f}±{100 * s['stderr']:.1f}%" for name, s in metrics["scores"].items()]
     typer.echo(f"{metrics.get('label', '')}: n={metrics['n']} " + ", ".join(parts))
+    voted = metrics.get("voted")
+    if voted:  # test-time compute beside greedy, on the same problems
+        numeric = voted["scores"].get("numeric-match") or next(iter(voted["scores"].values()))
+        test = voted["mcnemar_vs_greedy"].get("numeric-match") or next(iter(voted["mcnemar_vs_greedy"].values()))
+        typer.echo(f"{metrics.get('label', '')} {voted['method']}@{voted['k']}: "
+                   + ", ".join(f"{name} {100 * s['exact_match']:.1f}±{100 * s['stderr']:.1f}%"
+                               for name, s in voted["scores"].items())
+                   + f" (vs greedy: only greedy right {test['b']}, only voted right {test['c']}, "
+                   f"McNemar p = {test['p_value']:.3g}; numeric-match {100 * numeric['exact_match']:.1f}%)")
 
 
 @app.command("report")

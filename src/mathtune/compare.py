@@ -145,6 +145,7 @@ def _table_row(entry: dict[str, Any]) -> dict[str, Any]:
         "trainable_params": card.get("trainable_params"), "peak_train_rss_mb": card.get("peak_rss_mb"),
         "train_seconds": card.get("wall_seconds"), "train_tokens_per_second": card.get("tokens_per_second"),
         "eval_seconds": metrics.get("wall_seconds"), "failures": metrics.get("failures", {}),
+        "voted": metrics.get("voted"),
     }
 
 
@@ -178,9 +179,29 @@ def render_comparison_markdown(comparison: dict[str, Any]) -> str:
                  "equality by the math-verify library; '–': the score does not apply (ARC: letters only). Models "
                  "are paired only on the same problems: the same benchmark, and a perturbed copy (new numbers) "
                  "only with its own model's original problems.")
+    lines += _voted_markdown(comparison["rows"])
     for pair in comparison["pairs"]:
         lines += _pair_markdown(pair)
     return "\n".join(lines) + "\n"
+
+
+def _voted_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    """Greedy and voted (eval.vote) scores side by side, with the McNemar test between them."""
+    voted = [row for row in rows if row.get("voted")]
+    if not voted:
+        return []
+    lines = ["\n## Greedy vs voted (test-time compute, the same problems)\n",
+             "| model | vote | k | greedy numeric-match % | voted numeric-match % | only greedy right "
+             "| only voted right | McNemar p |", "|" + "---|" * 8]
+    for row in voted:
+        vote, name = row["voted"], "numeric-match"
+        if name not in vote["scores"]:
+            name = next(iter(vote["scores"]))
+        test = vote["mcnemar_vs_greedy"][name]
+        greedy = {"scores": {name: row["scores"][name]}} if name in row["scores"] else {"scores": {}}
+        lines.append(f"| {row['label']} | {vote['method']} | {vote['k']} | {_score(greedy, name)} "
+                     f"| {_score(vote, name)} | {test['b']} | {test['c']} | {test['p_value']:.4g} |")
+    return lines
 
 
 def _pair_markdown(pair: dict[str, Any]) -> list[str]:

@@ -170,7 +170,16 @@ class EvalConfig(Section):
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="Inference dtype ('auto' as train)")
     calculator: bool = Field(False, description="Calculator-augmented decoding of '<<expr=' annotations "
                                                 "(causal models; refused for seq2seq)")
-    samples: int = Field(1, ge=1, le=64, description="k > 1: also sample k solutions and report maj@k")
+    samples: int = Field(1, ge=1, le=64, description="k > 1: also sample k solutions and report maj@k (or "
+                         "vote on them: `vote`)")
+    vote: Literal["none", "majority", "verifier-weighted"] = Field(
+        "none", description="Test-time compute beside greedy: k = `samples` solutions per problem, each seeded by "
+        "(sample_seed, problem, index) as `mathtune sample` draws them; the answer of the most samples "
+        "(majority) or of the highest summed verifier scores (verifier-weighted, `verifier`). The metrics hold "
+        "greedy and voted scores side by side and an exact McNemar test between them. none: with samples > 1, "
+        "the older maj@k drawn per chunk of problems (one process only)")
+    verifier: str | None = Field(None, description="Verifier dir (`mathtune verifier train`) for vote "
+                                 "verifier-weighted")
     temperature: float = Field(0.7, gt=0, description="Sampling temperature for maj@k and `mathtune sample`")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling for `mathtune sample` (1: off)")
     sample_seed: int = Field(0, description="Seed of the sampled solutions (`mathtune sample`); each sample "
@@ -192,6 +201,14 @@ class EvalConfig(Section):
     def _llama_cpp_scores_no_perplexity(self) -> EvalConfig:
         if self.backend == "llama-cpp" and self.perplexity:
             raise ValueError("eval.backend llama-cpp scores no perplexity: add -s eval.perplexity=false")
+        return self
+
+    @model_validator(mode="after")
+    def _a_vote_needs_samples(self) -> EvalConfig:
+        if self.vote != "none" and self.samples < 2:
+            raise ValueError(f"eval.vote={self.vote} votes on sampled solutions: set eval.samples to 2 or more")
+        if self.vote == "verifier-weighted" and not self.verifier:
+            raise ValueError("eval.vote=verifier-weighted needs eval.verifier (a `mathtune verifier train` dir)")
         return self
 
 
@@ -218,6 +235,42 @@ class VerifierConfig(Section):
         "more rows, fewer runs of the prompt and larger matmuls, a little more padding")
 
 
+class ImproveConfig(Section):
+    """`mathtune improve RUN_DIR`: self-training (rejection-sampling fine-tuning / expert iteration). Each
+    round samples the current model on train problems, keeps the distinct solutions the answer check
+    confirms (data/self_training.py), mixes them with the human ones and trains the next model."""
+
+    rounds: int = Field(1, ge=1, le=10, description="Rounds of sample -> filter -> train; each starts from the "
+                        "model the round before trained (round 1: the run's own tuned model)")
+    samples_per_problem: int = Field(4, ge=1, le=64, description="Solutions sampled per train problem (k)")
+    temperature: float = Field(0.7, gt=0, description="Sampling temperature of those solutions")
+    problems: int | None = Field(None, ge=1, description="Train problems sampled per round (seeded draw of the "
+                                 "train split with `seed`; null: all of them)")
+    max_per_problem: int | None = Field(4, ge=1, description="Distinct right solutions kept per problem (null: "
+                                        "all), so easy problems do not crowd out the rest")
+    score: Literal["numeric-match", "strict-match", "flexible-extract"] = Field(
+        "numeric-match", description="The evaluation score a sample must pass to be kept (programs: always the "
+        "sandbox's result, which also has to be confirmed)")
+    mix: list[Literal["human", "self", "augmented"]] = Field(
+        ["human", "self"], min_length=1, description="Sources of each round's train data: human: the run's "
+        "own train rows; self: the kept samples; augmented: `augmented_file`")
+    augmented_file: str | None = Field(None, description="A `mathtune augment` JSONL, for mix 'augmented'")
+    start_from: Literal["base", "continue"] = Field(
+        "base", description="base: each round trains the run's method afresh from the base model on the mixed "
+        "data (STaR's choice: no drift from training on one's own output twice); continue: from the model the "
+        "round sampled (the run's tuned model in round 1; full fine-tuning runs only)")
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps of each round's training (null: the "
+                                  "run's own train.max_steps / epochs)")
+    seed: int = Field(0, description="Seed of the train-problem draw and the samples (round r samples with "
+                      "sample seed `seed + r`)")
+
+    @model_validator(mode="after")
+    def _augmented_needs_a_file(self) -> ImproveConfig:
+        if "augmented" in self.mix and not self.augmented_file:
+            raise ValueError("improve.mix 'augmented' needs improve.augmented_file (`mathtune augment -o FILE`)")
+        return self
+
+
 class RunConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -227,6 +280,7 @@ class RunConfig(Section):
     )
     train: TrainConfig = Field(default_factory=TrainConfig)
     verifier: VerifierConfig = Field(default_factory=VerifierConfig)
+    improve: ImproveConfig = Field(default_factory=ImproveConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output_dir: str = Field("runs/quickstart", description="Run directory (adapter, predictions, run card)")
 

@@ -69,7 +69,9 @@ def problems_digest(problems: list[Any]) -> str:
     """Hash of the problems' ids, questions and reference solutions, in order."""
     digest = hashlib.sha256()
     for problem in problems:
-        digest.update(json.dumps([problem.id, problem.question, problem.solution]).encode())
+        program = getattr(problem, "program", None)  # only rows that carry one: older digests stay as they were
+        digest.update(json.dumps([problem.id, problem.question, problem.solution, *([program] if program else [])
+                                  ]).encode())
     return digest.hexdigest()
 
 
@@ -105,6 +107,9 @@ def eval_fingerprint(cfg: Any, problems: list[Any], adapter_dir: Path | None) ->
 
         generation["temperature"] = settings["temperature"]
         generation["sampler"] = SAMPLER  # other draws, same distribution: not mixed into these samples
+    if cfg.eval.vote != "none":  # per-problem seeded samples voted on (recipes/evaluate.py)
+        generation |= {"vote": cfg.eval.vote, "sample_seed": settings["sample_seed"], "top_p": settings["top_p"],
+                       "verifier": files_digest(Path(cfg.eval.verifier) / "adapter") if cfg.eval.verifier else None}
     # A base model is loaded as its run's method loads it: only quantization changes what it is.
     from mathtune.methods.registry import method_class
 

@@ -18,6 +18,10 @@ class Problem:
     # How the answer is checked (evaluate/extraction.py): a number, a LaTeX expression (MATH, by
     # math-verify) or a multiple-choice letter (ARC).
     kind: Literal["number", "latex", "choice"] = "number"
+    # A program target already verified by whoever wrote the row (a JSONL row's `program` field:
+    # `mathtune augment` checks it computes the answer, `mathtune improve` keeps only sandbox-confirmed
+    # ones); the program strategy trains on it instead of converting `solution`.
+    program: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -49,7 +49,11 @@ def _problem(row: dict[str, Any], index: int, where: Callable[[int], str], quest
     answer = parse_reference_answer(solution)
     if answer is None:
         raise MathtuneError(f"{where(index)}: no numeric answer after '####' in field '{answer_field}'")
-    return Problem(id=str(row.get("id", index)), question=question, solution=solution, answer=answer)
+    program = row.get("program")
+    if program is not None and (not isinstance(program, str) or not program.strip()):
+        raise MathtuneError(f"{where(index)}: field 'program' must be non-empty text (or absent)")
+    return Problem(id=str(row.get("id", index)), question=question, solution=solution, answer=answer,
+                   program=program)
 
 
 def _svamp_problems(rows: list[dict[str, Any]], source: str) -> list[Problem]:

@@ -237,3 +237,30 @@ def plot_curve(curve: dict[str, Any], path: Any, greedy: dict[str, Any] | None =
 def scores_by_id(rows: Sequence[dict[str, Any]]) -> dict[str, list[float]]:
     """{problem id: one verifier score per sample} from rows of a verifier_scores.jsonl."""
     return {row["id"]: [float(s) for s in row["scores"]] for row in rows}
+
+
+def vote_outcomes(samples: list[dict[str, Any]], weights: list[float] | None) -> dict[str, bool]:
+    """Per score, whether the voted answer of one problem's samples is right: the answer of the most
+    samples, or (with verifier `weights`) the answer whose samples' weights sum highest."""
+    names = dict.fromkeys(name for sample in samples for name in sample["correct"])
+    pick = majority_correct if weights is None else weighted_correct
+    return {name: pick(samples, weights, name) for name in names}
+
+
+def voted_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """Voted accuracy per score beside greedy (`row["correct"]`) on the same problems, with the exact
+    McNemar test between them (b: greedy right and the vote wrong, c: the vote right and greedy wrong);
+    None when no row was voted on."""
+    voted = [row for row in rows if "vote" in row]
+    if not voted:
+        return None
+    scores, mcnemar = {}, {}
+    for name in voted[0]["vote"]["correct"]:
+        by_vote = [bool(row["vote"]["correct"].get(name)) for row in voted]
+        greedy = [bool(row["correct"].get(name)) for row in voted]
+        value, stderr = mean_and_stderr(by_vote)
+        scores[name] = {"exact_match": value, "stderr": stderr}
+        mcnemar[name] = mcnemar_exact(greedy, by_vote)
+    first = voted[0]["vote"]
+    return {"method": first["method"], "k": first["k"], "n": len(voted), "scores": scores,
+            "mcnemar_vs_greedy": mcnemar}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from mathtune.config import RunConfig, load_config
 from mathtune.data.problems import LoadedSplits, Problem, benchmark_name
 from mathtune.errors import MathtuneError
 from mathtune.evaluate.backend import build_backend
+from mathtune.evaluate.curves import vote_outcomes, voted_summary
 from mathtune.evaluate.decoding import CONTINUOUS_BATCHING, add_majority_votes, majority_summary
 from mathtune.evaluate.evaluator import (
     build_prompts,
@@ -62,11 +64,15 @@ def evaluate(cfg: RunConfig, backend: Backend, out_dir: Path, label: str, tokeni
     from mathtune.fingerprint import write_fingerprint
 
     processes = current_processes()  # under `accelerate launch`: this rank does its share of the problems
-    if processes.world > 1 and cfg.eval.samples > 1:
-        processes.refuse("eval.samples > 1 draws its samples per chunk of problems, so a process's share would "
-                         "draw other samples than one process does; use `mathtune sample` (a seed per problem)")
+    if processes.world > 1 and cfg.eval.samples > 1 and cfg.eval.vote == "none":
+        processes.refuse("eval.samples > 1 with eval.vote=none draws its samples per chunk of problems, so a "
+                         "process's share would draw other samples than one process does; set eval.vote=majority "
+                         "(a seed per problem and sample), or use `mathtune sample`")
     loaded = loaded or LoadedSplits()
     problems = eval_problems(cfg, loaded)
+    if cfg.eval.vote != "none" and not hasattr(backend, "sample"):  # before any output is written
+        raise MathtuneError(f"eval.vote needs the transformers backend's seeded sampler; {type(backend).__name__} "
+                            "has none")
     adapter = (meta or {}).get("adapter")
     fingerprint = check_eval_dir(cfg, out_dir, Path(adapter) if adapter else None, problems)
     if processes.main:
@@ -92,10 +98,11 @@ def evaluate(cfg: RunConfig, backend: Backend, out_dir: Path, label: str, tokeni
                desc=f"eval {label}" + (f" (rank 0 of {processes.world})" if shared else ""),
                disable=not show_progress or not processes.main, dynamic_ncols=True)
     new_tokens = 0
+    scorer = verifier_scorer(cfg) if todo else None  # verifier-weighted voting: loaded once
     for start in range(0, len(todo), chunk):
         indices = todo[start : start + chunk]
         rows, tokens = _predict_chunk(cfg, backend, [problems[i] for i in indices], [prompts[i] for i in indices],
-                                      stop, cfg.eval.seed + start)
+                                      stop, cfg.eval.seed + start, scorer)
         new_tokens += tokens
         predictions.append(rows)
         bar.update(len(indices))
@@ -107,8 +114,10 @@ def evaluate(cfg: RunConfig, backend: Backend, out_dir: Path, label: str, tokeni
         return processes.gather(None)[0]  # rank 0's metrics, once it has written them
     rows = merged
     metrics = summarize_predictions(rows)
-    if cfg.eval.samples > 1:
+    if cfg.eval.samples > 1 and cfg.eval.vote == "none":
         metrics["self_consistency"] = majority_summary(rows)
+    if cfg.eval.vote != "none":  # greedy and voted side by side, on the same problems
+        metrics["voted"] = voted_summary(rows)
     metrics["contamination"] = check_run(cfg, problems, loaded=loaded)
     if cfg.eval.text_metrics:
         metrics.update(text_metrics(rows))
@@ -125,9 +134,9 @@ def evaluate(cfg: RunConfig, backend: Backend, out_dir: Path, label: str, tokeni
 
 
 def _predict_chunk(cfg: RunConfig, backend: Backend, problems: list[Problem], prompts: list[str],
-                   stop: tuple[str, ...], seed: int) -> tuple[list[dict[str, Any]], int]:
-    """Generate, extract and score one chunk of problems (plus the reference's perplexity and maj@k
-    when asked); returns the prediction rows and the tokens generated."""
+                   stop: tuple[str, ...], seed: int, scorer: Scorer | None = None) -> tuple[list[dict[str, Any]], int]:
+    """Generate, extract and score one chunk of problems (plus the reference's perplexity, maj@k and
+    the vote when asked); returns the prediction rows and the tokens generated."""
     strategy = get_strategy(cfg.prompt.strategy)
     requests = [GenerationRequest(prompt, stop, cfg.eval.max_new_tokens, cfg.eval.calculator) for prompt in prompts]
     generations = backend.generate(requests)
@@ -137,10 +146,58 @@ def _predict_chunk(cfg: RunConfig, backend: Backend, problems: list[Problem], pr
                  for prompt, problem in zip(prompts, problems, strict=True)]
         for row, (nll, count) in zip(rows, backend.target_nll(pairs), strict=True):
             row["reference_nll"], row["reference_tokens"] = nll, count
-    if cfg.eval.samples > 1:  # self-consistency beside greedy: sample k, vote on the numbers
+    tokens = sum(g.new_tokens for g in generations)
+    if cfg.eval.vote != "none":  # test-time compute beside greedy: k seeded samples per problem, voted on
+        tokens += _add_votes(cfg, backend, problems, prompts, requests, rows, scorer)
+    elif cfg.eval.samples > 1:  # self-consistency beside greedy: sample k, vote on the numbers
         add_majority_votes(rows, backend, requests, [p.solution for p in problems], cfg.eval.samples,
                            cfg.eval.temperature, seed)
-    return rows, sum(g.new_tokens for g in generations)
+    return rows, tokens
+
+
+Scorer = Callable[[str, list[str]], list[float]]
+
+
+def _add_votes(cfg: RunConfig, backend: Backend, problems: list[Problem], prompts: list[str],
+               requests: list[GenerationRequest], rows: list[dict[str, Any]], scorer: Scorer | None) -> int:
+    """row["vote"] for each problem: its k samples (seeded by sample_seed, problem id and index, so a
+    process's share draws what one process would), each scored like greedy, and the voted outcome per
+    score. Returns the tokens sampled."""
+    strategy, k = get_strategy(cfg.prompt.strategy), cfg.eval.samples
+    drawn = backend.sample(requests, [p.id for p in problems], k, temperature=cfg.eval.temperature,
+                           top_p=cfg.eval.top_p, seed=cfg.eval.sample_seed)
+    for row, problem, prompt, generations in zip(rows, problems, prompts, drawn, strict=True):
+        scored = score_rows([problem] * k, generations, strategy, [prompt] * k)
+        samples = [{"output": r["output"], "extracted": r["extracted"], "correct": r["correct"]} for r in scored]
+        weights = scorer(prompt, [g.text for g in generations]) if scorer is not None else None
+        row["vote"] = {"method": cfg.eval.vote, "k": k, "samples": samples, "weights": weights,
+                       "correct": vote_outcomes(samples, weights)}
+    return sum(g.new_tokens for generations in drawn for g in generations)
+
+
+def verifier_scorer(cfg: RunConfig) -> Scorer | None:
+    """For vote verifier-weighted: the verifier (`cfg.eval.verifier`, on its own base model) scoring one
+    problem's solutions; None for the other votes."""
+    if cfg.eval.vote != "verifier-weighted":
+        return None
+    from mathtune.models.device import choose_placement
+    from mathtune.models.setup import load_for_run
+    from mathtune.models.verifier import load_verifier, score_solutions
+
+    verifier_dir = Path(cfg.eval.verifier)
+    if not (verifier_dir / "config.yaml").is_file():
+        raise MathtuneError(f"no verifier at {verifier_dir}: train one with `mathtune verifier train`")
+    settings = load_config(verifier_dir / "config.yaml")
+    placement = choose_placement(cfg.model.device, cfg.eval_precision())
+    loaded = load_for_run(settings.model, placement)
+    model = load_verifier(verifier_dir, loaded.model, loaded.tokenizer).to(placement.device)
+    model = model.merge_and_unload().eval()
+
+    def score(prompt: str, outputs: list[str]) -> list[float]:
+        return score_solutions(model, loaded.tokenizer, prompt, outputs, settings.verifier.max_length,
+                               placement.autocast_context(), rows=settings.verifier.solutions_per_pass)
+
+    return score
 
 
 def _reproducibility(cfg: RunConfig, problems: list[Problem], prompt_record: dict[str, Any],
@@ -155,7 +212,9 @@ def _reproducibility(cfg: RunConfig, problems: list[Problem], prompt_record: dic
         "generation": {"greedy": True, "max_new_tokens": cfg.eval.max_new_tokens, "stop": list(stop),
                        "batch_size": cfg.eval.batch_size, "batching": CONTINUOUS_BATCHING, "dtype": cfg.eval.dtype,
                        "calculator": cfg.eval.calculator, "samples": cfg.eval.samples,
-                       "temperature": cfg.eval.temperature if cfg.eval.samples > 1 else None},
+                       "temperature": cfg.eval.temperature if cfg.eval.samples > 1 else None,
+                       "vote": cfg.eval.vote, "sample_seed": cfg.eval.sample_seed if cfg.eval.vote != "none" else None,
+                       "verifier": cfg.eval.verifier if cfg.eval.vote == "verifier-weighted" else None},
         "dataset": cfg.data.model_dump(mode="json"), **(meta or {}), **provenance(),
     }
 

@@ -44,4 +44,4 @@ def run_workflow(cfg: RunConfig, overwrite: bool = False, resume: bool = False) 
 
 def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
     return {"n": metrics["n"], "scores": metrics["scores"], "perplexity": metrics["perplexity"],
-            "wall_seconds": metrics["wall_seconds"]}
+            "wall_seconds": metrics["wall_seconds"], **({"voted": metrics["voted"]} if metrics.get("voted") else {})}

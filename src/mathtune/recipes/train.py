@@ -65,12 +65,17 @@ def build_examples(cfg: RunConfig, problems: list[Problem], loaded: LoadedModel)
     if strategy.writes_programs:
         from mathtune.data.programs import convert_solutions
 
-        converted, report = convert_solutions([(p.solution, p.answer) for p in problems])
-        programs = {p.id: prog for p, prog in zip(problems, converted, strict=True) if prog is not None}
+        given = {p.id: _program_target(p.program) for p in problems if p.program}  # verified by the row's writer
+        to_convert = [p for p in problems if p.id not in given]
+        converted, report = convert_solutions([(p.solution, p.answer) for p in to_convert])
+        programs = {p.id: prog for p, prog in zip(to_convert, converted, strict=True) if prog is not None}
+        programs |= given
         stats["program_conversion"] = {
             "total": report.total, "converted": report.converted, "rate": report.rate,
             "dropped_no_annotation": report.dropped_no_annotation, "dropped_mismatch": report.dropped_mismatch,
         }
+        if given:
+            stats["program_conversion"]["given_in_file"] = len(given)
         problems = [p for p in problems if p.id in programs]
     examples = []
     prompts = render_prompts(loaded.tokenizer, [strategy.format_prompt(p.question) for p in problems],
@@ -83,6 +88,11 @@ def build_examples(cfg: RunConfig, problems: list[Problem], loaded: LoadedModel)
             examples.append(causal_example(loaded.tokenizer, prompt, target, cfg.data.max_length, cfg.train.loss_on))
     stats["examples"] = len(examples)
     return examples, stats
+
+
+def _program_target(program: str) -> str:
+    """A file's program as the target's code: the converter's form, ending in one newline before the fence."""
+    return program.strip("\n") + "\n"
 
 
 def micro_batch_plan(num_examples: int, cfg: RunConfig, world: int = 1) -> tuple[list[list[int]], int]:

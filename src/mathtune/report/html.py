@@ -16,7 +16,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
-from mathtune.report.markdown import FOOTNOTE, TABLE_HEAD, pair_sentence, run_line, table_cells
+from mathtune.report.markdown import FOOTNOTE, TABLE_HEAD, pair_sentence, run_line, table_cells, voted_sentences
 
 
 def data_uri(path: Path) -> str:
@@ -52,7 +52,7 @@ def render_html(data: dict[str, Any], figures: list[dict[str, Any]]) -> str:
         head=TABLE_HEAD,
         table=[table_cells(row) for row in rows],
         footnote=FOOTNOTE,
-        pairs=[pair_sentence(pair) for pair in data["pairs"]],
+        pairs=[pair_sentence(pair) for pair in data["pairs"]] + voted_sentences(rows),
         figures=[{**figure, "uri": data_uri(figure["path"])} for figure in figures],
         failure_rows=rows,
         categories=list(rows[0]["failure_counts"]) if rows else [],

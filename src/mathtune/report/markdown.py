@@ -57,6 +57,24 @@ def pair_sentence(pair: dict[str, Any]) -> str:
     )
 
 
+def voted_sentences(rows: list[dict[str, Any]]) -> list[str]:
+    """Greedy beside voted (`eval.vote`) for each row that voted, with the McNemar test between them."""
+    sentences = []
+    for row in rows:
+        voted = row.get("voted")
+        if not voted:
+            continue
+        name = "numeric-match" if "numeric-match" in voted["scores"] else next(iter(voted["scores"]))
+        test, greedy = voted["mcnemar_vs_greedy"][name], row["scores"].get(name)
+        greedy_text = "–" if greedy is None else f"{100 * greedy['exact_match']:.1f}"
+        sentences.append(
+            f"{row['label']}: greedy {name} {greedy_text} %, "
+            f"{voted['method']}@{voted['k']} {100 * voted['scores'][name]['exact_match']:.1f} % on the same "
+            f"{voted['n']} problems: only greedy right {test['b']}, only the vote right {test['c']}; exact "
+            f"McNemar two-sided p = {test['p_value']:.4g}.")
+    return sentences
+
+
 def run_line(run: dict[str, Any]) -> str:
     return (
         f"{run['name']}: model {run['model']}, method {run['method']}, prompt {run['prompt']}, "
@@ -85,6 +103,7 @@ def render_report_markdown(data: dict[str, Any], figures: list[dict[str, Any]]) 
     ]
     lines += ["", FOOTNOTE, ""]
     lines += [f"- {pair_sentence(pair)}" for pair in data["pairs"]]
+    lines += [f"- {sentence}" for sentence in voted_sentences(data["rows"])]
     lines += _figures(figures, "accuracy")
     if any(figure["section"] == "cost" for figure in figures):
         lines += ["", "## Training and cost"] + _figures(figures, "cost")

@@ -54,12 +54,7 @@ def test_one_round_keeps_the_verified_samples_and_trains_the_next_model(tiny_mod
             "improve": {"rounds": 1, "samples_per_problem": 4, "problems": 6, "seed": 3},
             "output_dir": str(tmp_path / "run")}
     cfg = build_config(tree)
-    run_dir = train_workflow(cfg)
-    [card] = improve_workflow(cfg, run_dir, show_progress=False)
-
-    round_dir = run_dir / "improve" / "round-1"
-    rows = [json.loads(line) for line in (round_dir / "data.jsonl").read_text().splitlines()]
-    self_rows = [row for row in rows if row["source"] == "self"]
+    run_dir, card, round_dir, rows, self_rows = _one_round(cfg)
     # 6 problems x 4 samples: per problem only the first sample survives (a repeat, the human solution
     # again and a wrong answer are dropped)
     assert len(self_rows) == 6 and all(row["id"].endswith("~self0") for row in self_rows)
@@ -151,11 +146,7 @@ def test_program_rounds_keep_sandbox_confirmed_programs_and_train_on_them(tiny_m
             "eval": {"max_new_tokens": 8, "batch_size": 8},
             "improve": {"samples_per_problem": 4, "problems": 3}, "output_dir": str(tmp_path / "run")}
     cfg = build_config(tree)
-    run_dir = train_workflow(cfg)
-    [card] = improve_workflow(cfg, run_dir, show_progress=False)
-    round_dir = run_dir / "improve" / "round-1"
-    rows = [json.loads(line) for line in (round_dir / "data.jsonl").read_text().splitlines()]
-    self_rows = [row for row in rows if row["source"] == "self"]
+    run_dir, card, round_dir, rows, self_rows = _one_round(cfg)
     # per problem: the first program (the sandbox computes the answer) is kept; its respaced copy and the
     # reference's own program are repeats; 123456 is wrong. One of the 3 drawn problems shares a 13-gram
     # with a test question (the synthetic questions share a template): its program never enters the data.
@@ -213,3 +204,12 @@ def test_the_shipped_config_validates():
 
     cfg = load_config(DEFAULT_CONFIG_DIR / "accuracy" / "self_training.yaml")
     assert cfg.improve.problems == 2000 and cfg.improve.samples_per_problem == 4 and cfg.eval.calculator
+
+
+def _one_round(cfg):
+    """Train, run one improve round; the run dir, the round's card and dir, its rows and the self ones."""
+    run_dir = train_workflow(cfg)
+    [card] = improve_workflow(cfg, run_dir, show_progress=False)
+    round_dir = run_dir / "improve" / "round-1"
+    rows = [json.loads(line) for line in (round_dir / "data.jsonl").read_text().splitlines()]
+    return run_dir, card, round_dir, rows, [row for row in rows if row["source"] == "self"]

@@ -92,7 +92,7 @@ def evaluate(cfg: RunConfig, backend: Backend, out_dir: Path, label: str, tokeni
     started = time.perf_counter()
     # several batches per write: length-sorting has room to work, and a continuous batch drains (its
     # rows finish one by one with nothing left to admit) once per chunk, not once per batch
-    chunk = cfg.eval.batch_size * 8
+    chunk = cfg.eval.batch_size * 4
     shared = processes.world > 1  # rank 0's bar counts its own share
     bar = tqdm(total=len(todo) if shared else len(problems), initial=0 if shared else len(problems) - len(todo),
                desc=f"eval {label}" + (f" (rank 0 of {processes.world})" if shared else ""),

@@ -113,7 +113,7 @@ def sample_model(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None = None,
     todo = sharded.mine(done)
     finished = len(done) == len(problems) and sharded.merged_only() and (out_dir / "sampling.json").is_file()
     stop, k = stop_strings(cfg, strategy), cfg.eval.samples
-    chunk = max(1, cfg.eval.batch_size // k) * 8  # problems per write; a continuous batch drains once per chunk
+    chunk = max(1, cfg.eval.batch_size // k) * 4  # problems per write; a continuous batch drains once per chunk
     started, new_tokens = time.perf_counter(), 0
     order = {problem.id: index for index, problem in enumerate(problems)}
     shared = processes.world > 1  # rank 0's bar counts its own share

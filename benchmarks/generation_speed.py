@@ -221,11 +221,11 @@ def main() -> None:
             for quant in args.llama_quants.split(","):
                 path = source if quant == source.stem.split(".")[-1].lower() else quantize_gguf(
                     source, folder / f"{source.stem}.{quant}.gguf", quant)
-                one = LlamaCppBackend(path, threads=threads, context=1024)
+                one = LlamaCppBackend(path, threads=threads, context=512)
                 record(timed(f"llama.cpp {quant.upper()}", "1 sequence", small, lambda o=one: o.generate(small)))
                 one.close()
                 if quant == args.llama_quants.split(",")[0]:
-                    many = LlamaCppBackend(path, threads=threads, context=1024, parallel=args.llama_parallel)
+                    many = LlamaCppBackend(path, threads=threads, context=512, parallel=args.llama_parallel)
                     record(timed(f"llama.cpp {quant.upper()}", f"{args.llama_parallel} sequences", mix,
                                  lambda m=many: m.generate(mix)))
                     many.close()

@@ -128,7 +128,7 @@ class LlamaCppBackend:
         lib = self._llama_cpp
         ctx = self.llm._ctx.ctx
         memory = lib.llama_get_memory(ctx)
-        batch = lib.llama_batch_init(max(512, self.context), 0, self.parallel)
+        batch = lib.llama_batch_init(max(self.llm.n_batch, self.parallel), 0, self.parallel)
         rows = [_Row(i, r.stop, r.max_new_tokens, r.calculator) for i, r in enumerate(requests)]
         rngs = [np.random.default_rng(seed + i) if sample else None for i in range(len(requests))]
         pending = list(range(len(requests)))[::-1]
@@ -172,7 +172,7 @@ class LlamaCppBackend:
         (no logits), then every slot's last token in one call; the output index of each slot."""
         head = [(slot, token, False) for slot, tokens in feed.items() for token in tokens[:-1]]
         last = [(slot, tokens[-1], True) for slot, tokens in feed.items()]
-        limit = max(512, self.context)
+        limit = self.llm.n_batch  # llama_decode takes at most n_batch tokens per call
         outputs: dict[int, int] = {}
         for part in [head[i : i + limit] for i in range(0, len(head), limit)] + [last]:
             batch.n_tokens = len(part)

@@ -144,8 +144,8 @@ MUTANTS: list[Mutant] = [
            'regex["regex_pattern"], 0)',
            AGREEMENT_TESTS),
     Mutant("extraction: gsm8k_cot scored with gsm8k's strict filter", "evaluate/extraction.py",
-           '"gsm8k_cot": _task_filters_and_ignores(TASKS_DIR / "gsm8k_cot.yaml")[0]}',
-           '"gsm8k_cot": FILTERS}',
+           "    filters = TASK_FILTERS[task]\n",
+           "    filters = FILTERS\n",
            AGREEMENT_TESTS),
     # ---- metrics: McNemar ----
     Mutant("metrics: McNemar counts concordant pairs", "evaluate/metrics.py",
@@ -169,8 +169,9 @@ MUTANTS: list[Mutant] = [
            ("tests/reliability/test_rerun_safety.py::test_a_half_written_evaluation_resumes_only_with_the_settings_"
             "that_wrote_it",)),
     Mutant("fingerprint: the adapter's files are not hashed", "fingerprint.py",
-           '"adapter": files_digest(adapter_dir),',
-           '"adapter": None if adapter_dir is None else str(adapter_dir),',
+           'return {"kind": "eval", "model": _model_identity(cfg), "adapter": files_digest(adapter_dir),',
+           'return {"kind": "eval", "model": _model_identity(cfg), "adapter": None if adapter_dir is None else '
+           'str(adapter_dir),',
            ("tests/reliability/test_rerun_safety.py::test_a_half_written_evaluation_resumes_only_with_the_settings_"
             "that_wrote_it",)),
     # ---- augment ----

@@ -23,10 +23,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 LLAMA_CPP_PIN = "llama-cpp-python==0.3.36"
-STOP_WINDOW = 16  # tokens decoded to look for a stop string, as evaluate/decoding.py
 
 
 def ensure_llama_cpp() -> float | None:
@@ -47,41 +45,6 @@ def export_gguf(run_dir: Path, quant: str) -> Path:
     return out
 
 
-def llama_cpp_greedy(llm: Any, prompt: str, stop: tuple[str, ...], max_new: int, calculator: bool,
-                     eos: set[int]) -> tuple[str, int, list[int]]:
-    """mathtune's greedy loop on llama.cpp: argmax of the last logits, stop strings on the decoded tail,
-    the calculator's tokens forced after an open annotation. Returns (text cut at a stop, tokens, prompt ids)."""
-    import llama_cpp
-    import numpy as np
-
-    from mathtune.evaluate.calculator import complete_calculator_annotation
-    from mathtune.evaluate.generation import cut_at_stop
-
-    prompt_ids = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
-    llm.reset()
-    llm.eval(prompt_ids)
-    tokens: list[int] = []
-    forced: list[int] = []
-    while len(tokens) < max_new:
-        # The last position's logits straight from llama.cpp (without logits_all, Llama.scores is not filled).
-        last = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),))
-        was_forced = bool(forced)
-        token = forced.pop(0) if was_forced else int(np.argmax(last))
-        if token in eos and not was_forced:  # a forced calculator token is never EOS
-            break
-        tokens.append(token)
-        tail = llm.detokenize(tokens[-STOP_WINDOW:]).decode("utf-8", errors="ignore")
-        if any(s and s in tail for s in stop):
-            break
-        if calculator and not forced:
-            value = complete_calculator_annotation(tail)
-            if value is not None:
-                forced = llm.tokenize(f"{value}>>".encode(), add_bos=False, special=False)
-        llm.eval([token])
-    text = llm.detokenize(tokens).decode("utf-8", errors="replace")
-    return cut_at_stop(text, stop)[0], len(tokens), prompt_ids
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, nargs="?", default=Path("runs/quickstart_full"))
@@ -94,13 +57,13 @@ def main() -> None:
     build_seconds = ensure_llama_cpp()
 
     import torch
-    from llama_cpp import Llama
 
     from mathtune.config import load_config
     from mathtune.evaluate.backend import build_backend
     from mathtune.evaluate.evaluator import stop_strings
     from mathtune.evaluate.extraction import score_answer
     from mathtune.evaluate.generation import GenerationRequest
+    from mathtune.evaluate.llama_cpp_backend import LlamaCppBackend
     from mathtune.io import read_jsonl_tolerant
     from mathtune.prompts import get_strategy
 
@@ -126,18 +89,16 @@ def main() -> None:
     ours = [g for start in range(0, len(requests), batch_size)
             for g in backend.generate(requests[start : start + batch_size])]
     ours_seconds = time.perf_counter() - started
-    eos = {i for i in (backend.tokenizer.eos_token_id, getattr(backend.model.generation_config, "eos_token_id", None))
-           if isinstance(i, int)}
-
-    llm = Llama(model_path=str(export_dir / gguf_file), n_ctx=2048, n_threads=threads, n_batch=512,
-                logits_all=False, verbose=False)
-    eos.add(llm.token_eos())
+    # llama.cpp with mathtune's decoding rules (evaluate/llama_cpp_backend.py: the same stop strings, EOS,
+    # cap and calculator as the PyTorch loop), one sequence at a time
+    llama = LlamaCppBackend(export_dir / gguf_file, threads=threads, context=2048)
     results, llama_tokens, same_prompt_ids = [], 0, 0
     started = time.perf_counter()
-    for row in rows:
-        text, count, prompt_ids = llama_cpp_greedy(llm, row["prompt"], stop, max_new, calculator, eos)
+    for row, request in zip(rows, requests, strict=True):
+        [generation] = llama.generate([request])
+        text, count = generation.text, generation.new_tokens
         llama_tokens += count
-        same_prompt_ids += prompt_ids == backend.tokenizer(row["prompt"])["input_ids"]
+        same_prompt_ids += llama.tokenizer.prompt_ids(row["prompt"]) == backend.tokenizer(row["prompt"])["input_ids"]
         extracted, correct = score_answer(strategy.answer_texts([text])[0][0], row["reference"],
                                           row["reference_answer"])
         results.append({"id": row["id"], "llama_cpp_output": text, "llama_cpp_extracted": extracted,

@@ -170,6 +170,12 @@ class EvalConfig(Section):
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="Inference dtype ('auto' as train)")
     calculator: bool = Field(False, description="Calculator-augmented decoding of '<<expr=' annotations "
                                                 "(causal models; refused for seq2seq)")
+    repetition_stop: int = Field(
+        0, ge=0, description="End a row once its tokens end in this many copies of one block (a greedy loop "
+        "that would run to the cap; counted as truncated); 0: off. Causal models. benchmarks/repetition_stop.py "
+        "measures what it saves and changes")
+    repetition_min_tokens: int = Field(32, ge=2, description="Tokens the repeated copies must span at least, so "
+                                       "that short legitimate repeats never stop a row")
     samples: int = Field(1, ge=1, le=64, description="k > 1: also sample k solutions and report maj@k (or "
                          "vote on them: `vote`)")
     vote: Literal["none", "majority", "verifier-weighted"] = Field(
@@ -196,6 +202,11 @@ class EvalConfig(Section):
     gguf: str | None = Field(
         None, description="GGUF file for backend llama-cpp (null: the embedded model's own file, base model "
         "only; a tuned run: `mathtune export RUN --format gguf`)")
+
+    @property
+    def loop_stop(self) -> tuple[int, int] | None:
+        """(repeats, min_tokens) for the decoding loop's repetition stop, or None when it is off."""
+        return (self.repetition_stop, self.repetition_min_tokens) if self.repetition_stop else None
 
     @model_validator(mode="after")
     def _llama_cpp_scores_no_perplexity(self) -> EvalConfig:

@@ -202,3 +202,54 @@ def test_seeded_samples_differ_from_greedy_and_across_seeds_and_not_across_batch
     drawn = backend(4).generate(requests, sample=True, seed=3)
     assert drawn == backend(4).generate(requests, sample=True, seed=3)
     assert drawn != greedy and drawn != backend(4).generate(requests, sample=True, seed=4)
+
+
+def test_the_repetition_stop_ends_looping_rows_after_the_copies_and_nowhere_else(tiny_models):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["llama"])
+
+    def ids(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    block = ids(" So 3 + 4 = 7 apples each day.")
+    short = ids(" 1")
+    preamble = ids("Two copies, after a preamble longer than one copy of the block:")
+    span = 2 * len(block) + 1  # three copies of `block` are needed to span it, two are not
+    copies = -(-span // len(short))  # copies of `short` that span it
+    plans = [  # (the script, the tokens expected under the stop: 3 copies spanning >= `span` tokens)
+        (ids("First 12 then") + block * 8, ids("First 12 then") + block * 3),  # a loop: cut after 3 copies
+        (ids("Count:") + short * 5 + ids(" done"), ids("Count:") + short * 5 + ids(" done")),  # too short a span
+        (preamble + block * 2 + ids(" end"), preamble + block * 2 + ids(" end")),
+        (ids("A") + short * (copies + 6), ids("A") + short * copies),  # a short block must span `span` tokens
+    ]
+    assert 5 * len(short) < span and copies > 3 and len(preamble) > len(block)
+    longest = max(len(script) for script, _ in plans)
+    prompts = [f"Question {i}:" + " x" * (longest * i) + "\nAnswer:" for i in range(len(plans))]
+    lengths = [len(ids(p)) for p in prompts]
+    assert all(b - a > longest for a, b in itertools.pairwise(lengths)), "each row's script must be its own"
+    model = _scripted_model(tiny_models, {n: script for n, (script, _) in zip(lengths, plans, strict=True)},
+                            tokenizer.eos_token_id)
+    requests = [GenerationRequest(prompt, (), 400, loop_stop=(3, span)) for prompt in prompts]
+    # two copies never stop a row, however short the span asked
+    requests[2] = dataclasses.replace(requests[2], loop_stop=(3, len(block)))
+    for batch_size in (1, 3):
+        got = HFBackend(model, tokenizer, torch.device("cpu"), False, batch_size).generate(requests)
+        assert [g.text for g in got] == [tokenizer.decode(expected) for _, expected in plans], batch_size
+        assert [g.new_tokens for g in got] == [len(expected) for _, expected in plans], batch_size
+        assert [g.truncated for g in got] == [True, False, False, True], batch_size  # a cut loop counts as truncated
+    # off: every row writes its whole script (the loop runs on)
+    plain = HFBackend(model, tokenizer, torch.device("cpu"), False, 3).generate(
+        [dataclasses.replace(r, loop_stop=None) for r in requests])
+    assert [g.new_tokens for g in plain] == [len(script) for script, _ in plans]
+
+
+@pytest.mark.parametrize(("tokens", "min_tokens", "expected"), [
+    ([1, 2, 3] * 3, 9, True), ([1, 2, 3] * 3, 10, False), ([1, 2, 3] * 2, 6, False), ([9, 8, 7] + [1, 2, 3] * 2, 6, False), ([1, 2, 3] * 2 + [1, 2], 6, False),
+    ([9] + [1, 2, 3, 4] * 3, 12, True), ([5] * 11, 12, False), ([5] * 12, 12, True), ([1, 2] * 5 + [1], 12, False),
+    ([1, 2] * 6, 12, True), ([1, 2] * 6, 13, False), ([], 1, False), ([7, 1, 2, 3, 1, 2, 3, 1, 2, 3, 8], 9, False),
+])
+def test_repeating_tail_needs_the_copies_and_the_span(tokens, min_tokens, expected):
+    from mathtune.evaluate.decoding import repeating_tail
+
+    assert repeating_tail(tokens, 3, min_tokens) is expected

@@ -37,11 +37,13 @@ class _Row:
     stop: tuple[str, ...]
     max_new_tokens: int
     calculator: bool
+    loop_stop: tuple[int, int] | None = None  # (repeats, min_tokens): end the row when its tail loops
     tokens: list[int] = field(default_factory=list)
     forced: list[int] = field(default_factory=list)  # calculator tokens still to feed
     calls: int = 0
     hit_eos: bool = False
     stopped: bool = False
+    looped: bool = False
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class Decoded:
     hit_eos: bool
     stopped: bool  # a stop string appeared
     calculator_calls: int
+    looped: bool = False  # ended by the repetition stop (`repeating_tail`): it would have run to its cap
 
 
 def decode_batch(
@@ -68,6 +71,7 @@ def decode_batch(
     top_p: float = 1.0,
     share_common_prefix: bool = True,
     max_rows: int | None = None,
+    loop_stops: Sequence[tuple[int, int] | None] | None = None,
 ) -> list[Decoded]:
     """Decode every prompt until EOS, a stop string or its token cap; left padding, one KV cache.
 
@@ -84,11 +88,16 @@ def decode_batch(
     `max_rows`): reproducible, not batch-invariant.
 
     `share_common_prefix`: when the prompts begin with the same tokens (fixed few-shot examples, a
-    chat template's system turn), that prefix is prefilled once (`prefill_common_prefix`)."""
+    chat template's system turn), that prefix is prefilled once (`prefill_common_prefix`).
+
+    `loop_stops` (one per prompt, None: off): a row whose tokens end in `repeats` copies of one block
+    spanning `min_tokens` tokens ends there (`repeating_tail`), marked `looped`, instead of decoding
+    the loop to its cap."""
     device = next(model.parameters()).device
     total = len(prompts) * copies
     rows = [_Row(i, tuple(stops[i // copies]), max_new_tokens[i // copies],
-                 bool(calculator and calculator[i // copies])) for i in range(total)]
+                 bool(calculator and calculator[i // copies]), loop_stops[i // copies] if loop_stops else None)
+            for i in range(total)]
     if row_seeds is not None and len(row_seeds) != total:
         raise ValueError(f"row_seeds: {len(row_seeds)} seeds for {total} rows")
     generators: list[torch.Generator] | None = None
@@ -133,7 +142,7 @@ def decode_batch(
             if batch.dead >= _dead_threshold(len(batch.slots), bool(pending) and batch.flexible):
                 next_ids = batch.compact(next_ids)
             batch.step(model, next_ids)
-    return [Decoded(r.tokens, r.hit_eos, r.stopped, r.calls) for r in rows]
+    return [Decoded(r.tokens, r.hit_eos, r.stopped, r.calls, r.looped) for r in rows]
 
 
 def _admit_threshold(capacity: int, copies: int) -> int:
@@ -447,11 +456,34 @@ def _advance(row: _Row, chosen: int, tokenizer: Any, eos: set[int]) -> int | Non
         return None
     if len(row.tokens) >= row.max_new_tokens:
         return None
+    if row.loop_stop and not row.forced and repeating_tail(row.tokens, *row.loop_stop):
+        row.looped = True
+        return None
     if row.calculator and not row.forced:
         row.forced = calculator_tokens(tokenizer, tail)
         row.calls += bool(row.forced)
         # a forced token may not fit under the cap; it is cut there like any other token
     return token
+
+
+def repeating_tail(tokens: Sequence[int], repeats: int, min_tokens: int, max_period: int = 64) -> bool:
+    """Whether `tokens` end in `repeats` copies of one block of at most `max_period` tokens that
+    together span at least `min_tokens` tokens: a greedy row caught in a loop (the same sentence
+    written again and again), which would otherwise run to its token cap.
+
+    `min_tokens` keeps short legitimate repeats (`0000`, `1 + 1 + 1`, a table's `| |`) from firing:
+    a one-token block must repeat `min_tokens` times. Cheap per step: a period is compared only when
+    the last token recurs one period earlier."""
+    n = len(tokens)
+    last = tokens[-1] if n else None
+    for period in range(1, min(max_period, n // repeats) + 1):
+        span = period * max(repeats, -(-min_tokens // period))  # at least `repeats` copies, `min_tokens` tokens
+        if span > n or tokens[n - 1 - period] != last:
+            continue
+        tail = list(tokens[n - span:])
+        if tail[period:] == tail[:-period]:  # periodic with this period over the whole span
+            return True
+    return False
 
 
 def calculator_tokens(tokenizer: Any, text: str) -> list[int]:

@@ -165,7 +165,8 @@ def quick_accuracy(cfg: RunConfig, backend: Backend, problems: list[Problem]) ->
     prompts = [strategy.format_prompt(p.question) for p in problems]
     if getattr(backend, "tokenizer", None) is not None:
         prompts = render_prompts(backend.tokenizer, prompts, cfg.prompt.chat_template)
-    requests = [GenerationRequest(p, stop_strings(cfg, strategy), cfg.eval.max_new_tokens) for p in prompts]
+    requests = [GenerationRequest(p, stop_strings(cfg, strategy), cfg.eval.max_new_tokens, loop_stop=cfg.eval.loop_stop)
+                for p in prompts]
     rows = score_rows(problems, backend.generate(requests), strategy, prompts)
     return {name: sum(bool(r["correct"][name]) for r in rows) / len(rows) for name in score_names(rows)}
 

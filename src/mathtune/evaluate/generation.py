@@ -26,6 +26,7 @@ class GenerationRequest:
     stop: tuple[str, ...]
     max_new_tokens: int
     calculator: bool = False  # insert the calculator's result after each '<<expr=' (causal models)
+    loop_stop: tuple[int, int] | None = None  # (repeats, min_tokens): end a looping row (causal models)
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ class HFBackend:
             self.model, self.tokenizer, [r.prompt for r in batch], [r.stop for r in batch],
             [r.max_new_tokens for r in batch], sample=sample, temperature=temperature, seed=seed,
             calculator=[r.calculator for r in batch], share_common_prefix=self.share_common_prefix,
-            max_rows=self.batch_size,
+            max_rows=self.batch_size, loop_stops=[r.loop_stop for r in batch],
         )
         return [self._causal_generation(result, request) for result, request in zip(decoded, batch, strict=True)]
 
@@ -162,7 +163,8 @@ class HFBackend:
             self.model, self.tokenizer, [r.prompt for r in prompts], [r.stop for r in prompts],
             [r.max_new_tokens for r in prompts], sample=True, temperature=temperature, top_p=top_p,
             calculator=[r.calculator for r in prompts], copies=copies, row_seeds=seeds,
-            share_common_prefix=self.share_common_prefix, max_rows=max(self.batch_size, count))
+            share_common_prefix=self.share_common_prefix, max_rows=max(self.batch_size, count),
+            loop_stops=[r.loop_stop for r in prompts])
         results = {index: [self._causal_generation(result, requests[index])
                            for result in decoded[slot * count : (slot + 1) * count]]
                    for slot, index in enumerate(order)}
@@ -183,7 +185,9 @@ class HFBackend:
 
     def _causal_generation(self, result: Any, request: GenerationRequest) -> Generation:
         text, stopped = cut_at_stop(self.tokenizer.decode(result.tokens, skip_special_tokens=True), request.stop)
-        truncated = not stopped and not result.hit_eos and len(result.tokens) >= request.max_new_tokens
+        # a row the repetition stop ended counts as truncated: it was looping towards its cap
+        truncated = not stopped and not result.hit_eos and (len(result.tokens) >= request.max_new_tokens
+                                                           or result.looped)
         return Generation(text, truncated, len(result.tokens), result.calculator_calls)
 
     def _finish(self, ids: torch.Tensor, request: GenerationRequest) -> Generation:

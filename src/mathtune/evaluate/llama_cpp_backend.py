@@ -111,7 +111,7 @@ class LlamaCppBackend:
                                 f"{self.context}-token context (set eval.llama_cpp_context)")
         llm.reset()
         llm.eval(ids)
-        row = _Row(0, request.stop, request.max_new_tokens, request.calculator)
+        row = _Row(0, request.stop, request.max_new_tokens, request.calculator, request.loop_stop)
         rng = np.random.default_rng(seed) if sample else None
         while True:
             logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(self.n_vocab,))
@@ -129,7 +129,7 @@ class LlamaCppBackend:
         ctx = self.llm._ctx.ctx
         memory = lib.llama_get_memory(ctx)
         batch = lib.llama_batch_init(max(self.llm.n_batch, self.parallel), 0, self.parallel)
-        rows = [_Row(i, r.stop, r.max_new_tokens, r.calculator) for i, r in enumerate(requests)]
+        rows = [_Row(i, r.stop, r.max_new_tokens, r.calculator, r.loop_stop) for i, r in enumerate(requests)]
         rngs = [np.random.default_rng(seed + i) if sample else None for i in range(len(requests))]
         pending = list(range(len(requests)))[::-1]
         slots: list[int | None] = [None] * self.parallel
@@ -199,7 +199,7 @@ class LlamaCppBackend:
 
     def _generation(self, row: _Row, request: GenerationRequest) -> Generation:
         text, stopped = cut_at_stop(self.tokenizer.decode(row.tokens), request.stop)
-        truncated = not stopped and not row.hit_eos and len(row.tokens) >= request.max_new_tokens
+        truncated = not stopped and not row.hit_eos and (len(row.tokens) >= request.max_new_tokens or row.looped)
         return Generation(text, truncated, len(row.tokens), row.calls)
 
     def close(self) -> None:

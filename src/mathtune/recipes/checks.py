@@ -37,6 +37,9 @@ def preflight(cfg: RunConfig, splits: tuple[str, ...] = ("train", "test"), train
         # seq2seq models decode with `generate`, which has no calculator: refused, never recorded as used
         raise MathtuneError(f"eval.calculator works with causal models only; {cfg.model.name} is an "
                             "encoder-decoder (seq2seq) model: set eval.calculator=false")
+    if cfg.eval.repetition_stop and seq2seq and cfg.eval.split in splits:
+        raise MathtuneError(f"eval.repetition_stop works with causal models only; {cfg.model.name} is an "
+                            "encoder-decoder (seq2seq) model: set eval.repetition_stop=0")
     if cfg.prompt.chat_template:
         from mathtune.prompts import check_chat_template
 

@@ -138,7 +138,8 @@ def _predict_chunk(cfg: RunConfig, backend: Backend, problems: list[Problem], pr
     """Generate, extract and score one chunk of problems (plus the reference's perplexity, maj@k and
     the vote when asked); returns the prediction rows and the tokens generated."""
     strategy = get_strategy(cfg.prompt.strategy)
-    requests = [GenerationRequest(prompt, stop, cfg.eval.max_new_tokens, cfg.eval.calculator) for prompt in prompts]
+    requests = [GenerationRequest(prompt, stop, cfg.eval.max_new_tokens, cfg.eval.calculator, cfg.eval.loop_stop)
+                for prompt in prompts]
     generations = backend.generate(requests)
     rows = score_rows(problems, generations, strategy, prompts)
     if cfg.eval.perplexity:
@@ -211,7 +212,8 @@ def _reproducibility(cfg: RunConfig, problems: list[Problem], prompt_record: dic
         "extraction": {name: {"regex": f.pattern, "group_select": f.group_select} for name, f in filters.items()},
         "generation": {"greedy": True, "max_new_tokens": cfg.eval.max_new_tokens, "stop": list(stop),
                        "batch_size": cfg.eval.batch_size, "batching": CONTINUOUS_BATCHING, "dtype": cfg.eval.dtype,
-                       "calculator": cfg.eval.calculator, "samples": cfg.eval.samples,
+                       "calculator": cfg.eval.calculator, "repetition_stop": cfg.eval.loop_stop,
+                       "samples": cfg.eval.samples,
                        "temperature": cfg.eval.temperature if cfg.eval.samples > 1 else None,
                        "vote": cfg.eval.vote, "sample_seed": cfg.eval.sample_seed if cfg.eval.vote != "none" else None,
                        "verifier": cfg.eval.verifier if cfg.eval.vote == "verifier-weighted" else None},

@@ -124,8 +124,8 @@ def sample_model(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None = None,
         rows = []
         for indices in _by_samples_kept(todo[start : start + chunk], problems, earlier):
             kept = earlier.get(problems[indices[0]].id, [])
-            requests = [GenerationRequest(prompts[i], stop, cfg.eval.max_new_tokens, cfg.eval.calculator)
-                        for i in indices]
+            requests = [GenerationRequest(prompts[i], stop, cfg.eval.max_new_tokens, cfg.eval.calculator,
+                                          cfg.eval.loop_stop) for i in indices]
             samples = backend.sample(requests, [problems[i].id for i in indices], k, temperature=cfg.eval.temperature,
                                      top_p=cfg.eval.top_p, seed=cfg.eval.sample_seed, share_prefix=share_prefix,
                                      first=len(kept))

@@ -189,7 +189,7 @@ def verifier_scorer(cfg: RunConfig) -> Scorer | None:
         raise MathtuneError(f"no verifier at {verifier_dir}: train one with `mathtune verifier train`")
     settings = load_config(verifier_dir / "config.yaml")
     placement = choose_placement(cfg.model.device, cfg.eval_precision())
-    loaded = load_for_run(settings.model, placement)
+    loaded = load_for_run(settings.model, placement, tuned_dir=verifier_dir / "adapter")
     model = load_verifier(verifier_dir, loaded.model, loaded.tokenizer).to(placement.device)
     model = model.merge_and_unload().eval()
 

@@ -136,7 +136,7 @@ def load_tuned(cfg: RunConfig, adapter_dir: Path) -> tuple[Any, Any, list[str]]:
     if cfg.method.name == "qlora":
         from peft import PeftModel
 
-        backend, meta = build_backend(cfg)
+        backend, meta = build_backend(cfg, vocab_dir=adapter_dir)  # the run's added characters, its ids
         base = dequantize(backend.model)
         return PeftModel.from_pretrained(base, adapter_dir).eval(), backend.tokenizer, meta.get("added_characters", [])
     backend, meta = build_backend(cfg, adapter_dir)

@@ -17,7 +17,9 @@ from mathtune.errors import MathtuneError
 from mathtune.evaluate.backend import build_backend
 from mathtune.evaluate.curves import vote_outcomes, voted_summary
 from mathtune.evaluate.decoding import CONTINUOUS_BATCHING, add_majority_votes, majority_summary
-from mathtune.evaluate.evaluator import (
+from mathtune.evaluate.extraction import CHOICE_FILTERS, FILTERS
+from mathtune.evaluate.generation import Backend, GenerationRequest
+from mathtune.evaluate.scoring import (
     build_prompts,
     check_run,
     eval_problems,
@@ -26,8 +28,6 @@ from mathtune.evaluate.evaluator import (
     summarize_predictions,
     text_metrics,
 )
-from mathtune.evaluate.extraction import CHOICE_FILTERS, FILTERS
-from mathtune.evaluate.generation import Backend, GenerationRequest
 from mathtune.evaluate.sharding import ShardedRows, current_processes, expected_length
 from mathtune.io import atomic_write_json, output_dir_guard
 from mathtune.methods.registry import METHODS, method_class

@@ -198,8 +198,8 @@ def _dev_accuracy_callback(cfg: RunConfig, dev: list[Problem], loaded: LoadedMod
     """Dev-slice accuracy during RL with the evaluation's extractor, as SFT logs it (dev_log.jsonl)."""
     from transformers import TrainerCallback
 
-    from mathtune.evaluate.evaluator import quick_accuracy
     from mathtune.evaluate.generation import HFBackend
+    from mathtune.evaluate.scoring import quick_accuracy
 
     class DevAccuracy(TrainerCallback):
         def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:

@@ -266,8 +266,8 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, show_progress: bo
 
 def _log_dev_accuracy(s: Session, writer: Any, log_path: Path, step: int) -> None:
     """Generation accuracy on the dev slice, so a run shows whether answers improve, not just loss."""
-    from mathtune.evaluate.evaluator import quick_accuracy
     from mathtune.evaluate.generation import HFBackend
+    from mathtune.evaluate.scoring import quick_accuracy
 
     backend = HFBackend(s.model, s.loaded.tokenizer, s.loaded.placement.device, s.loaded.seq2seq,
                         s.cfg.eval.batch_size)
@@ -317,7 +317,7 @@ def _train_card(s: Session, start_step: int, loss: float, wall: float, tokens: i
 def train_card_entry(cfg: RunConfig, train_problems: list[Problem], loaded: LoadedSplits | None = None
                      ) -> dict[str, Any]:
     """For train_card.json: the rows trained on vs the test problems `mathtune eval` will draw."""
-    from mathtune.evaluate.evaluator import check_run, eval_problems
+    from mathtune.evaluate.scoring import check_run, eval_problems
 
     try:
         return check_run(cfg, eval_problems(cfg, loaded), train_problems)

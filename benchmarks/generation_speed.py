@@ -42,9 +42,9 @@ import torch
 from mathtune.config import build_config, load_config
 from mathtune.evaluate.backend import build_backend
 from mathtune.evaluate.decoding import decode_batch
-from mathtune.evaluate.evaluator import build_prompts, eval_problems, stop_strings
 from mathtune.evaluate.extraction import extract_numeric
 from mathtune.evaluate.generation import Generation, GenerationRequest, HFBackend, cut_at_stop
+from mathtune.evaluate.scoring import build_prompts, eval_problems, stop_strings
 from mathtune.prompts import get_strategy, render_prompts
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "quickstart_full.yaml"

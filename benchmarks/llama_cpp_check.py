@@ -60,10 +60,10 @@ def main() -> None:
 
     from mathtune.config import load_config
     from mathtune.evaluate.backend import build_backend
-    from mathtune.evaluate.evaluator import stop_strings
     from mathtune.evaluate.extraction import score_answer
     from mathtune.evaluate.generation import GenerationRequest
     from mathtune.evaluate.llama_cpp_backend import LlamaCppBackend
+    from mathtune.evaluate.scoring import stop_strings
     from mathtune.io import read_jsonl_tolerant
     from mathtune.prompts import get_strategy
 

@@ -22,8 +22,8 @@ import torch
 from mathtune.config import build_config
 from mathtune.evaluate.backend import build_backend
 from mathtune.evaluate.curves import majority_correct
-from mathtune.evaluate.evaluator import build_prompts, eval_problems, score_rows, stop_strings
 from mathtune.evaluate.generation import Generation, GenerationRequest, cut_at_stop
+from mathtune.evaluate.scoring import build_prompts, eval_problems, score_rows, stop_strings
 from mathtune.prompts import get_strategy, render_prompts
 from mathtune.recipes.sample import merge_lora
 from mathtune.runcard import peak_rss_mb

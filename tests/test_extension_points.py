@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from mathtune.data.benchmarks import BENCHMARKS, Benchmark, register_benchmark
-from mathtune.data.problem import Problem
+from mathtune.data.row import Problem
 from mathtune.methods.base import load_trainable_state_dict, trainable_state_dict
 from mathtune.methods.lora.config import LoraMethodConfig
 from mathtune.methods.lora.method import LoraMethod
@@ -109,8 +109,8 @@ class NormsOnlyMethod(LoraMethod):
 @pytest.fixture
 def toy_method():
     from mathtune.config import rebuild_method_union
-    from mathtune.methods.configs import METHOD_CONFIGS
     from mathtune.methods.registry import METHODS, register_method
+    from mathtune.methods.section_table import METHOD_CONFIGS
 
     register_method(NormsOnlyMethod)
     yield "norms-only"

@@ -17,7 +17,7 @@ from pydantic_core import PydanticCustomError
 from mathtune.data.benchmarks import BENCHMARKS
 from mathtune.data.records import read_text
 from mathtune.errors import MathtuneError
-from mathtune.methods.configs import ON_NEW_METHOD, MethodConfig, method_union
+from mathtune.methods.section_table import ON_NEW_METHOD, MethodConfig, method_union
 
 # Shipped inside the package, so an installed wheel finds quickstart.yaml too (the repo's `configs/`
 # is a link to this folder, for the README's `-c configs/...` commands).

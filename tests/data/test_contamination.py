@@ -7,7 +7,7 @@ import json
 from mathtune.config import build_config
 from mathtune.data.contamination import contamination_report, ngrams, problems_report
 from mathtune.data.problems import load_split
-from mathtune.evaluate.evaluator import check_run
+from mathtune.evaluate.scoring import check_run
 
 LONG = "A baker makes 12 loaves of bread every morning and sells each loaf for 3 dollars at the market"
 

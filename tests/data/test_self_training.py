@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from mathtune.data.problem import Problem
+from mathtune.data.row import Problem
 from mathtune.data.self_training import (
     DUPLICATE,
     NO_ANSWER_LINE,

@@ -11,8 +11,8 @@ from helpers import synthetic_problem
 from mathtune.config import build_config
 from mathtune.data.problems import Problem
 from mathtune.data.programs import solution_to_program
-from mathtune.evaluate.evaluator import score_rows
 from mathtune.evaluate.generation import Generation, cut_at_stop
+from mathtune.evaluate.scoring import score_rows
 from mathtune.prompts import extract_program, get_strategy
 
 

@@ -11,8 +11,8 @@ from helpers import gsm8k_requests
 
 from mathtune.config import build_config
 from mathtune.evaluate.decoding import draw_tokens, sampling_probs
-from mathtune.evaluate.evaluator import score_rows
 from mathtune.evaluate.generation import HFBackend
+from mathtune.evaluate.scoring import score_rows
 from mathtune.prompts import get_strategy
 from mathtune.recipes.sample import read_samples, sample_model
 
@@ -85,8 +85,8 @@ def test_sample_recipe_writes_scored_samples_and_resumes(tiny_models, data_dir, 
     assert summary["n"] == 4 and summary["k"] == 4 and len(rows) == 4
     assert all(len(row["samples"]) == 4 for row in rows)
     # each sample's labels are exactly what the evaluation's scoring gives its text
-    from mathtune.evaluate.evaluator import eval_problems
     from mathtune.evaluate.generation import Generation
+    from mathtune.evaluate.scoring import eval_problems
 
     problems = {p.id: p for p in eval_problems(cfg)}
     for row in rows:

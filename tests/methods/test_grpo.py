@@ -64,7 +64,7 @@ def test_only_weighted_rewards_are_used():
 def test_max_solution_steps_keeps_the_problems_with_few_calculations():
     from types import SimpleNamespace
 
-    from mathtune.data.problem import Problem
+    from mathtune.data.row import Problem
 
     def problem(solution: str) -> Problem:
         return Problem(id=solution[:8], question="q?", solution=solution, answer=solution.split("#### ")[-1])

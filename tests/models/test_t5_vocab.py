@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import string
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -20,13 +21,22 @@ from mathtune.config import build_config
 from mathtune.data.problems import Problem
 from mathtune.data.programs import solution_to_program
 from mathtune.evaluate.generation import GenerationRequest
-from mathtune.models.vocab import add_missing_characters, missing_characters, probe_text, round_trip
-from mathtune.prompts import get_strategy, load_strategies
+from mathtune.models.vocab import (
+    ADDED_VOCAB_FILE,
+    PYTHON,
+    add_missing_characters,
+    missing_characters,
+    probe_text,
+    recorded_vocab,
+    round_trip,
+    run_characters,
+)
+from mathtune.prompts import PromptStrategy, get_strategy, load_strategies, register_strategy
 
 T5_LACKS = "\n{}<"  # what the issue names; the tab and runs of spaces go with the whitespace handling
 
 
-def t5_style_tokenizer(texts: list[str]):
+def t5_style_tokenizer(texts: list[str], extra_ids: int = 0):
     """A T5Tokenizer whose SentencePiece-style vocabulary never saw T5_LACKS (built from a vocab list:
     how transformers 5 rebuilds a T5 tokenizer from its tokenizer.json, no `sentencepiece` needed)."""
     from tokenizers import SentencePieceUnigramTokenizer
@@ -40,7 +50,7 @@ def t5_style_tokenizer(texts: list[str]):
                                 initial_alphabet=alphabet)
     vocab = [tuple(piece) for piece in json.loads(unigram.to_str())["model"]["vocab"]]
     assert [piece for piece, _ in vocab[:3]] == ["<pad>", "</s>", "<unk>"]  # T5's ids 0, 1, 2
-    return T5Tokenizer(vocab=vocab, extra_ids=0)
+    return T5Tokenizer(vocab=vocab, extra_ids=extra_ids)
 
 
 def problem(seed: int) -> Problem:
@@ -238,3 +248,91 @@ def test_stacked_stage2_starts_from_the_rows_stage1_trained(stage1, t5_sp_model,
     second = train(cfg2, tmp_path / "s2", show_progress=False)
     state = load_file(next(second.adapter_dir.glob("*.safetensors")))
     assert not torch.equal(state["shared.token_rows"], trained)  # trained on in stage 2
+
+
+# A strategy that arrives after a run trained: Windows line ends and a section sign, two characters
+# T5 lacks. '\r' sorts between '\n' and '!', so today's probe gives every added character after it
+# another id than the run's.
+LATE_CHARACTERS = "\r§"
+
+
+@contextmanager
+def late_strategy():
+    """Register the strategy for the block only (load_strategies() is shared by every test)."""
+    register_strategy(PromptStrategy(name="toy-crlf", description="'§ ..\\r\\nA:'", prompt="§ {question}\r\nA:",
+                                     target=" {solution}", shot_separator="\r\n\r\n", stop=("\r\n§",)))
+    try:
+        yield "toy-crlf"
+    finally:
+        del load_strategies()["toy-crlf"]
+
+
+def test_a_strategy_registered_after_training_keeps_the_runs_added_ids(t5_sp_model, data_dir, tmp_path):
+    """The run records the characters it added with their ids (added_vocab.json, the train card);
+    evaluating it, exporting it or training on from it gives the tokenizer exactly those, whatever
+    strategies exist now. The base model takes today's probe. A run saved before the record falls back
+    to its saved tokenizer's added vocabulary."""
+    from mathtune.evaluate.backend import build_backend
+    from mathtune.methods.registry import build_method
+    from mathtune.models.device import choose_placement
+    from mathtune.models.setup import load_for_run
+    from mathtune.recipes.export import load_tuned
+    from mathtune.recipes.train import train
+
+    model_dir, vocab = t5_sp_model
+    cfg = build_config({
+        "model": {"name": str(model_dir)},
+        "data": {"data_dir": str(data_dir), "train_size": 4, "max_length": 160},
+        "prompt": {"strategy": "program"}, "method": METHODS["lora"],
+        "train": {"max_steps": 1, "batch_size": 2, "precision": "fp32", "lr": 5e-2},
+        "eval": {"batch_size": 2, "max_new_tokens": 8, "dtype": "fp32"}, "output_dir": str(tmp_path / "run"),
+    })
+    result = train(cfg, tmp_path / "run", show_progress=False)
+    added, ids = result.card["data"]["added_characters"], result.card["data"]["added_token_ids"]
+    assert set(T5_LACKS) <= set(added) and not set(LATE_CHARACTERS) & set(added)
+    assert ids == list(range(vocab, vocab + len(added)))
+    record = json.loads((result.adapter_dir / ADDED_VOCAB_FILE).read_text(encoding="utf-8"))
+    assert record == {"characters": added, "ids": ids}
+
+    def tuned_ids(backend) -> list[int]:
+        assert not set(LATE_CHARACTERS) & set(backend.tokenizer.get_added_vocab())
+        assert backend.model.get_input_embeddings().weight.shape[0] == vocab + len(added)
+        return backend.tokenizer.convert_tokens_to_ids(added)
+
+    with late_strategy():
+        base, base_meta = build_backend(cfg)  # the base model: today's strategies, the new characters too
+        assert set(LATE_CHARACTERS) <= set(base_meta["added_characters"])
+        assert base.tokenizer.convert_tokens_to_ids(added) != ids  # what refused the run before the record
+
+        tuned, meta = build_backend(cfg, result.adapter_dir)
+        assert meta["added_characters"] == added and tuned_ids(tuned) == ids
+        model, tokenizer, exported = load_tuned(cfg, result.adapter_dir)  # export (and merge)
+        assert exported == added and tokenizer.convert_tokens_to_ids(added) == ids
+        stage2 = build_config({**cfg.model_dump(mode="json"), "method": {
+            **METHODS["stacked-lora"], "stage1_adapter": str(tmp_path / "run")}})
+        loaded = load_for_run(stage2.model, choose_placement("cpu", "fp32"),
+                              tuned_dir=build_method(stage2.method).starts_from())
+        assert loaded.added_characters == added and loaded.tokenizer.convert_tokens_to_ids(added) == ids
+
+        (result.adapter_dir / ADDED_VOCAB_FILE).unlink()  # a run trained before the record
+        assert run_characters(result.adapter_dir) == added
+        tuned, meta = build_backend(cfg, result.adapter_dir)
+        assert meta["added_characters"] == added and tuned_ids(tuned) == ids
+
+
+def test_the_saved_tokenizer_fallback_skips_t5s_own_added_tokens(corpus_texts, tmp_path):
+    """T5's sentinel tokens (<extra_id_N>) are added tokens too, but special: not mathtune's."""
+    tokenizer = t5_style_tokenizer(corpus_texts, extra_ids=3)
+    assert "<extra_id_0>" in tokenizer.get_added_vocab()
+    added = add_missing_characters(tokenizer)
+    tokenizer.save_pretrained(tmp_path / "old-run")
+    assert recorded_vocab(tmp_path / "old-run") == dict(zip(added, tokenizer.convert_tokens_to_ids(added), strict=True))
+    assert run_characters(tmp_path / "nothing-saved") is None and run_characters(None) is None
+
+
+def test_a_registered_strategy_joins_the_probe(corpus_texts):
+    before = probe_text()
+    with late_strategy():
+        assert set(LATE_CHARACTERS) <= set(missing_characters(t5_style_tokenizer(corpus_texts)))
+        assert set(LATE_CHARACTERS) <= set(probe_text()) and probe_text().startswith(before[:-len(PYTHON)])
+    assert probe_text() == before

@@ -73,7 +73,7 @@ def test_arc_is_scored_by_its_letter(output, strict, flexible):
 def test_answer_format_category_fires_during_evaluation():
     """The right number in a form lm-eval's strict filter does not read is `answer-format`; rows used to
     be categorised only when numeric-match was false, where that category cannot happen."""
-    from mathtune.evaluate.evaluator import score_rows, summarize_predictions
+    from mathtune.evaluate.scoring import score_rows, summarize_predictions
 
     problem = Problem("1", "Tom has 70 pens and buys 2. How many?", "70 + 2 = 72\n#### 72", "72")
     generations = [Generation("Tom has 70 + 2 = 72 pens. The answer is 72.", False, 12)]
@@ -88,7 +88,7 @@ def test_answer_format_category_fires_during_evaluation():
 
 def test_math_and_arc_local_files_are_loaded_and_scored_end_to_end(tmp_path):
     """MATH from local JSONL is scored by math-verify, ARC by letter, through `evaluate` itself."""
-    from mathtune.evaluate.evaluator import eval_problems
+    from mathtune.evaluate.scoring import eval_problems
     from mathtune.recipes.evaluate import evaluate
 
     class FixedOutputs:  # a backend that answers every prompt with the next canned output
@@ -202,7 +202,7 @@ def test_chat_template_applies_in_training_dev_check_and_evaluation(tiny_llama, 
     from types import SimpleNamespace
 
     from mathtune.evaluate.backend import build_backend
-    from mathtune.evaluate.evaluator import quick_accuracy
+    from mathtune.evaluate.scoring import quick_accuracy
     from mathtune.models.loading import load_tokenizer, resolve_source
     from mathtune.recipes.evaluate import evaluate
     from mathtune.recipes.train import build_examples

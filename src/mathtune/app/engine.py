@@ -112,7 +112,7 @@ class Engine:
             return self._backends[key]
 
     def prompt_for(self, cfg: RunConfig, question: str, tokenizer: Any) -> str:
-        from mathtune.evaluate.evaluator import build_prompts
+        from mathtune.evaluate.scoring import build_prompts
         from mathtune.prompts import render_prompts
 
         prompts, _ = build_prompts(cfg, [Problem(id="app", question=question, solution="", answer="")])
@@ -120,7 +120,7 @@ class Engine:
 
     def stream(self, cfg: RunConfig, run_name: str | None, question: str) -> Iterator[str]:
         """Yield the answer text so far, token by token, cut at the strategy's stop strings."""
-        from mathtune.evaluate.evaluator import stop_strings
+        from mathtune.evaluate.scoring import stop_strings
 
         question = check_question(question)
         backend = self.backend(cfg, run_name)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mathtune.data.problem import Problem
+from mathtune.data.row import Problem
 from mathtune.errors import MathtuneError
 
 Loader = Callable[[Any, "Path | None", str], list[Problem]]

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from mathtune.answers import ANSWER_MARK, parse_number_text
-from mathtune.data.problem import Problem, hub_rows
 from mathtune.data.records import read_records, row_locator
+from mathtune.data.row import Problem, hub_rows
 from mathtune.errors import MathtuneError
 
 

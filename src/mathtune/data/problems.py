@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from mathtune.answers import ANSWER_MARK, format_number, parse_number_text, parse_reference_answer
-from mathtune.data.problem import Problem, hub_rows
 from mathtune.data.records import read_json_list, read_records, row_locator
+from mathtune.data.row import Problem, hub_rows
 from mathtune.errors import MathtuneError
 
 GET_DATA = ("point --data-dir (or MATHTUNE_DATA_DIR) at a folder holding gsm8k/train.jsonl and "

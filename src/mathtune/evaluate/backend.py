@@ -11,11 +11,13 @@ from mathtune.evaluate.generation import HFBackend
 from mathtune.methods.registry import build_method
 from mathtune.models.device import choose_placement
 from mathtune.models.setup import load_for_run
-from mathtune.models.vocab import check_saved_tokenizer
 
 
-def build_backend(cfg: RunConfig, adapter_dir: Path | None = None) -> tuple[HFBackend, dict[str, Any]]:
-    """Load the base model (and the tuned weights from `adapter_dir`) behind a generation backend."""
+def build_backend(cfg: RunConfig, adapter_dir: Path | None = None, vocab_dir: Path | None = None
+                  ) -> tuple[HFBackend, dict[str, Any]]:
+    """Load the base model (and the tuned weights from `adapter_dir`) behind a generation backend.
+    The tokenizer gets the characters the run of `vocab_dir` (default: `adapter_dir`) added, with their
+    ids (models/vocab.py); the base alone gets today's."""
     if adapter_dir is not None and not adapter_dir.is_dir():  # before minutes of loading the base
         run_dir = adapter_dir.parent
         steps = sorted(run_dir.glob("checkpoints/step-*"))
@@ -34,11 +36,10 @@ def build_backend(cfg: RunConfig, adapter_dir: Path | None = None) -> tuple[HFBa
     # so base vs tuned measures the adapter and not the quantization. Other methods' training dtypes
     # (full: fp32 master weights) do not apply: inference runs in the eval precision.
     quant = method.base_load_kwargs(placement).get("quantization_config")
-    loaded = load_for_run(cfg.model, placement, {"quantization_config": quant} if quant is not None else None)
+    # The characters training added (models/vocab.py), with the same ids: the tuned rows belong to them.
+    loaded = load_for_run(cfg.model, placement, {"quantization_config": quant} if quant is not None else None,
+                          tuned_dir=vocab_dir or adapter_dir)
     model, tokenizer, source, added = loaded.model, loaded.tokenizer, loaded.source, loaded.added_characters
-    # The characters training added (models/vocab.py) must have the same ids: the tuned rows belong to them.
-    if added and adapter_dir is not None:
-        check_saved_tokenizer(tokenizer, adapter_dir, added)
     if adapter_dir is not None:
         model = method.load(model, adapter_dir)
         if quant is None:

@@ -32,6 +32,12 @@ class TuningMethod(Protocol):
         and belongs to `model_name`. Nothing to check by default."""
         return None
 
+    def starts_from(self) -> Path | None:
+        """The saved weights training continues from (stacked-lora's stage 1, GRPO's SFT adapter): the
+        base tokenizer gets the characters their run added, with the same ids (models/vocab.py).
+        None by default: training starts from the base alone."""
+        return None
+
     def base_load_kwargs(self, placement: Any) -> dict[str, Any]:
         """Extra `from_pretrained` kwargs for the base (dtype, quantization_config)."""
         ...

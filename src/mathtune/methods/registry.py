@@ -25,7 +25,7 @@ METHODS: dict[str, type[TuningMethod]] = {
 
 def register_method(method: type[TuningMethod]) -> type[TuningMethod]:
     """Add (or replace) a method at run time: `method.name` in configs picks it from then on."""
-    from mathtune.methods.configs import add_method_config
+    from mathtune.methods.section_table import add_method_config
 
     METHODS[method.name] = method
     add_method_config(method.name, method.config_class)

@@ -19,23 +19,34 @@ What stays normalized: a leading space at the very start of a text is dropped by
 decoder (as before), and a normalizer such as NFKC still folds non-ASCII look-alikes. Neither changes
 what answer extraction or the sandbox see: outputs are compared and run after `strip()`.
 
-Training and evaluation both apply this to the base model's tokenizer as they load it: the same
-characters, in code-point order, get the same ids every time. (The tokenizer saved beside the tuned
-weights holds the added tokens, but a T5 tokenizer rebuilds its own pre-tokenizer when loaded, so it
-is not used as is; evaluation checks that its ids agree.)
+Which characters are missing depends on the probe (`probe_text`: every prompt strategy, the ones
+registered at run time included), so a new strategy can change them. The characters a run added are
+therefore recorded with the run: training writes them, in order, with their ids, to `added_vocab.json`
+beside the tuned weights (and to the train card's `data.added_characters` / `data.added_token_ids`).
+Whatever loads a run's tuned weights (evaluation, sampling, export, the app, stacked-lora's stage 2,
+GRPO's SFT adapter, a verifier) gives the base tokenizer exactly those characters, so they get the
+ids the trained rows belong to, whatever strategies exist today (`run_characters`). A run trained
+before the record existed falls back to the tokenizer saved beside its weights (its added vocabulary:
+the non-special one-character added tokens, by id); only weights with neither use today's probe, as
+the base model always does. The whitespace handling (step 1) is decided by the probe as before; a
+tokenizer saved beside the tuned weights holds the added tokens, but a T5 tokenizer rebuilds its own
+pre-tokenizer when loaded, so it is not used as is. Loading checks that the record's ids, and the
+saved tokenizer's, agree with the ids the characters got.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from functools import cache
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from mathtune.errors import MathtuneError
 
 NEW_TOKEN_IDS = "mathtune_new_token_ids"  # attribute on the model: ids whose rows the methods train
 METASPACE_PARTS = {"Metaspace", "WhitespaceSplit"}
+ADDED_VOCAB_FILE = "added_vocab.json"  # beside the tuned weights: the characters the run added, with ids
 
 # GSM8K's first train problem, as its solutions are written (calculator annotations, '#### N').
 QUESTION = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
@@ -51,20 +62,25 @@ PYTHON = ('def rate(x: float) -> dict[str, list[int]]:\n    """Clips per day."""
           "answer = rate(2.5)\n")
 
 
-@cache
 def probe_text() -> str:
-    """Every prompt strategy's prompt, target, shot separator and stop strings, filled with a GSM8K
-    problem (its annotated solution, and the program made from it), then a freer Python program.
-    Stop strings that are special-token markup (`</s>`, `<|im_end|>`) are left out: decoding drops
-    special tokens on purpose."""
+    """Every prompt strategy's prompt, target, shot separator and stop strings (prompts.yaml's and
+    those registered so far), filled with a GSM8K problem (its annotated solution, and the program
+    made from it), then a freer Python program. Stop strings that are special-token markup (`</s>`,
+    `<|im_end|>`) are left out: decoding drops special tokens on purpose."""
+    from mathtune.prompts import load_strategies
+
+    return _probe(tuple(load_strategies().values()))
+
+
+@lru_cache(maxsize=8)
+def _probe(strategies: tuple[Any, ...]) -> str:
     from mathtune.data.problems import Problem
     from mathtune.data.programs import solution_to_program
-    from mathtune.prompts import load_strategies
 
     problem = Problem(id="probe", question=QUESTION, solution=SOLUTION, answer="72")
     program = solution_to_program(SOLUTION)
     parts = []
-    for strategy in load_strategies().values():
+    for strategy in strategies:
         parts.append(strategy.format_prompt(problem.question) + strategy.format_target(problem, program))
         markup = [stop for stop in strategy.stop if stop.startswith("<") and stop.endswith(">")]
         parts.append(strategy.shot_separator + "".join(stop for stop in strategy.stop if stop not in markup))
@@ -89,13 +105,25 @@ def missing_characters(tokenizer: Any, probe: str | None = None) -> list[str]:
     return [ch for ch in candidate_characters(probe or probe_text()) if round_trip(tokenizer, f"1{ch}2") != f"1{ch}2"]
 
 
-def add_missing_characters(tokenizer: Any, probe: str | None = None) -> list[str]:
+def add_missing_characters(tokenizer: Any, probe: str | None = None, characters: list[str] | None = None
+                           ) -> list[str]:
     """Make `tokenizer` write `probe` (default: `probe_text()`) back exactly; return the characters it
     gained as added tokens (none for a byte-level tokenizer). Idempotent: on a tokenizer that already
-    holds them (one saved after training) it adds nothing."""
+    holds them (one saved after training) it adds nothing.
+
+    `characters`: add exactly these, in this order (a run's recorded ones, `run_characters`), instead
+    of those the probe finds missing; the whitespace handling still follows the probe."""
     from tokenizers import AddedToken
 
     probe = probe or probe_text()
+    if characters is not None:
+        if characters or round_trip(tokenizer, probe) != probe:
+            keep_whitespace(tokenizer)
+        held = tokenizer.get_added_vocab()
+        new = [ch for ch in characters if ch not in held]
+        tokenizer.add_tokens([AddedToken(ch, normalized=False, special=False, lstrip=False, rstrip=False)
+                              for ch in new])
+        return new
     if round_trip(tokenizer, probe) == probe:
         return []
     keep_whitespace(tokenizer)
@@ -168,18 +196,52 @@ def new_token_ids(model: Any) -> list[int]:
     return list(getattr(model, NEW_TOKEN_IDS, []))
 
 
-def check_saved_tokenizer(tokenizer: Any, saved_dir: Any, added: list[str]) -> None:
-    """The tokenizer saved with tuned weights must give the added characters the ids this one does:
-    the trained rows belong to those ids."""
-    from pathlib import Path
+def save_tokenizer(tokenizer: Any, out_dir: Path, added: list[str]) -> None:
+    """Save the tokenizer beside tuned weights, with the record of the characters this run added
+    (`ADDED_VOCAB_FILE`: in order, with their ids; empty when it added none)."""
+    tokenizer.save_pretrained(out_dir)
+    ids = tokenizer.convert_tokens_to_ids(added) if added else []
+    record = {"characters": list(added), "ids": list(ids)}
+    (Path(out_dir) / ADDED_VOCAB_FILE).write_text(json.dumps(record, ensure_ascii=False) + "\n", encoding="utf-8")
 
+
+def recorded_vocab(saved_dir: Path) -> dict[str, int] | None:
+    """The characters the run that saved `saved_dir` added, with their ids, in order: from its record,
+    else (a run saved before the record) from its saved tokenizer's added vocabulary; None: neither."""
+    saved_dir = Path(saved_dir)
+    record = saved_dir / ADDED_VOCAB_FILE
+    if record.is_file():
+        data = json.loads(record.read_text(encoding="utf-8"))
+        return dict(zip(data["characters"], data["ids"], strict=True))
+    if not (saved_dir / "tokenizer_config.json").is_file():
+        return None
     from transformers import AutoTokenizer
 
-    if not (Path(saved_dir) / "tokenizer_config.json").is_file():
+    saved = AutoTokenizer.from_pretrained(saved_dir)
+    # mathtune adds one-character, non-special tokens; a tokenizer's own added tokens (T5's <pad>,
+    # </s>, <extra_id_N>) are special.
+    added = {ch: token_id for token_id, token in saved.added_tokens_decoder.items()
+             for ch in [str(token)] if len(ch) == 1 and not token.special}
+    return dict(sorted(added.items(), key=lambda item: item[1]))
+
+
+def run_characters(saved_dir: Path | None) -> list[str] | None:
+    """The characters to give the base tokenizer to load the tuned weights in `saved_dir` (see the
+    module docstring); None: no tuned weights, or nothing recorded: the probe decides."""
+    if saved_dir is None:
+        return None
+    vocab = recorded_vocab(saved_dir)
+    return None if vocab is None else list(vocab)
+
+
+def check_saved_tokenizer(tokenizer: Any, saved_dir: Any, added: list[str]) -> None:
+    """The run's record (or its saved tokenizer) must give the added characters the ids this tokenizer
+    does: the trained rows belong to those ids."""
+    vocab = recorded_vocab(Path(saved_dir))
+    if vocab is None:
         return
-    saved = AutoTokenizer.from_pretrained(saved_dir).get_added_vocab()
-    ours = dict(zip(added, tokenizer.convert_tokens_to_ids(added), strict=True))
-    theirs = {ch: saved.get(ch) for ch in added}
-    if ours != theirs:
+    held = tokenizer.get_added_vocab()
+    ours = {ch: held.get(ch) for ch in vocab}
+    if ours != vocab or any(ch not in vocab for ch in added):
         raise MathtuneError(f"{saved_dir} was trained with other ids for the characters mathtune adds to this "
-                            f"tokenizer ({theirs} there, {ours} now); evaluate it with the mathtune that trained it")
+                            f"tokenizer ({vocab} there, {ours} now); evaluate it with the mathtune that trained it")

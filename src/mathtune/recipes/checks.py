@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from mathtune.config import RunConfig
-from mathtune.data.problem import Problem
 from mathtune.data.problems import LoadedSplits, sample_problems
+from mathtune.data.row import Problem
 from mathtune.errors import MathtuneError
 from mathtune.methods.registry import build_method
 from mathtune.models.loading import is_seq2seq, load_tokenizer, resolve_source, source_config

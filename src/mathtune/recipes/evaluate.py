@@ -17,7 +17,9 @@ from mathtune.errors import MathtuneError
 from mathtune.evaluate.backend import build_backend
 from mathtune.evaluate.curves import vote_outcomes, voted_summary
 from mathtune.evaluate.decoding import CONTINUOUS_BATCHING, add_majority_votes, majority_summary
-from mathtune.evaluate.evaluator import (
+from mathtune.evaluate.extraction import CHOICE_FILTERS, FILTERS
+from mathtune.evaluate.generation import Backend, GenerationRequest
+from mathtune.evaluate.scoring import (
     build_prompts,
     check_run,
     eval_problems,
@@ -26,8 +28,6 @@ from mathtune.evaluate.evaluator import (
     summarize_predictions,
     text_metrics,
 )
-from mathtune.evaluate.extraction import CHOICE_FILTERS, FILTERS
-from mathtune.evaluate.generation import Backend, GenerationRequest
 from mathtune.evaluate.sharding import ShardedRows, current_processes, expected_length
 from mathtune.io import atomic_write_json, output_dir_guard
 from mathtune.methods.registry import METHODS, method_class
@@ -190,7 +190,7 @@ def verifier_scorer(cfg: RunConfig) -> Scorer | None:
         raise MathtuneError(f"no verifier at {verifier_dir}: train one with `mathtune verifier train`")
     settings = load_config(verifier_dir / "config.yaml")
     placement = choose_placement(cfg.model.device, cfg.eval_precision())
-    loaded = load_for_run(settings.model, placement)
+    loaded = load_for_run(settings.model, placement, tuned_dir=verifier_dir / "adapter")
     model = load_verifier(verifier_dir, loaded.model, loaded.tokenizer).to(placement.device)
     model = model.merge_and_unload().eval()
 

@@ -20,7 +20,7 @@ import torch
 from mathtune.config import RunConfig, load_config
 from mathtune.errors import MathtuneError
 from mathtune.evaluate.backend import build_backend
-from mathtune.evaluate.evaluator import build_prompts, stop_strings
+from mathtune.evaluate.scoring import build_prompts, stop_strings
 from mathtune.fingerprint import export_fingerprint, files_digest, write_fingerprint
 from mathtune.io import atomic_write_json, atomic_write_text, replace_dir
 from mathtune.methods.merge import dequantize, fold_stacked_lora, merge_lora
@@ -136,7 +136,7 @@ def load_tuned(cfg: RunConfig, adapter_dir: Path) -> tuple[Any, Any, list[str]]:
     if cfg.method.name == "qlora":
         from peft import PeftModel
 
-        backend, meta = build_backend(cfg)
+        backend, meta = build_backend(cfg, vocab_dir=adapter_dir)  # the run's added characters, its ids
         base = dequantize(backend.model)
         return PeftModel.from_pretrained(base, adapter_dir).eval(), backend.tokenizer, meta.get("added_characters", [])
     backend, meta = build_backend(cfg, adapter_dir)
@@ -153,7 +153,7 @@ def merge(method: str, model: Any) -> Any:
 
 def prompt_around_question(cfg: RunConfig, tokenizer: Any) -> tuple[str, str]:
     """What mathtune puts before and after a question (few-shot prefix, strategy, chat template)."""
-    from mathtune.data.problem import Problem
+    from mathtune.data.row import Problem
 
     prompts, _ = build_prompts(cfg, [Problem("export", PLACEHOLDER, "#### 0", "0")])
     rendered = render_prompts(tokenizer, prompts, cfg.prompt.chat_template)[0]

@@ -18,7 +18,7 @@ def lm_eval_workflow(cfg: Any, run_dir: Path | None, base: bool, out_dir: Path, 
     with it, lm-eval's own first-N. A run dir's run_card.json gains an `lm_eval` entry.
     """
     from mathtune.config import load_config
-    from mathtune.evaluate.evaluator import eval_problems
+    from mathtune.evaluate.scoring import eval_problems
     from mathtune.io import atomic_write_json
     from mathtune.models.device import choose_placement
     from mathtune.models.loading import resolve_source

@@ -29,6 +29,7 @@ from mathtune.methods.grpo.method import GrpoMethod, check_same_base, init_adapt
 from mathtune.methods.lora.method import peft_lora_config
 from mathtune.models.device import choose_placement
 from mathtune.models.setup import LoadedModel, load_for_run
+from mathtune.models.vocab import save_tokenizer
 from mathtune.prompts import get_strategy, render_prompts
 from mathtune.recipes.checks import load_train_problems
 from mathtune.runcard import peak_cuda_mb, peak_rss_mb, provenance
@@ -55,7 +56,7 @@ def train_grpo(cfg: RunConfig, run_dir: Path, resume: bool = False, show_progres
     problems, dev = load_train_problems(cfg), []
     if cfg.train.dev_eval_every:
         problems, dev = split_train_dev(problems, cfg.train.dev_size, cfg.train.seed)
-    loaded = load_for_run(cfg.model, placement, method.base_load_kwargs(placement))
+    loaded = load_for_run(cfg.model, placement, method.base_load_kwargs(placement), tuned_dir=method.starts_from())
     model, peft_config = _policy(cfg, loaded)
     strategy = get_strategy(cfg.prompt.strategy)
     reward_funcs, weights = build_rewards(cfg.method, strategy)
@@ -75,7 +76,7 @@ def train_grpo(cfg: RunConfig, run_dir: Path, resume: bool = False, show_progres
     card = _card(cfg, trainer, loaded, log, wall, weights, reward_funcs, checkpoint, len(dataset))
     def write_adapter(tmp: Path) -> None:  # PEFT's format, as `lora` saves it
         trainer.model.save_pretrained(tmp)
-        loaded.tokenizer.save_pretrained(tmp)
+        save_tokenizer(loaded.tokenizer, tmp, loaded.added_characters)
 
     replace_dir(run_dir / "adapter", write_adapter)
     atomic_write_json(run_dir / "train_card.json", card)
@@ -197,8 +198,8 @@ def _dev_accuracy_callback(cfg: RunConfig, dev: list[Problem], loaded: LoadedMod
     """Dev-slice accuracy during RL with the evaluation's extractor, as SFT logs it (dev_log.jsonl)."""
     from transformers import TrainerCallback
 
-    from mathtune.evaluate.evaluator import quick_accuracy
     from mathtune.evaluate.generation import HFBackend
+    from mathtune.evaluate.scoring import quick_accuracy
 
     class DevAccuracy(TrainerCallback):
         def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:

@@ -20,8 +20,8 @@ from mathtune.config import RunConfig
 from mathtune.errors import MathtuneError
 from mathtune.evaluate.backend import build_backend
 from mathtune.evaluate.decoding import SAMPLER
-from mathtune.evaluate.evaluator import build_prompts, eval_problems, score_rows, stop_strings
 from mathtune.evaluate.generation import GenerationRequest, HFBackend
+from mathtune.evaluate.scoring import build_prompts, eval_problems, score_rows, stop_strings
 from mathtune.evaluate.sharding import ShardedRows, current_processes, expected_length
 from mathtune.fingerprint import (
     check_fingerprint,

@@ -30,6 +30,7 @@ from mathtune.methods.base import count_parameters
 from mathtune.methods.registry import build_method, method_class
 from mathtune.models.device import choose_placement
 from mathtune.models.setup import LoadedModel, load_for_run
+from mathtune.models.vocab import save_tokenizer
 from mathtune.prompts import get_strategy, render_prompts
 from mathtune.recipes.checks import check_train_dir, load_train_problems, preflight
 from mathtune.runcard import peak_cuda_mb, peak_rss_mb, provenance
@@ -167,10 +168,11 @@ def setup(cfg: RunConfig, loaded: LoadedSplits | None = None) -> Session:
     problems, dev = load_train_problems(cfg, loaded), []
     if cfg.train.dev_eval_every:
         problems, dev = split_train_dev(problems, cfg.train.dev_size, cfg.train.seed)
-    loaded = load_for_run(cfg.model, placement, method.base_load_kwargs(placement))
+    loaded = load_for_run(cfg.model, placement, method.base_load_kwargs(placement), tuned_dir=method.starts_from())
     examples, data_stats = build_examples(cfg, problems, loaded)
     if loaded.added_characters:  # into the train card: the vocabulary the adapter's new rows belong to
         data_stats["added_characters"] = loaded.added_characters
+        data_stats["added_token_ids"] = loaded.tokenizer.convert_tokens_to_ids(loaded.added_characters)
     if not examples:
         raise MathtuneError("no training examples left after preparing the data")
     if cfg.train.gradient_checkpointing:
@@ -254,7 +256,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, show_progress: bo
     # FSDP/DeepSpeed: every rank takes part in gathering the whole weights; rank 0 writes them.
     full_state = _gathered_model_state(s) if shards_state(s.accelerator) else None
     if s.main:
-        _save_final(s.method, s.model, s.loaded.tokenizer, run_dir / "adapter", full_state)
+        _save_final(s.method, s.model, s.loaded, run_dir / "adapter", full_state)
         writer.close()
         atomic_write_json(run_dir / "train_card.json", card)
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
@@ -264,8 +266,8 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, show_progress: bo
 
 def _log_dev_accuracy(s: Session, writer: Any, log_path: Path, step: int) -> None:
     """Generation accuracy on the dev slice, so a run shows whether answers improve, not just loss."""
-    from mathtune.evaluate.evaluator import quick_accuracy
     from mathtune.evaluate.generation import HFBackend
+    from mathtune.evaluate.scoring import quick_accuracy
 
     backend = HFBackend(s.model, s.loaded.tokenizer, s.loaded.placement.device, s.loaded.seq2seq,
                         s.cfg.eval.batch_size)
@@ -315,7 +317,7 @@ def _train_card(s: Session, start_step: int, loss: float, wall: float, tokens: i
 def train_card_entry(cfg: RunConfig, train_problems: list[Problem], loaded: LoadedSplits | None = None
                      ) -> dict[str, Any]:
     """For train_card.json: the rows trained on vs the test problems `mathtune eval` will draw."""
-    from mathtune.evaluate.evaluator import check_run, eval_problems
+    from mathtune.evaluate.scoring import check_run, eval_problems
 
     try:
         return check_run(cfg, eval_problems(cfg, loaded), train_problems)
@@ -330,11 +332,11 @@ def _gathered_model_state(s: Session) -> dict[str, Any]:
     return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
 
 
-def _save_final(method: Any, model: Any, tokenizer: Any, adapter_dir: Path,
+def _save_final(method: Any, model: Any, loaded: LoadedModel, adapter_dir: Path,
                 state_dict: dict[str, Any] | None = None) -> None:
     def write(tmp: Path) -> None:
         method.save(model, tmp, state_dict)
-        tokenizer.save_pretrained(tmp)
+        save_tokenizer(loaded.tokenizer, tmp, loaded.added_characters)  # with the record of its added vocabulary
 
     replace_dir(adapter_dir, write)
 

@@ -30,6 +30,7 @@ from mathtune.io import (
 from mathtune.models.device import choose_placement
 from mathtune.models.setup import LoadedModel, load_for_run
 from mathtune.models.verifier import encode, load_verifier, lora_verifier, scalar_head_model, score_solutions
+from mathtune.models.vocab import save_tokenizer
 from mathtune.recipes.sample import read_samples
 from mathtune.runcard import peak_cuda_mb, peak_rss_mb, provenance
 
@@ -108,7 +109,7 @@ def train_verifier(cfg: RunConfig, sample_dirs: list[Path], out_dir: Path, show_
 
     def write_adapter(tmp: Path) -> None:
         model.save_pretrained(tmp)
-        loaded.tokenizer.save_pretrained(tmp)
+        save_tokenizer(loaded.tokenizer, tmp, loaded.added_characters)
 
     replace_dir(out_dir / "adapter", write_adapter)
     card = {"kind": "verifier", "model": loaded.source.label, "head": "scalar (last token), BCE",
@@ -196,7 +197,7 @@ def score_samples(cfg: RunConfig, verifier_dir: Path, samples_dir: Path, show_pr
     done = processes.agreed(scores_out.done)
     todo_positions = scores_out.mine(done)
     placement = choose_placement(cfg.model.device, cfg.eval_precision())
-    loaded = load_for_run(cfg.model, placement)
+    loaded = load_for_run(cfg.model, placement, tuned_dir=verifier_dir / "adapter")
     model = load_verifier(verifier_dir, loaded.model, loaded.tokenizer).to(placement.device)
     settings = cfg.verifier
     model = model.merge_and_unload().eval()  # LoRA folded in: one matmul per layer; the head is kept

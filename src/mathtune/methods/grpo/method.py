@@ -27,6 +27,9 @@ class GrpoMethod(LoraMethod):
             if model_name is not None:
                 check_same_base(adapter, model_name)
 
+    def starts_from(self) -> Path | None:
+        return None if self.grpo.init_adapter is None else init_adapter_dir(self.grpo.init_adapter)
+
 
 def init_adapter_dir(path: str | Path) -> Path:
     """A lora run dir (holding adapter/) or the adapter dir itself."""

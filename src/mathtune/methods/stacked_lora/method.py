@@ -80,6 +80,9 @@ class StackedLoraMethod(TuningMethod):
         if self.cfg.stage1_adapter is not None:
             resolve_adapter_dir(Path(self.cfg.stage1_adapter))
 
+    def starts_from(self) -> Path | None:
+        return None if self.cfg.stage1_adapter is None else resolve_adapter_dir(Path(self.cfg.stage1_adapter))
+
     def apply(self, model: nn.Module) -> nn.Module:
         cfg = self.cfg
         model.requires_grad_(False)

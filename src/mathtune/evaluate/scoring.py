@@ -1,8 +1,8 @@
-"""The evaluation recipe: draw problems -> prompt -> generate -> extract -> score -> write.
+"""What an evaluation computes, without writing a file: the problems drawn, their prompts and stop
+strings, each generation's scores and failure label, the summary, and the dev-slice accuracy.
 
-Predictions are appended to `predictions.jsonl` batch by batch, so a killed evaluation loses at
-most the batch in flight and a rerun skips what is done. Every score carries a reproducibility
-record (prompt, shots, extraction regexes, generation settings, dtype, seed, versions).
+The recipe that wires these to a backend and writes `predictions.jsonl` and `metrics.json` (batch by
+batch, resumable, with a reproducibility record) is recipes/evaluate.py.
 """
 
 from __future__ import annotations

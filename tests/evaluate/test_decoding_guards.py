@@ -245,7 +245,8 @@ def test_the_repetition_stop_ends_looping_rows_after_the_copies_and_nowhere_else
 
 
 @pytest.mark.parametrize(("tokens", "min_tokens", "expected"), [
-    ([1, 2, 3] * 3, 9, True), ([1, 2, 3] * 3, 10, False), ([1, 2, 3] * 2, 6, False), ([9, 8, 7] + [1, 2, 3] * 2, 6, False), ([1, 2, 3] * 2 + [1, 2], 6, False),
+    ([1, 2, 3] * 3, 9, True), ([1, 2, 3] * 3, 10, False), ([1, 2, 3] * 2, 6, False),
+    ([9, 8, 7] + [1, 2, 3] * 2, 6, False), ([1, 2, 3] * 2 + [1, 2], 6, False),
     ([9] + [1, 2, 3, 4] * 3, 12, True), ([5] * 11, 12, False), ([5] * 12, 12, True), ([1, 2] * 5 + [1], 12, False),
     ([1, 2] * 6, 12, True), ([1, 2] * 6, 13, False), ([], 1, False), ([7, 1, 2, 3, 1, 2, 3, 1, 2, 3, 8], 9, False),
 ])

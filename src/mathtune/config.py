@@ -176,6 +176,10 @@ class EvalConfig(Section):
         "measures what it saves and changes")
     repetition_min_tokens: int = Field(32, ge=2, description="Tokens the repeated copies must span at least, so "
                                        "that short legitimate repeats never stop a row")
+    int8_decode: bool = Field(
+        False, description="Weight-only int8 matmuls for calls of at most 4 rows (one-sequence decoding: the app, "
+        "batch_size 1), ~3x bf16's per 1-row matmul on CPU; other numerics (like llama.cpp's Q8_0), so off by "
+        "default; speedups/int8_decode.py")
     samples: int = Field(1, ge=1, le=64, description="k > 1: also sample k solutions and report maj@k (or "
                          "vote on them: `vote`)")
     vote: Literal["none", "majority", "verifier-weighted"] = Field(

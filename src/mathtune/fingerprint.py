@@ -99,6 +99,8 @@ def eval_fingerprint(cfg: Any, problems: list[Any], adapter_dir: Path | None) ->
     settings = cfg.eval.model_dump(mode="json")
     generation = {key: settings[key] for key in ("split", "max_new_tokens", "stop", "dtype", "calculator",
                                                  "samples", "perturbed", "perplexity", "text_metrics")}
+    if cfg.eval.int8_decode:  # other weights' numerics (old fingerprints stay as they were)
+        generation["int8_decode"] = True
     if cfg.eval.repetition_stop:  # other outputs for looping rows (old fingerprints stay as they were)
         generation["repetition_stop"] = [cfg.eval.repetition_stop, cfg.eval.repetition_min_tokens]
     if cfg.eval.backend != "hf":  # another engine: other numerics (old fingerprints stay as they were)

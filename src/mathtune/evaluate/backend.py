@@ -36,6 +36,10 @@ def build_backend(cfg: RunConfig, adapter_dir: Path | None = None, vocab_dir: Pa
     # so base vs tuned measures the adapter and not the quantization. Other methods' training dtypes
     # (full: fp32 master weights) do not apply: inference runs in the eval precision.
     quant = method.base_load_kwargs(placement).get("quantization_config")
+    if cfg.eval.int8_decode and (placement.device.type != "cpu" or quant is not None):
+        raise MathtuneError("eval.int8_decode is a CPU lever for bf16/fp32 weights (torch's int8 weight-only "
+                            f"kernel); this evaluation runs on {placement.device.type}"
+                            f"{' with a quantized base' if quant is not None else ''}: set eval.int8_decode=false")
     # The characters training added (models/vocab.py), with the same ids: the tuned rows belong to them.
     loaded = load_for_run(cfg.model, placement, {"quantization_config": quant} if quant is not None else None,
                           tuned_dir=vocab_dir or adapter_dir)
@@ -45,11 +49,18 @@ def build_backend(cfg: RunConfig, adapter_dir: Path | None = None, vocab_dir: Pa
         if quant is None:
             model = model.to(placement.device)
     seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
+    int8 = 0
+    if cfg.eval.int8_decode:
+        from mathtune.speedups.int8_decode import apply_int8_decode
+
+        int8 = apply_int8_decode(model)
     meta = {"backend": "hf", "model": source.label, "adapter": str(adapter_dir) if adapter_dir else None,
             "device": str(placement.device), "compute_dtype": str(placement.compute_dtype).replace("torch.", ""),
             "quantized": quant is not None}
     if added:
         meta["added_characters"] = added
+    if int8:
+        meta["int8_decode_linears"] = int8
     return HFBackend(model, tokenizer, placement.device, seq2seq, cfg.eval.batch_size), meta
 
 

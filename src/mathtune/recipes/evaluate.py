@@ -213,6 +213,7 @@ def _reproducibility(cfg: RunConfig, problems: list[Problem], prompt_record: dic
         "generation": {"greedy": True, "max_new_tokens": cfg.eval.max_new_tokens, "stop": list(stop),
                        "batch_size": cfg.eval.batch_size, "batching": CONTINUOUS_BATCHING, "dtype": cfg.eval.dtype,
                        "calculator": cfg.eval.calculator, "repetition_stop": cfg.eval.loop_stop,
+                       "int8_decode": cfg.eval.int8_decode,
                        "samples": cfg.eval.samples,
                        "temperature": cfg.eval.temperature if cfg.eval.samples > 1 else None,
                        "vote": cfg.eval.vote, "sample_seed": cfg.eval.sample_seed if cfg.eval.vote != "none" else None,

@@ -452,11 +452,14 @@ def app_cmd(paths: Annotated[list[Path] | None, typer.Argument(help="Run dirs wh
                                                       "login; ratings are stored under the logged-in user")] = None,
             insecure: Annotated[bool, typer.Option(help="Serve on a non-loopback --host without --auth "
                                                    "(anyone who can reach it can rate and download ratings)")]
+            = False,
+            int8_decode: Annotated[bool, typer.Option(help="Weight-only int8 matmuls for one-sequence decoding "
+                                                      "(CPU; faster, other numerics than bf16: eval.int8_decode)")]
             = False) -> None:
     """Demo app: base vs tuned answers streamed side by side, and blind human evaluation."""
     from mathtune.app.ui import launch
 
-    launch(paths or [], model, data_dir, db, host, port, auth=auth, insecure=insecure)
+    launch(paths or [], model, data_dir, db, host, port, auth=auth, insecure=insecure, int8_decode=int8_decode)
 
 
 @app.command("lm-eval")

@@ -62,3 +62,17 @@ def test_streaming_with_the_calculator_runs_through_generate(tiny_run):
     cfg = engine.config_for(model, name, "qa", 12, calculator=True)
     texts = list(engine.stream(cfg, name, "Tom has 48 boxes of 17 pens. How many pens?"))
     assert texts and isinstance(texts[-1], str)
+
+
+def test_the_app_decodes_with_int8_weights_when_asked(tiny_run):
+    from mathtune.speedups.int8_decode import Int8DecodeLinear
+
+    engine = Engine.from_paths([tiny_run], int8_decode=True)
+    name = next(iter(engine.runs))
+    model = engine.runs[name].config.model.name
+    cfg = engine.config_for(model, name, "qa", 8)
+    assert cfg.eval.int8_decode is True
+    texts = list(engine.stream(cfg, name, "Tom has 48 boxes of 17 pens. How many pens?"))
+    assert texts and isinstance(texts[-1], str)
+    assert any(isinstance(m, Int8DecodeLinear) for m in engine.backend(cfg, name).model.modules())
+    assert Engine.from_paths([tiny_run]).config_for(model, name, "qa", 8).eval.int8_decode is False

@@ -41,13 +41,15 @@ class Engine:
     models: list[str]
     default_config: RunConfig
     max_loaded: int = 4  # models kept in memory; the least recently used is dropped
+    int8_decode: bool = False  # eval.int8_decode for every model (`mathtune app --int8-decode`)
     pool: list[dict[str, Any]] = field(default_factory=list)  # outputs available for blind rating
     _backends: OrderedDict = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _test_problems: list[Problem] | None = None
 
     @classmethod
-    def from_paths(cls, run_dirs: list[Path], model: str | None = None, data_dir: str | None = None) -> Engine:
+    def from_paths(cls, run_dirs: list[Path], model: str | None = None, data_dir: str | None = None,
+                   int8_decode: bool = False) -> Engine:
         runs: dict[str, Run] = {}
         for run_dir in run_dirs:
             if not (run_dir / "config.yaml").is_file():
@@ -64,7 +66,7 @@ class Engine:
             default = next(iter(runs.values())).config
         else:
             default = build_config({"model": {"name": models[0]}, "data": {"data_dir": data_dir}})
-        engine = cls(runs=runs, models=models, default_config=default)
+        engine = cls(runs=runs, models=models, default_config=default, int8_decode=int8_decode)
         for run in runs.values():
             engine.pool += pool_from_run(run)
         return engine
@@ -94,7 +96,8 @@ class Engine:
             update={
                 "prompt": cfg.prompt.model_copy(update={"strategy": strategy}),
                 "eval": cfg.eval.model_copy(update={"max_new_tokens": max_new_tokens, "calculator": (
-                    cfg.eval.calculator if calculator is None else bool(calculator))}),
+                    cfg.eval.calculator if calculator is None else bool(calculator)),
+                    "int8_decode": self.int8_decode or cfg.eval.int8_decode}),
             }
         )
 

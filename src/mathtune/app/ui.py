@@ -145,6 +145,7 @@ def launch(
     block: bool = True,
     auth: Path | None = None,
     insecure: bool = False,
+    int8_decode: bool = False,
 ) -> Any:
     """Build and serve the app; returns (demo, url) when `block` is False (tests).
 
@@ -152,7 +153,7 @@ def launch(
     login. Without one, only a loopback `host` is served unless `insecure`."""
     check_exposure(host, auth, insecure)  # before loading any model: a refusal is immediate
     users = load_users(auth) if auth is not None else None
-    engine = Engine.from_paths(run_dirs, model, data_dir)
+    engine = Engine.from_paths(run_dirs, model, data_dir, int8_decode=int8_decode)
     demo = build_demo(engine, RatingStore(db), login=users is not None)
     _, url, _ = demo.launch(
         auth=login_checker(users) if users is not None else None,

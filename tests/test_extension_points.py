@@ -31,7 +31,7 @@ def _train_and_eval(run_cli, model: Path, run: Path, *extra: str) -> dict:
     return json.loads((run / "eval" / "tuned" / "metrics.json").read_text())
 
 
-def test_one_train_and_one_eval_read_each_split_once(run_cli, tiny_models, data_dir, tmp_path, monkeypatch):
+def test_train_eval_sample_and_run_read_each_split_once(run_cli, tiny_models, data_dir, tmp_path, monkeypatch):
     reads: Counter[str] = Counter()
     gsm8k = BENCHMARKS["gsm8k"]
 
@@ -50,6 +50,18 @@ def test_one_train_and_one_eval_read_each_split_once(run_cli, tiny_models, data_
                         "-s", "eval.max_new_tokens=4", "-s", "eval.dtype=fp32")
     assert evaluated.code == 0, evaluated.stderr
     assert reads == {"test": 1, "train": 1}  # the drawn problems; the contamination report's train split
+    reads.clear()
+    sampled = run_cli("sample", str(run), "--data-dir", str(data_dir), "-s", "eval.num_problems=2",
+                      "-s", "eval.samples=2", "-s", "eval.max_new_tokens=4", "-s", "eval.dtype=fp32",
+                      "-s", "eval.split=train", "-o", str(tmp_path / "samples"))
+    assert sampled.code == 0, sampled.stderr
+    assert reads == {"train": 1}
+    reads.clear()
+    ran = run_cli("run", "--model", str(tiny_models["llama"]), "--data-dir", str(data_dir), "-o", str(tmp_path / "r2"),
+                  "--train-size", "6", "--max-steps", "1", "--eval-size", "2", "-s", "train.precision=fp32",
+                  "-s", "eval.max_new_tokens=4", "-s", "eval.dtype=fp32")
+    assert ran.code == 0, ran.stderr
+    assert reads == {"train": 1, "test": 1}  # one `mathtune run`: train, then base and tuned evaluations
 
 
 def _toy_rows(data_cfg, data_dir, split) -> list[Problem]:

@@ -228,14 +228,14 @@ def sample_cmd(run_dir: Annotated[Path | None, typer.Argument(help="Finished run
     show_eval_settings(cfg, config, set_, [run_dir] if tuned else None, **named)
     if tuned:
         cfg = tuned_config(cfg, run_dir)
-    preflight(cfg, (cfg.eval.split,), training=False)
+    loaded = preflight(cfg, (cfg.eval.split,), training=False)
     root = run_dir if tuned else Path(cfg.output_dir)
     default = root / "samples" / f"{'tuned' if tuned else 'base'}-{cfg.eval.split}-k{cfg.eval.samples}"
     out_path = Path(output_dir) if output_dir else default
     interrupts.watch(out_path)
     with main_process_output(out_path, lambda: output_dir_guard(out_path, overwrite, resume=not overwrite)) as out:
         summary = sample_model(cfg, out, run_dir / "adapter" if tuned else None, share_prefix,
-                               merge=merge, extend=extend)
+                               merge=merge, extend=extend, loaded=loaded)
     if not current_processes().main:
         return
     typer.echo(f"{summary['n']} problems x {summary['k']} samples in {summary['wall_seconds']:.0f} s "

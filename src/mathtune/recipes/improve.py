@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mathtune.config import RunConfig, load_config
-from mathtune.data.problems import load_split
+from mathtune.data.problems import LoadedSplits
 from mathtune.data.self_training import (
     FilterReport,
     augmented_rows,
@@ -57,8 +57,8 @@ def improve_workflow(cfg: RunConfig, run_dir: Path, show_progress: bool = True) 
     if cfg.improve.start_from == "continue" and run_cfg.method.name != "full":
         raise MathtuneError(f"improve.start_from=continue trains on from the sampled model's whole weights: it "
                             f"needs a full fine-tuning run ({run_dir} is {run_cfg.method.name}); use start_from=base")
-    preflight(run_cfg, ("train", "test"), training=False)
-    test = load_split(run_cfg.data, run_cfg.resolved_data_dir(), "test")
+    loaded = preflight(run_cfg, ("train", "test"), training=False)  # each split read once, passed down
+    test = loaded.of(run_cfg, "test")
     cards, current = [], run_dir
     for round_number in range(1, cfg.improve.rounds + 1):
         round_dir = run_dir / "improve" / f"round-{round_number}"
@@ -66,11 +66,12 @@ def improve_workflow(cfg: RunConfig, run_dir: Path, show_progress: bool = True) 
 
         # 1. k samples per train problem from the current model (resumed where a killed round stopped)
         sampling = sampling_config(run_cfg, round_number)
-        sample_model(sampling, round_dir / "samples", current / "adapter", show_progress=show_progress, merge=True)
+        sample_model(sampling, round_dir / "samples", current / "adapter", show_progress=show_progress, merge=True,
+                     loaded=loaded)
 
         # 2. the distinct right ones, no test problem, mixed with the other sources, fingerprinted
         card = write_round_data(run_cfg, round_dir, run_dir, current, round_number,
-                                [(p.id, p.question) for p in test])
+                                [(p.id, p.question) for p in test], loaded)
         cards.append(card)
 
         # 3. the next model, trained on this round's data from the base model (or the sampled one: continue)
@@ -92,10 +93,11 @@ def sampling_config(run_cfg: RunConfig, round_number: int) -> RunConfig:
 
 
 def write_round_data(run_cfg: RunConfig, round_dir: Path, run_dir: Path, model_dir: Path, round_number: int,
-                     test_questions: list[tuple[str, str]]) -> dict[str, Any]:
+                     test_questions: list[tuple[str, str]], loaded: LoadedSplits | None = None) -> dict[str, Any]:
     """data.jsonl (the round's train rows) and data.json (its fingerprint and counts)."""
     improve = run_cfg.improve
-    human = load_train_problems(run_cfg)
+    loaded = loaded or LoadedSplits()
+    human = load_train_problems(run_cfg, loaded)
     report = FilterReport()
     rows: list[dict[str, Any]] = []
     if "human" in improve.mix:
@@ -103,7 +105,7 @@ def write_round_data(run_cfg: RunConfig, round_dir: Path, run_dir: Path, model_d
     if "self" in improve.mix:
         samples = read_samples(round_dir / "samples")
         # a sample repeating its problem's human solution is recall, not a solution of the model's own
-        references = {p.id: p.solution for p in load_split(run_cfg.data, run_cfg.resolved_data_dir(), "train")}
+        references = {p.id: p.solution for p in loaded.of(run_cfg, "train")}
         programs = extract_program if get_strategy(run_cfg.prompt.strategy).writes_programs else None
         kept, report = verified_solutions(samples, programs=programs, score=improve.score, human=references,
                                           max_per_problem=improve.max_per_problem)

@@ -17,6 +17,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from mathtune.config import RunConfig
+from mathtune.data.problems import LoadedSplits
 from mathtune.errors import MathtuneError
 from mathtune.evaluate.backend import build_backend
 from mathtune.evaluate.decoding import SAMPLER
@@ -81,13 +82,13 @@ def earlier_samples(extend: Path, fingerprint: dict[str, Any], k: int) -> dict[s
 
 def sample_model(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None = None, share_prefix: bool = True,
                  show_progress: bool = True, backend: HFBackend | None = None, merge: bool = False,
-                 extend: Path | None = None) -> dict[str, Any]:
+                 extend: Path | None = None, loaded: LoadedSplits | None = None) -> dict[str, Any]:
     """k = cfg.eval.samples solutions for each drawn problem, into out_dir/samples.jsonl; returns the
     summary written to out_dir/sampling.json. `merge` folds a LoRA adapter into the weights first;
     `extend` names a samples dir of the same settings and fewer samples, whose samples are kept and
-    continued instead of drawn again."""
+    continued instead of drawn again. `loaded`: the splits the command's preflight read (not read again)."""
     processes = current_processes()  # under `accelerate launch`: this rank samples its share of the problems
-    problems = eval_problems(cfg)
+    problems = eval_problems(cfg, loaded)
     fingerprint = sampling_fingerprint(cfg, problems, adapter_dir)
     fingerprint["generation"]["merged_lora"] = merge
     fingerprint["processes"] = processes.world  # recorded; a relaunch with another number still resumes

@@ -13,6 +13,8 @@ Arms (each a row of the printed table):
   quantizer to Q8_0 and F16 (and the original Q4_1), one sequence at a time, and its multi-sequence
   batch (`--llama-parallel` sequences per `llama_decode`, refilled as they finish). mathtune's own
   decoding rules (stop strings, calculator) drive it (evaluate/llama_cpp_backend.py).
+- `int8` (last, as it changes the loaded model): mathtune at batch 1 with `eval.int8_decode`
+  (speedups/int8_decode.py: weight-only int8 matmuls for calls of at most 4 rows).
 
 MFU: tokens/s x 2 x the model's matmul weights (every Linear, the vocabulary projection included)
 over the matmul peak measured here first (a large bf16 GEMM, `--dtype`'s, on all threads).
@@ -158,11 +160,13 @@ def main() -> None:
     parser.add_argument("--problems", type=int, default=200, help="the mix: the config's seeded test problems")
     parser.add_argument("--small", type=int, default=20, help="problems for the fixed-batch rows")
     parser.add_argument("--dtype", default="bf16", choices=["fp32", "bf16"])
-    parser.add_argument("--arms", default="mathtune,chunked,generate,llama",
-                        help="comma-separated: mathtune, chunked, generate, llama")
+    parser.add_argument("--arms", default="mathtune,chunked,generate,llama,int8",
+                        help="comma-separated: mathtune, chunked, generate, llama, int8")
     parser.add_argument("--generate-batches", default="16,64")
     parser.add_argument("--llama-quants", default="q8_0,f16,q4_1")
-    parser.add_argument("--llama-parallel", type=int, default=16)
+    parser.add_argument("--llama-parallel", type=int, default=16, help="0: no multi-sequence llama.cpp row")
+    parser.add_argument("--batches", default="1,16,64", help="mathtune's fixed batches on the --small problems")
+    parser.add_argument("--no-mix", action="store_true", help="only the --small rows (no 200-problem mix rows)")
     parser.add_argument("--no-install", action="store_true")
     parser.add_argument("--output", type=Path, help="write the results as JSON here")
     args = parser.parse_args()
@@ -195,10 +199,11 @@ def main() -> None:
 
     reference_small = reference_mix = None
     if "mathtune" in arms:
-        for batch in (1, 16, 64):
+        for batch in (int(b) for b in args.batches.split(",")):
             row = record(timed("mathtune", f"batch {batch}", small, lambda b=batch: mathtune_arm(backend, small, b)))
             reference_small = reference_small or row
-        reference_mix = record(timed("mathtune continuous", "64 rows", mix, lambda: mathtune_arm(backend, mix, 64)))
+        if not args.no_mix:
+            reference_mix = record(timed("mathtune continuous", "64 rows", mix, lambda: mathtune_arm(backend, mix, 64)))
     if "chunked" in arms:
         record(timed("mathtune chunked (before)", "chunks of 64", mix, lambda: mathtune_arm(backend, mix, 64, True)))
     reference_plain = None
@@ -224,11 +229,16 @@ def main() -> None:
                 one = LlamaCppBackend(path, threads=threads, context=512)
                 record(timed(f"llama.cpp {quant.upper()}", "1 sequence", small, lambda o=one: o.generate(small)))
                 one.close()
-                if quant == args.llama_quants.split(",")[0]:
+                if quant == args.llama_quants.split(",")[0] and args.llama_parallel and not args.no_mix:
                     many = LlamaCppBackend(path, threads=threads, context=512, parallel=args.llama_parallel)
                     record(timed(f"llama.cpp {quant.upper()}", f"{args.llama_parallel} sequences", mix,
                                  lambda m=many: m.generate(mix)))
                     many.close()
+    if "int8" in arms:  # last: it wraps the loaded model's Linears
+        from mathtune.speedups.int8_decode import apply_int8_decode
+
+        apply_int8_decode(backend.model)
+        record(timed("mathtune, eval.int8_decode", "batch 1", small, lambda: mathtune_arm(backend, small, 1)))
     print()
     print("| arm | rows | problems | tokens | s | tokens/s | MFU | agreement with mathtune |")
     print("|---|---|---:|---:|---:|---:|---:|---|")

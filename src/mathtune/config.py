@@ -213,9 +213,19 @@ class EvalConfig(Section):
         return (self.repetition_stop, self.repetition_min_tokens) if self.repetition_stop else None
 
     @model_validator(mode="after")
+    def _repetition_stop_needs_two_copies(self) -> EvalConfig:
+        if self.repetition_stop == 1:
+            raise ValueError("eval.repetition_stop counts copies of a repeated block: 0 (off) or 2 and more; "
+                             "one copy is any text")
+        return self
+
+    @model_validator(mode="after")
     def _llama_cpp_scores_no_perplexity(self) -> EvalConfig:
         if self.backend == "llama-cpp" and self.perplexity:
             raise ValueError("eval.backend llama-cpp scores no perplexity: add -s eval.perplexity=false")
+        if self.backend == "llama-cpp" and self.int8_decode:
+            raise ValueError("eval.int8_decode is a lever of the hf backend; llama.cpp uses the GGUF file's own "
+                             "quantization: set eval.int8_decode=false")
         return self
 
     @model_validator(mode="after")

@@ -96,3 +96,15 @@ def test_control_characters_from_a_model_are_made_printable():
     from mathtune.app.handlers import printable
 
     assert printable("a\x03b\nc\td\x7f") == "a\ufffdb\nc\td\ufffd"  # raw \x03 broke the browser's textbox
+
+
+def test_a_streamed_answer_ends_a_loop_where_evaluation_does(engine):
+    cfg = engine.config_for(model_of(engine), "run", "qa", 60)
+    backend = engine.backend(cfg, "run")
+    prompt = engine.prompt_for(cfg, "Tom has 3 pens and buys 4 more. How many pens?", backend.tokenizer)
+    loop = (2, 4)
+    parts = list(stream_generate(backend, prompt, (), 60, loop_stop=loop))
+    evaluated = backend.generate([GenerationRequest(prompt, (), 60, loop_stop=loop)])[0]
+    assert parts[-1] == evaluated.text
+    whole = backend.generate([GenerationRequest(prompt, (), 60)])[0]
+    assert evaluated.new_tokens < whole.new_tokens, "the tiny model must loop for this test to mean anything"

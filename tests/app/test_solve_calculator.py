@@ -43,7 +43,7 @@ def test_engine_uses_the_runs_calculator_setting(tiny_run, tmp_path, monkeypatch
 
     seen = {}
 
-    def fake_stream(backend, prompt, stops, max_new_tokens, calculator=False):
+    def fake_stream(backend, prompt, stops, max_new_tokens, calculator=False, loop_stop=None):
         seen["calculator"] = calculator
         yield "x"
 

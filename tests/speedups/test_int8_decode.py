@@ -15,7 +15,9 @@ from mathtune.speedups.int8_decode import MAX_ROWS, Int8DecodeLinear, apply_int8
 def test_few_rows_use_the_quantized_weight_and_more_rows_the_original(dtype, bias):
     torch.manual_seed(0)
     linear = torch.nn.Linear(64, 48, bias=bias).to(dtype)
-    wrapped = Int8DecodeLinear(linear)
+    wrapped = torch.nn.Sequential(torch.nn.Linear(64, 48, bias=bias).to(dtype))
+    wrapped[0].load_state_dict(linear.state_dict())
+    assert apply_int8_decode(wrapped) == 1 and isinstance(wrapped[0], Int8DecodeLinear)
     weight = linear.weight.double()
     scales = weight.abs().amax(1) / 127
     dequantized = torch.round(weight / scales[:, None]).clamp(-127, 127) * scales[:, None]
@@ -77,3 +79,57 @@ def test_the_evaluation_records_int8_decode_and_refuses_it_off_cpu(tiny_models, 
     monkeypatch.setattr(backend_module, "choose_placement", on_cuda)
     with pytest.raises(MathtuneError, match="eval.int8_decode is a CPU lever"):
         build_backend(cfg)
+
+
+def test_the_model_keeps_its_parameters_names_and_ties(tiny_models):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"], dtype=torch.float32).eval()
+    keys = list(model.state_dict())
+    apply_int8_decode(model)
+    assert list(model.state_dict()) == keys  # save_pretrained and export write the same checkpoint
+    assert all(isinstance(m, torch.nn.Linear) for m in model.modules() if isinstance(m, Int8DecodeLinear))
+    model.tie_weights()  # transformers and PEFT re-tie or replace weights on wrapped Linears
+
+
+def test_a_merged_lora_is_what_the_int8_copies_hold(tiny_models):
+    """`mathtune sample --merge` and `improve` merge the LoRA after the backend is built: the int8
+    copies must follow the merged weights, and a LoRA's own matrices are never quantized."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from mathtune.evaluate.generation import HFBackend
+    from mathtune.recipes.sample import merge_lora
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_models["llama"], dtype=torch.float32).eval()
+    ids = torch.randint(5, 200, (1, 1), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        base_logits = base(input_ids=ids).logits
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"]))
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.5, generator=torch.Generator().manual_seed(2))
+    model.eval()
+    with torch.inference_mode():
+        tuned_logits = model(input_ids=ids).logits
+    apply_int8_decode(model)
+    assert not any(isinstance(m, Int8DecodeLinear) for n, m in model.named_modules() if "lora_" in n)
+    with torch.inference_mode():
+        model(input_ids=ids)  # int8 copies made before the merge
+    from transformers import AutoTokenizer
+
+    backend = HFBackend(model, AutoTokenizer.from_pretrained(tiny_models["llama"]), torch.device("cpu"), False, 1)
+    assert merge_lora(backend)
+    with torch.inference_mode():
+        merged = backend.model(input_ids=ids).logits
+    scale = tuned_logits.abs().max().item()
+    assert (merged - tuned_logits).abs().max().item() < 0.05 * scale
+    assert (merged - base_logits).abs().max().item() > 0.1 * scale  # the LoRA is in, not the base weights
+
+
+def test_repetition_stop_of_one_copy_is_refused():
+    from mathtune.errors import MathtuneError
+
+    with pytest.raises(MathtuneError, match="0 \\(off\\) or 2"):
+        build_config({"eval": {"repetition_stop": 1}})
+    assert build_config({"eval": {"repetition_stop": 2}}).eval.loop_stop == (2, 32)

@@ -130,7 +130,7 @@ class Engine:
         stops = stop_strings(cfg, get_strategy(cfg.prompt.strategy))
         yield from stream_generate(
             backend, self.prompt_for(cfg, question, backend.tokenizer), stops, cfg.eval.max_new_tokens,
-            calculator=cfg.eval.calculator,
+            calculator=cfg.eval.calculator, loop_stop=cfg.eval.loop_stop,
         )
 
     def random_problem(self, seed: int | None = None) -> Problem:
@@ -169,6 +169,21 @@ def check_question(question: str | None) -> str:
 CALCULATOR_WINDOW = 32  # generated tokens decoded to look for an open `<<expr=` annotation
 
 
+class LoopStop:
+    """A `generate` stopping criterion: the generated tokens end in a repeating block (`repeating_tail`)."""
+
+    def __init__(self, prompt_length: int, loop_stop: tuple[int, int]) -> None:
+        self.prompt_length, self.loop_stop = prompt_length, loop_stop
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        from mathtune.evaluate.decoding import repeating_tail
+
+        return torch.tensor([repeating_tail(row[self.prompt_length:].tolist(), *self.loop_stop) for row in input_ids],
+                            dtype=torch.bool, device=input_ids.device)
+
+
 class CalculatorForcing:
     """Calculator decoding inside transformers' `generate` (a logits processor, one row): once the
     generated text ends in an open ``<<expr=``, the tokens of ``value>>`` are forced one per step,
@@ -196,10 +211,11 @@ class CalculatorForcing:
 
 
 def stream_generate(backend: Any, prompt: str, stops: tuple[str, ...], max_new_tokens: int,
-                    calculator: bool = False) -> Iterator[str]:
+                    calculator: bool = False, loop_stop: tuple[int, int] | None = None) -> Iterator[str]:
     """Greedy decoding in a worker thread, read back through transformers' TextIteratorStreamer;
-    with `calculator`, the calculator writes the results of `<<expr=` annotations."""
-    from transformers import LogitsProcessorList, TextIteratorStreamer
+    with `calculator`, the calculator writes the results of `<<expr=` annotations; with `loop_stop`
+    (eval.repetition_stop), a looping answer ends as the evaluation's decoding loop ends it."""
+    from transformers import LogitsProcessorList, StoppingCriteriaList, TextIteratorStreamer
 
     tokenizer = backend.tokenizer
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=STREAM_TIMEOUT_S)
@@ -217,6 +233,8 @@ def stream_generate(backend: Any, prompt: str, stops: tuple[str, ...], max_new_t
         kwargs.update(stop_strings=list(stops), tokenizer=tokenizer)
     if calculator:
         kwargs["logits_processor"] = LogitsProcessorList([CalculatorForcing(tokenizer, encoded["input_ids"].shape[1])])
+    if loop_stop:
+        kwargs["stopping_criteria"] = StoppingCriteriaList([LoopStop(encoded["input_ids"].shape[1], loop_stop)])
     failure: list[BaseException] = []
 
     def work() -> None:

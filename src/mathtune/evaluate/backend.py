@@ -36,10 +36,8 @@ def build_backend(cfg: RunConfig, adapter_dir: Path | None = None, vocab_dir: Pa
     # so base vs tuned measures the adapter and not the quantization. Other methods' training dtypes
     # (full: fp32 master weights) do not apply: inference runs in the eval precision.
     quant = method.base_load_kwargs(placement).get("quantization_config")
-    if cfg.eval.int8_decode and (placement.device.type != "cpu" or quant is not None):
-        raise MathtuneError("eval.int8_decode is a CPU lever for bf16/fp32 weights (torch's int8 weight-only "
-                            f"kernel); this evaluation runs on {placement.device.type}"
-                            f"{' with a quantized base' if quant is not None else ''}: set eval.int8_decode=false")
+    if cfg.eval.int8_decode:  # preflight refuses it first; the app and library callers reach here directly
+        check_int8_decode(cfg)
     # The characters training added (models/vocab.py), with the same ids: the tuned rows belong to them.
     loaded = load_for_run(cfg.model, placement, {"quantization_config": quant} if quant is not None else None,
                           tuned_dir=vocab_dir or adapter_dir)
@@ -62,6 +60,17 @@ def build_backend(cfg: RunConfig, adapter_dir: Path | None = None, vocab_dir: Pa
     if int8:
         meta["int8_decode_linears"] = int8
     return HFBackend(model, tokenizer, placement.device, seq2seq, cfg.eval.batch_size), meta
+
+
+def check_int8_decode(cfg: RunConfig) -> None:
+    """eval.int8_decode runs torch's CPU int8 kernel on bf16/fp32 weights: refused on another device or
+    over a quantized base (qlora), before anything is loaded or written."""
+    device = choose_placement(cfg.model.device, cfg.eval_precision()).device.type
+    quantized = build_method(cfg.method).quantized
+    if device != "cpu" or quantized:
+        raise MathtuneError("eval.int8_decode is a CPU lever for bf16/fp32 weights (torch's int8 weight-only "
+                            f"kernel); this evaluation runs on {device}{' over a quantized base' if quantized else ''}"
+                            ": set eval.int8_decode=false")
 
 
 def build_llama_cpp_backend(cfg: RunConfig, adapter_dir: Path | None) -> tuple[Any, dict[str, Any]]:

@@ -476,7 +476,7 @@ def repeating_tail(tokens: Sequence[int], repeats: int, min_tokens: int, max_per
     the last token recurs one period earlier."""
     n = len(tokens)
     last = tokens[-1] if n else None
-    for period in range(1, min(max_period, n // repeats) + 1):
+    for period in range(1, min(max_period, n // max(repeats, 2)) + 1):  # a period shorter than the text
         span = period * max(repeats, -(-min_tokens // period))  # at least `repeats` copies, `min_tokens` tokens
         if span > n or tokens[n - 1 - period] != last:
             continue

@@ -40,6 +40,10 @@ def preflight(cfg: RunConfig, splits: tuple[str, ...] = ("train", "test"), train
     if cfg.eval.repetition_stop and seq2seq and cfg.eval.split in splits:
         raise MathtuneError(f"eval.repetition_stop works with causal models only; {cfg.model.name} is an "
                             "encoder-decoder (seq2seq) model: set eval.repetition_stop=0")
+    if cfg.eval.int8_decode and cfg.eval.split in splits:
+        from mathtune.evaluate.backend import check_int8_decode
+
+        check_int8_decode(cfg)
     if cfg.prompt.chat_template:
         from mathtune.prompts import check_chat_template
 

@@ -64,7 +64,9 @@ def export_workflow(run_dir: Path, fmt: str, quant: str | None = None, out: Path
         check_gguf_architecture(config)
 
     # 1. The tuned model as evaluation loads it, in fp32 on the CPU; its logits on a probe prompt.
-    cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"dtype": "fp32"}),
+    # (the exact weights: none of evaluation's decoding levers, whatever the run's eval section says)
+    cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"dtype": "fp32", "int8_decode": False,
+                                                                     "backend": "hf"}),
                                  "model": cfg.model.model_copy(update={"device": "cpu"})})
     model, tokenizer, added = load_tuned(cfg, run_dir / "adapter")
     if added:

@@ -62,6 +62,9 @@ def merge_lora(backend: HFBackend) -> bool:
     if model.peft_config[model.active_adapter].peft_type.value != "LORA":
         return False
     backend.model = model.merge_and_unload().eval()
+    from mathtune.speedups.int8_decode import drop_int8_copies
+
+    drop_int8_copies(backend.model)  # eval.int8_decode: copy the merged weights, not the base ones
     return True
 
 
@@ -106,7 +109,7 @@ def sample_model(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None = None,
         out_dir.mkdir(parents=True, exist_ok=True)
         write_fingerprint(out_dir, fingerprint)
     strategy = get_strategy(cfg.prompt.strategy)
-    prompts, prompt_record = build_prompts(cfg, problems)
+    prompts, prompt_record = build_prompts(cfg, problems, loaded)
     prompts = render_prompts(backend.tokenizer, prompts, cfg.prompt.chat_template)
     path = out_dir / SAMPLES_FILE
     sharded = ShardedRows(path, processes, [p.id for p in problems], [expected_length(p) for p in problems])

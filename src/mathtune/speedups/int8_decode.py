@@ -18,53 +18,56 @@ has one row and results are deterministic. Recorded in the metrics and the eval 
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
 MAX_ROWS = 4  # above this the int8 kernel is slower than bf16's GEMM on the shapes measured
 
 
-class Int8DecodeLinear(nn.Module):
-    """A Linear whose calls of at most MAX_ROWS rows use an int8 copy of its weight."""
+class Int8DecodeLinear(nn.Linear):
+    """An `nn.Linear` whose calls of at most MAX_ROWS rows use an int8 copy of its weight.
 
-    def __init__(self, linear: nn.Linear) -> None:
-        super().__init__()
-        self.linear = linear
-        weight = linear.weight.detach().float()
-        scales = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0
-        self.register_buffer("qweight", torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8),
-                             persistent=False)
-        self.register_buffer("scales", scales, persistent=False)
-
-    @property
-    def weight(self) -> torch.Tensor:  # callers that read a Linear's weight (tied heads, `.dtype` checks)
-        return self.linear.weight
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return self.linear.bias
+    `apply_int8_decode` turns existing Linears into this class in place (same module, same `weight`
+    and `bias` parameters, same state-dict keys), so PEFT, tied embeddings, `save_pretrained` and
+    isinstance checks see the Linear they had. The int8 copy is made at the first small call, again
+    when the weight is replaced by another tensor, and after `drop_int8_copies` (in-place changes)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
         if rows > MAX_ROWS or x.device.type != "cpu":
-            return self.linear(x)
+            return super().forward(x)
+        qweight, scales = self._int8_weight()
         flat = x.reshape(rows, x.shape[-1]).contiguous()
-        out = torch.ops.aten._weight_int8pack_mm(flat, self.qweight, self.scales.to(x.dtype))
-        if self.linear.bias is not None:
-            out = out + self.linear.bias.to(out.dtype)
+        out = torch.ops.aten._weight_int8pack_mm(flat, qweight, scales.to(x.dtype))
+        if self.bias is not None:
+            out = out + self.bias.to(out.dtype)
         return out.reshape(*x.shape[:-1], out.shape[-1])
+
+    def _int8_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
+        cached = self.__dict__.get("_int8_cache")
+        if cached is None or cached[0] != self.weight.data_ptr():
+            values = self.weight.detach().float()
+            scales = values.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+            qweight = torch.round(values / scales[:, None]).clamp(-127, 127).to(torch.int8)
+            cached = (self.weight.data_ptr(), qweight, scales)
+            self.__dict__["_int8_cache"] = cached  # not a buffer: never saved, never moved
+        return cached[1], cached[2]
+
+
+def drop_int8_copies(model: nn.Module) -> None:
+    """Forget the int8 copies, so the next small call copies the weights as they are now: call it after
+    changing weights in place (PEFT's merge adds the LoRA product into the base weight's storage)."""
+    for module in model.modules():
+        if isinstance(module, Int8DecodeLinear):
+            module.__dict__.pop("_int8_cache", None)
 
 
 def apply_int8_decode(model: nn.Module) -> int:
-    """Wrap every plain `nn.Linear` of `model` (the output head included; PEFT's LoRA layers keep their
-    adapters and get their base layer wrapped); returns how many were wrapped."""
-    targets: list[tuple[Any, str, nn.Linear]] = []
-    for parent in model.modules():
-        for name, child in parent.named_children():
-            if type(child) is nn.Linear:
-                targets.append((parent, name, child))
-    for parent, name, child in targets:
-        setattr(parent, name, Int8DecodeLinear(child))
+    """Turn every plain `nn.Linear` of `model` (the output head included) into an Int8DecodeLinear, in
+    place; returns how many. A PEFT adapter's own small matrices (`lora_A`, `lora_B`, ...) are left
+    as they are: only the weights they adapt are copied to int8 (their base layers)."""
+    targets = [module for name, module in model.named_modules()
+               if type(module) is nn.Linear and not any(part.startswith("lora_") for part in name.split("."))]
+    for module in targets:
+        module.__class__ = Int8DecodeLinear
     return len(targets)

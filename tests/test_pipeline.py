@@ -83,3 +83,50 @@ def test_run_workflow_writes_everything(tiny_models, data_dir, tmp_path):
     assert card["mcnemar"]["n"] == 6
     assert "| base |" in (run / "comparison.md").read_text()
     assert list(run.glob("**/*.tmp")) == []
+
+
+def test_run_also_tests_another_benchmark_with_the_models_loaded_once(tiny_models, data_dir, tmp_path, monkeypatch):
+    """`eval.also`: base and tuned are evaluated on a second benchmark (here a jsonl file of other
+    problems) by the same loaded model, into eval/<benchmark>/, with a comparison and McNemar of its own."""
+    import mathtune.recipes.evaluate as evaluate_recipe
+
+    other = tmp_path / "other.jsonl"
+    train_rows = (data_dir / "gsm8k" / "train.jsonl").read_text().splitlines()
+    other.write_text("\n".join(train_rows[-5:]) + "\n")  # problems the run's own test split does not hold
+    cfg = tiny_cfg(tiny_models["llama"], data_dir, tmp_path / "run")
+    cfg.eval.also = [{"data": {"dataset": "jsonl", "test_file": str(other)}, "num_problems": 4}]
+    loads = []
+    build = evaluate_recipe.build_backend
+    monkeypatch.setattr(evaluate_recipe, "build_backend", lambda *a, **k: loads.append(a[1:]) or build(*a, **k))
+    card = run_workflow(build_config(cfg.model_dump(mode="json")))
+    run = tmp_path / "run"
+    assert len(loads) == 2  # the base model once, the tuned model once, each for both benchmarks
+    questions = {json.loads(row)["question"] for row in train_rows[-5:]}
+    for label in ("base", "tuned"):
+        predictions = run / "eval" / "jsonl-other" / label / "predictions.jsonl"
+        rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+        assert len(rows) == 4 and {row["question"] for row in rows} <= questions
+        own = (run / "eval" / label / "predictions.jsonl").read_text().splitlines()
+        assert len(own) == 6 and not {json.loads(x)["question"] for x in own} & questions
+    def fingerprint(path):
+        return json.loads((path / "fingerprint.json").read_text())
+
+    own, other_tuned = fingerprint(run / "eval" / "tuned"), fingerprint(run / "eval" / "jsonl-other" / "tuned")
+    assert other_tuned["adapter"] == own["adapter"] is not None  # the tuned model, not the base, on both
+    assert other_tuned["generation"] == own["generation"]  # the run's decoding settings
+    assert fingerprint(run / "eval" / "jsonl-other" / "base")["adapter"] is None
+    assert card["mcnemar"]["n"] == 6 and card["also"]["jsonl-other"]["mcnemar"]["n"] == 4
+    assert set(card["also"]["jsonl-other"]) >= {"base", "tuned", "mcnemar_by_score"}
+    assert "| base |" in (run / "comparison_jsonl-other.md").read_text()
+
+
+def test_run_also_refuses_a_bad_benchmark_before_training(tiny_models, data_dir, tmp_path):
+    from mathtune.errors import MathtuneError
+
+    with pytest.raises((ValueError, MathtuneError), match=r"eval\.also\[0\]\.data\.dataset"):
+        build_config({"eval": {"also": [{"data": {"dataset": "gsm9k"}}]}})
+    cfg = tiny_cfg(tiny_models["llama"], data_dir, tmp_path / "run")
+    cfg.eval.also = [{"data": {"dataset": "jsonl", "test_file": str(tmp_path / "missing.jsonl")}}]
+    with pytest.raises(MathtuneError, match="missing.jsonl"):
+        run_workflow(build_config(cfg.model_dump(mode="json")))
+    assert not (tmp_path / "run").exists()  # refused before any output

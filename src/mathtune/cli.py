@@ -409,9 +409,19 @@ def run_cmd(config: ConfigOpt = None, set_: SetOpt = None, model: ModelOpt = Non
     card = run_workflow(cfg, overwrite=overwrite, resume=resume)
     if not current_processes().main:
         return
-    for label in ("base", "tuned"):
-        _print_scores({"label": label, **card[label]})
-    typer.echo(f"comparison written to {Path(cfg.output_dir) / 'comparison.md'}")
+    for name, result in {"": card, **card.get("also", {})}.items():
+        for label in ("base", "tuned"):
+            _print_scores({"label": f"{name} {label}".strip(), **result[label]})
+        _print_mcnemar(result)
+        stem = f"comparison_{name}" if name else "comparison"
+        typer.echo(f"comparison written to {Path(cfg.output_dir) / stem}.md")
+
+
+def _print_mcnemar(result: dict[str, Any]) -> None:
+    """The exact McNemar test of base vs tuned on each score (b: only base right, c: only tuned right)."""
+    tests = {"strict-match": result["mcnemar"], **result.get("mcnemar_by_score", {})}
+    typer.echo("base vs tuned, exact McNemar: " + "; ".join(
+        f"{name} {test['b']} vs {test['c']}, p = {test['p_value']:.3g}" for name, test in tests.items() if test))
 
 
 def _print_scores(metrics: dict[str, Any]) -> None:

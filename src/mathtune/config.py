@@ -160,6 +160,15 @@ SPEEDUP_LEVERS = ("packing", "varlen_attention", "fused_loss", "fast_dropout", "
                   "cpu_kernels")
 
 
+class AlsoBenchmark(Section):
+    """One more benchmark that `mathtune run` tests the base and the tuned model on (`eval.also`)."""
+
+    data: dict[str, Any] = Field(
+        description="The keys of the data section that differ from the run's, e.g. {dataset: svamp, svamp_test: "
+        "all}: the benchmark, and where its test split comes from")
+    num_problems: int | None = Field(200, ge=1, description="Problems drawn with eval.seed (null: all)")
+
+
 class EvalConfig(Section):
     num_problems: int | None = Field(200, ge=1, description="Test problems drawn with `seed` (null: all)")
     seed: int = Field(1234, description="Seed for drawing the test problems")
@@ -206,6 +215,10 @@ class EvalConfig(Section):
     gguf: str | None = Field(
         None, description="GGUF file for backend llama-cpp (null: the embedded model's own file, base model "
         "only; a tuned run: `mathtune export RUN --format gguf`)")
+    also: list[AlsoBenchmark] = Field(
+        [], description="More benchmarks `mathtune run` evaluates base and tuned on, with these same decoding "
+        "settings: into eval/<benchmark>/{base,tuned}/ and comparison_<benchmark>.md, each its own McNemar "
+        "test (e.g. a benchmark the run never trains on, where a gain is not format alone)")
 
     @property
     def loop_stop(self) -> tuple[int, int] | None:
@@ -323,7 +336,23 @@ class RunConfig(Section):
         if self.prompt.strategy == "breakdown" and self.data.dataset == "gsm8k" and self.data.subset != "socratic":
             raise ValueError("prompt.strategy=breakdown needs data.subset=socratic (its sub-questions)")
         self.method.check_against(self)  # each method's own checks (methods/<name>/config.py)
+        self.also_configs()  # each eval.also entry's data keys make a valid data section
         return self
+
+    def also_configs(self) -> list[RunConfig]:
+        """This config for each `eval.also` benchmark: its data keys and problem count; model, prompt,
+        method and decoding as the run's own."""
+        configs = []
+        for index, entry in enumerate(self.eval.also):
+            try:
+                data = DataConfig.model_validate({**self.data.model_dump(), **entry.data})
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(part) for part in first["loc"])
+                raise ValueError(f"eval.also[{index}].data{'.' + where if where else ''}: {first['msg']}") from None
+            evaluation = self.eval.model_copy(update={"num_problems": entry.num_problems, "also": []})
+            configs.append(self.model_copy(update={"data": data, "eval": evaluation}))
+        return configs
 
     def eval_precision(self) -> str:
         """The precision models are evaluated in: eval.dtype, or the training precision ('auto')."""

@@ -224,10 +224,19 @@ def _reproducibility(cfg: RunConfig, problems: list[Problem], prompt_record: dic
 
 def evaluate_model(cfg: RunConfig, out_dir: Path, label: str, adapter_dir: Path | None = None,
                    show_progress: bool = True, loaded: LoadedSplits | None = None) -> dict[str, Any]:
+    return evaluate_model_on([(cfg, out_dir)], label, adapter_dir, show_progress, loaded)[0]
+
+
+def evaluate_model_on(targets: list[tuple[RunConfig, Path]], label: str, adapter_dir: Path | None = None,
+                      show_progress: bool = True, loaded: LoadedSplits | None = None) -> list[dict[str, Any]]:
+    """One model, loaded once, evaluated on several benchmarks: (config, eval dir) each, the configs
+    differing only in their data section and problem count (`RunConfig.also_configs`)."""
     loaded = loaded or LoadedSplits()
-    check_eval_dir(cfg, out_dir, adapter_dir, loaded=loaded)  # before minutes of loading the model
-    backend, meta = build_backend(cfg, adapter_dir)
-    return evaluate(cfg, backend, out_dir, label, backend.tokenizer, meta, show_progress, loaded)
+    for cfg, out_dir in targets:
+        check_eval_dir(cfg, out_dir, adapter_dir, loaded=loaded)  # before minutes of loading the model
+    backend, meta = build_backend(targets[0][0], adapter_dir)
+    return [evaluate(cfg, backend, out_dir, label, backend.tokenizer, meta, show_progress, loaded)
+            for cfg, out_dir in targets]
 
 
 def eval_workflow(cfg: RunConfig, run_dir: Path | None, base: bool, out_dir: Path,

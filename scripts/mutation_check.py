@@ -134,6 +134,16 @@ MUTANTS: list[Mutant] = [
            "    if cfg.eval.calculator and seq2seq and cfg.eval.split in splits:\n",
            "    if False:\n",
            ("tests/reliability/test_bad_input.py::test_the_calculator_on_a_seq2seq_model_is_refused_in_one_line",)),
+    # ---- `mathtune run` on more benchmarks (eval.also) ----
+    Mutant("run: an eval.also benchmark tested on the run's own data", "config.py",
+           "                data = DataConfig.model_validate({**self.data.model_dump(), **entry.data})\n",
+           "                data = DataConfig.model_validate(self.data.model_dump())\n",
+           ("tests/test_pipeline.py::test_run_also_tests_another_benchmark_with_the_models_loaded_once",)),
+    Mutant("run: every benchmark's comparison made of the run's own benchmark", "recipes/run.py",
+           "            comparison = compare_runs([root / \"base\", root / \"tuned\"], [\"base\", \"tuned\"])\n",
+           "            comparison = compare_runs([run_dir / \"eval\" / \"base\", run_dir / \"eval\" / \"tuned\"], "
+           "[\"base\", \"tuned\"])\n",
+           ("tests/test_pipeline.py::test_run_also_tests_another_benchmark_with_the_models_loaded_once",)),
     # ---- extraction ----
     Mutant("extraction: the last number after '####' instead of the first", "evaluate/extraction.py",
            "        answer = parse_number(after)\n",

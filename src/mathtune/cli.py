@@ -403,8 +403,11 @@ def run_cmd(config: ConfigOpt = None, set_: SetOpt = None, model: ModelOpt = Non
     interrupts.watch(Path(cfg.output_dir), resume_flag=True)
     # On stdout: stderr is kept for the one line of an error.
     if process_rank() == 0:
+        from mathtune.data.problems import benchmark_name
+
+        also = "".join(f", {benchmark_name(c.data)} {c.eval.num_problems or 'all'}" for c in cfg.also_configs())
         typer.echo(f"mathtune run: model {cfg.model.name}, method {cfg.method.name}, prompt {cfg.prompt.strategy}, "
-                   f"train rows {cfg.data.train_size or 'all'}, test problems {cfg.eval.num_problems} "
+                   f"train rows {cfg.data.train_size or 'all'}, test problems {cfg.eval.num_problems or 'all'}{also} "
                    f"(seed {cfg.eval.seed}) -> {cfg.output_dir}")
     card = run_workflow(cfg, overwrite=overwrite, resume=resume)
     if not current_processes().main:

@@ -97,8 +97,12 @@ def test_sample_recipe_writes_scored_samples_and_resumes(tiny_models, data_dir, 
     # killed after two problems: the rest are sampled, the first two kept, the result the same
     lines = (out / "samples.jsonl").read_text().splitlines()
     (out / "samples.jsonl").write_text("\n".join(lines[:2]) + "\n")
-    sample_model(cfg, out, show_progress=False)
+    resumed = sample_model(cfg, out, show_progress=False)
     assert read_samples(out) == rows
+    # the summary says this launch sampled two problems, and counts every sample's tokens apart
+    assert resumed["problems_this_launch"] == 2
+    assert resumed["generated_tokens_all_launches"] == sum(s["new_tokens"] for row in rows for s in row["samples"])
+    assert resumed["generated_tokens"] == sum(s["new_tokens"] for row in rows[2:] for s in row["samples"])
     # other settings are refused, never mixed in
     from mathtune.errors import MathtuneError
 

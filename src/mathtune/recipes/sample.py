@@ -153,8 +153,12 @@ def sample_model(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None = None,
     summary = {"n": len(problems), "k": k, "temperature": cfg.eval.temperature, "top_p": cfg.eval.top_p,
                "sample_seed": cfg.eval.sample_seed, "split": cfg.eval.split, "share_prefix": share_prefix,
                "extended_from": str(extend) if extend is not None else None,
+               # wall, tokens and tokens/s are this launch's: a resumed run samples only what was left
+               "problems_this_launch": len(problems) - len(done),
                "wall_seconds": round(wall, 2), "generated_tokens": new_tokens,
                "generated_tokens_per_second": round(new_tokens / max(wall, 1e-9), 1),
+               "generated_tokens_all_launches": sum(sample.get("new_tokens", 0) for row in merged
+                                                    for sample in row["samples"]),
                "peak_rss_mb": round(peak_rss_mb(), 1), "peak_cuda_mb": peak_cuda_mb(),
                "prompt": prompt_record, "stop": list(stop), "max_new_tokens": cfg.eval.max_new_tokens,
                "processes": processes.world, **meta, **provenance()}

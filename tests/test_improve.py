@@ -213,3 +213,17 @@ def _one_round(cfg):
     round_dir = run_dir / "improve" / "round-1"
     rows = [json.loads(line) for line in (round_dir / "data.jsonl").read_text().splitlines()]
     return run_dir, card, round_dir, rows, [row for row in rows if row["source"] == "self"]
+
+
+def test_the_best_recipe_config_is_the_measured_model_with_majority_voting():
+    """configs/accuracy/best_gsm8k.yaml must stay the recipe docs/accuracy.md measured: the full_qa_gsm8k
+    model and greedy decoding, plus maj@16 with the maj@16 row's sampling settings."""
+    from mathtune.config import DEFAULT_CONFIG_DIR, load_config
+
+    best = load_config(DEFAULT_CONFIG_DIR / "accuracy" / "best_gsm8k.yaml")
+    measured = load_config(DEFAULT_CONFIG_DIR / "accuracy" / "full_qa_gsm8k.yaml")
+    for section in ("model", "data", "prompt", "method", "train"):
+        assert getattr(best, section) == getattr(measured, section), section
+    assert best.eval.num_problems is None and best.eval.calculator and best.eval.max_new_tokens == 256
+    assert (best.eval.samples, best.eval.vote, best.eval.temperature, best.eval.top_p, best.eval.sample_seed) == \
+        (16, "majority", 0.7, 1.0, 0)

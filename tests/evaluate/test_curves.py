@@ -122,3 +122,12 @@ def test_the_report_draws_a_runs_curve(tmp_path):
     figure = curve_figure(curve, curve["greedy"])
     labels = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
     assert f"greedy ({100 / 3:.1f} %)" in labels and "pass" in labels
+
+
+def test_the_verifier_auc_is_pooled_and_within_problem():
+    ranking = rerank_table(ROWS, None, SCORES)["verifier_auc"]
+    # pooled: 3 right vs 9 wrong samples, 16.5 of 27 pairs won (ties at 0.9, 0.2 and 0.3 count half)
+    assert ranking["all_samples"] == pytest.approx(16.5 / 27)
+    # within: p1 1.0 (the 7 on top), p2 0.5 (its wrong 0.6 beats both right ones), p3 has no right sample
+    assert ranking["within_problem"] == pytest.approx(0.75) and ranking["problems_with_right_and_wrong"] == 2
+    assert "verifier_auc" not in rerank_table(ROWS, None, None)

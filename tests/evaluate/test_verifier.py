@@ -9,7 +9,8 @@ import random
 import pytest
 
 from mathtune.errors import MathtuneError
-from mathtune.recipes.verifier import auc, fewer_wrong, labelled, right_class_weight, split_by_problem
+from mathtune.evaluate.metrics import auc
+from mathtune.recipes.verifier import fewer_wrong, labelled, right_class_weight, split_by_problem
 
 
 def rows(count: int, k: int = 4, seed: int = 0) -> list[dict]:
@@ -44,6 +45,19 @@ def test_split_keeps_every_problem_on_one_side_and_weighting_evens_the_classes()
     with pytest.raises(MathtuneError, match="both are needed"):
         right_class_weight([(text, 0.0) for text, _ in examples])
     assert auc([0.9, 0.8, 0.1], [1.0, 0.0, 0.0]) == 1.0 and auc([0.5, 0.5], [1.0, 0.0]) == 0.5
+
+
+def test_auc_is_the_share_of_right_wrong_pairs_won_ties_half():
+    rng = random.Random(0)
+    for _ in range(20):
+        scores = [rng.choice([0.1, 0.2, 0.5, 0.7, 0.9]) for _ in range(30)]  # many ties
+        labels = [float(rng.random() < 0.3) for _ in range(30)]
+        both = list(zip(scores, labels, strict=True))
+        pairs = [(r, w) for r, y in both if y for w, z in both if not z]
+        if not pairs:
+            continue
+        assert auc(scores, labels) == pytest.approx(sum((r > w) + 0.5 * (r == w) for r, w in pairs) / len(pairs))
+    assert auc([0.3, 0.4], [1.0, 1.0]) is None
 
 
 def test_verifier_trains_saves_a_peft_adapter_and_scores_samples(tiny_models, tmp_path, run_cli):

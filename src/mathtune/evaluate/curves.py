@@ -23,7 +23,7 @@ from typing import Any
 
 from mathtune.answers import numbers_equal, parse_number
 from mathtune.evaluate.extraction import INVALID
-from mathtune.evaluate.metrics import mcnemar_exact, mean_and_stderr
+from mathtune.evaluate.metrics import auc, mcnemar_exact, mean_and_stderr
 
 Picker = Callable[[list[dict[str, Any]], list[float] | None, str], bool]
 SUBSETS = 200  # random subsets per problem and N (fewer when every subset can be listed)
@@ -173,7 +173,22 @@ def rerank_table(rows: list[dict[str, Any]], greedy: dict[str, bool] | None,
     pairs = [(a, b) for a, b in itertools.combinations(outcomes, 2)]
     tests = {f"{b}@{k} vs {a}" if a == "greedy" else f"{b}@{k} vs {a}@{k}": mcnemar_exact(outcomes[a], outcomes[b])
              for a, b in pairs}
-    return {"k": k, "problems": len(rows), "score": score, "methods": table, "mcnemar": tests}
+    ranking = {"verifier_auc": verifier_auc(rows, scores, score)} if scores is not None else {}
+    return {"k": k, "problems": len(rows), "score": score, "methods": table, "mcnemar": tests, **ranking}
+
+
+def verifier_auc(rows: list[dict[str, Any]], scores: dict[str, list[float]], score: str = "numeric-match"
+                 ) -> dict[str, Any]:
+    """How well the verifier ranks these samples: the AUC over all of them, and the mean AUC within a
+    problem (over the problems with right and wrong samples). Re-ranking only ever compares one
+    problem's samples, so the within-problem AUC is the one that says whether verifier@k and weighted
+    voting can beat maj@k; the pooled AUC also rewards telling easy problems from hard ones."""
+    labels = [float(bool(s["correct"].get(score))) for row in rows for s in row["samples"]]
+    pooled = auc([x for row in rows for x in scores[row["id"]]], labels)
+    within = [auc(scores[row["id"]], [float(bool(s["correct"].get(score))) for s in row["samples"]]) for row in rows]
+    mixed = [value for value in within if value is not None]
+    return {"all_samples": pooled, "within_problem": sum(mixed) / len(mixed) if mixed else None,
+            "problems_with_right_and_wrong": len(mixed)}
 
 
 def curve_markdown(curve: dict[str, Any], rerank: dict[str, Any] | None = None) -> str:
@@ -195,6 +210,15 @@ def curve_markdown(curve: dict[str, Any], rerank: dict[str, Any] | None = None) 
                   for m, v in rerank["methods"].items()]
         lines += ["", "| exact McNemar | b | c | p |", "|---|---:|---:|---:|"]
         lines += [f"| {name} | {t['b']} | {t['c']} | {t['p_value']:.3g} |" for name, t in rerank["mcnemar"].items()]
+        if rerank.get("verifier_auc"):
+            ranking = rerank["verifier_auc"]
+
+            def shown(value: float | None) -> str:
+                return "n/a" if value is None else f"{value:.3f}"
+
+            lines += ["", f"Verifier AUC: {shown(ranking['all_samples'])} over all samples, "
+                      f"{shown(ranking['within_problem'])} within a problem (mean over the "
+                      f"{ranking['problems_with_right_and_wrong']} problems with right and wrong samples)."]
     return "\n".join(lines) + "\n"
 
 

@@ -61,6 +61,21 @@ def mcnemar_exact(base_correct: Sequence[bool], tuned_correct: Sequence[bool]) -
     return {"b": b, "c": c, "discordant": b + c, "n": len(base_correct), "p_value": p_value}
 
 
+def auc(scores: Sequence[float], labels: Sequence[float]) -> float | None:
+    """Area under the ROC curve: the chance that a right solution (label 1) outscores a wrong one (label 0),
+    ties counting half (the Mann-Whitney U statistic over midranks, O(n log n)); None without both classes."""
+    _require_paired(scores, labels, "an AUC")
+    right = sum(1 for label in labels if label == 1.0)
+    wrong = len(labels) - right
+    if not right or not wrong:
+        return None
+    from scipy.stats import rankdata
+
+    ranks = rankdata(scores)  # tied scores share their mean rank: a tie between classes counts half
+    right_ranks = sum(rank for rank, label in zip(ranks, labels, strict=True) if label == 1.0)
+    return float((right_ranks - right * (right + 1) / 2) / (right * wrong))
+
+
 def rouge1(predictions: Sequence[str], references: Sequence[str]) -> float:
     """Mean ROUGE-1 F1 (Porter-stemmed unigrams), as the rouge_score package computes it."""
     _require_paired(predictions, references, "ROUGE-1")

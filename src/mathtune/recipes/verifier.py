@@ -19,6 +19,7 @@ import torch
 from mathtune.config import RunConfig, config_to_yaml
 from mathtune.errors import MathtuneError
 from mathtune.evaluate.curves import rerank_table
+from mathtune.evaluate.metrics import auc
 from mathtune.evaluate.sharding import ShardedRows, current_processes
 from mathtune.fingerprint import files_digest, first_difference
 from mathtune.io import (
@@ -73,16 +74,6 @@ def fewer_wrong(examples: list[tuple[str, float]], per_right: float, seed: int) 
         return examples
     dropped = set(wrong) - set(random.Random(seed).sample(wrong, keep))
     return [example for index, example in enumerate(examples) if index not in dropped]
-
-
-def auc(scores: list[float], labels: list[float]) -> float | None:
-    """Area under the ROC curve (the chance a right solution outscores a wrong one; ties count half)."""
-    right = [s for s, y in zip(scores, labels, strict=True) if y == 1.0]
-    wrong = [s for s, y in zip(scores, labels, strict=True) if y == 0.0]
-    if not right or not wrong:
-        return None
-    wins = sum((r > w) + 0.5 * (r == w) for r in right for w in wrong)
-    return wins / (len(right) * len(wrong))
 
 
 def train_verifier(cfg: RunConfig, sample_dirs: list[Path], out_dir: Path, show_progress: bool = True

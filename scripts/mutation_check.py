@@ -174,6 +174,15 @@ MUTANTS: list[Mutant] = [
            'binomtest(c, b + c, 0.5, alternative="two-sided")',
            'binomtest(c, b + c, 0.5, alternative="greater")',
            ("tests/evaluate/test_metrics.py",)),
+    # ---- metrics: the verifier's AUC ----
+    Mutant("metrics: AUC ties ranked in order, not counted half", "evaluate/metrics.py",
+           "    ranks = rankdata(scores)",
+           '    ranks = rankdata(scores, method="ordinal")',
+           ("tests/evaluate/test_verifier.py", "tests/evaluate/test_curves.py")),
+    Mutant("curves: a problem without right samples counts as AUC 0 within problems", "evaluate/curves.py",
+           "    mixed = [value for value in within if value is not None]\n",
+           "    mixed = [value or 0.0 for value in within]\n",
+           ("tests/evaluate/test_curves.py",)),
     # ---- fingerprint ----
     Mutant("fingerprint: a half-written eval dir resumes whatever settings wrote it", "fingerprint.py",
            "    difference = first_difference(stored, current)\n",

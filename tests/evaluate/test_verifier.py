@@ -10,7 +10,7 @@ import pytest
 
 from mathtune.errors import MathtuneError
 from mathtune.evaluate.metrics import auc
-from mathtune.recipes.verifier import fewer_wrong, labelled, right_class_weight, split_by_problem
+from mathtune.recipes.verifier import fewer_wrong, labelled, right_class_weight, samples_by_problem, split_by_problem
 
 
 def rows(count: int, k: int = 4, seed: int = 0) -> list[dict]:
@@ -45,6 +45,21 @@ def test_split_keeps_every_problem_on_one_side_and_weighting_evens_the_classes()
     with pytest.raises(MathtuneError, match="both are needed"):
         right_class_weight([(text, 0.0) for text, _ in examples])
     assert auc([0.9, 0.8, 0.1], [1.0, 0.0, 0.0]) == 1.0 and auc([0.5, 0.5], [1.0, 0.0]) == 0.5
+
+
+def test_two_rounds_samples_of_one_problem_merge_and_a_repeated_solution_counts_once():
+    first, second = rows(3, k=2, seed=0), rows(4, k=3, seed=1)
+    merged = samples_by_problem(first + second)
+    assert [r["id"] for r in merged] == ["p0", "p1", "p2", "p3"]
+    for row in merged:
+        earlier = [s["output"] for r in first if r["id"] == row["id"] for s in r["samples"]]
+        later = [s["output"] for r in second if r["id"] == row["id"] for s in r["samples"]]
+        # the first dir's samples as they are (repeats within a dir are the model's), then the new ones
+        assert [s["output"] for s in row["samples"]] == earlier + [o for o in later if o not in earlier]
+    assert samples_by_problem(first + first) == first
+    assert sum(len(r["samples"]) for r in merged) < sum(len(r["samples"]) for r in first + second)
+    with pytest.raises(MathtuneError, match="two different prompts"):
+        samples_by_problem(first + [{**first[0], "prompt": "other"}])
 
 
 def test_auc_is_the_share_of_right_wrong_pairs_won_ties_half():

@@ -38,6 +38,28 @@ from mathtune.runcard import peak_cuda_mb, peak_rss_mb, provenance
 SCORES_FILE = "verifier_scores.jsonl"
 
 
+def samples_by_problem(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per problem, in first-seen order: its samples from every samples dir, less those an
+    earlier dir already holds for it.
+
+    Two rounds of `mathtune improve` sample the same train problems with the same seeds, so the same
+    solution comes from both: counted once, it neither doubles its weight in training nor misaligns the
+    dev report's scores with their labels (looked up by problem). Repeats within one dir are the
+    model's own (two samples that agree) and stay."""
+    merged: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        if row["id"] not in merged:
+            merged[row["id"]] = {**row, "samples": list(row["samples"])}
+            continue
+        into = merged[row["id"]]
+        if into["prompt"] != row["prompt"]:
+            raise MathtuneError(f"verifier: problem {row['id']} has two different prompts in the samples dirs "
+                                "(sampled with different prompt settings); train on one kind at a time")
+        earlier = {sample["output"] for sample in into["samples"]}
+        into["samples"] += [sample for sample in row["samples"] if sample["output"] not in earlier]
+    return list(merged.values())
+
+
 def split_by_problem(rows: list[dict[str, Any]], dev_fraction: float, seed: int
                      ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(train, dev) rows: every sample of a problem falls on one side, so the dev score never rates
@@ -79,7 +101,7 @@ def fewer_wrong(examples: list[tuple[str, float]], per_right: float, seed: int) 
 def train_verifier(cfg: RunConfig, sample_dirs: list[Path], out_dir: Path, show_progress: bool = True
                    ) -> dict[str, Any]:
     settings = cfg.verifier
-    rows = [row for directory in sample_dirs for row in read_samples(directory)]
+    rows = samples_by_problem([row for directory in sample_dirs for row in read_samples(directory)])
     if not rows:
         raise MathtuneError(f"verifier: no samples in {', '.join(map(str, sample_dirs))} (run `mathtune sample`)")
     train_rows, dev_rows = split_by_problem(rows, settings.dev_fraction, settings.seed)

@@ -123,6 +123,12 @@ def test_format_number(value: float, text: str) -> None:
         ("Natalia sold 48/2 = <<48/2=24>>24", None),
         ("no annotation at all =", None),
         ("<<48/2", None),
+        # `=-` and `=.` are single tokens: the result's first character came with the `=`
+        ("The pair of boots costs 5-33=$<<5-33=-", "28"),
+        ("<<2-4.5=-", "2.5"),
+        ("half is <<1/2=.", "5"),
+        ("<<3/2=.", None),  # 1.5 does not begin with `.`: the model's text stands
+        ("<<5+3=-", None),
     ],
 )
 def test_complete_calculator_annotation(text: str, expected: str | None) -> None:

@@ -64,6 +64,27 @@ def test_calculator_forces_the_result_after_an_open_annotation(llama, written, i
         assert row.calls == 1
 
 
+def test_a_negative_result_is_computed_when_its_sign_came_with_the_equals_token(llama):
+    """SmolLM2's vocabulary holds `=-`: the model writes `<<5-33=-` and the text never ends in a bare
+    `=`. The calculator still writes the result; with `=` and `-` apart it writes the sign itself."""
+    import copy
+
+    _, plain = llama
+    merged = copy.deepcopy(plain)
+    merged.add_tokens(["=-"])
+    for tokenizer, inserted in ((merged, "28>>"), (plain, "-28>>")):
+        written = tokenizer.encode("<<5-33=-", add_special_tokens=False)
+        row = _Row(0, ("Question:",), 100, calculator=True)
+        for token in written:
+            _advance(row, token, tokenizer, eos=set())
+            if row.forced:
+                break
+        assert tokenizer.decode(row.forced) == inserted
+        for _ in range(len(row.forced)):
+            _advance(row, 0, tokenizer, eos=set())
+        assert tokenizer.decode(row.tokens).endswith("5-33=-28>>") and row.calls == 1
+
+
 def test_calculator_refuses_what_is_not_arithmetic(llama):
     _, tokenizer = llama
     assert calculator_tokens(tokenizer, "<<9**9**9=") == []

@@ -123,8 +123,12 @@ MUTANTS: list[Mutant] = [
     # ---- end of the decoding block --------------------------------------------------------------------
     # ---- calculator and arithmetic ----
     Mutant("calculator: an annotation closed too early is completed", "evaluate/calculator.py",
-           '_OPEN_ANNOTATION = re.compile(r"<<([^<>=]*)=$")',
-           '_OPEN_ANNOTATION = re.compile(r"<<([^<>=]*)=")',
+           '_OPEN_ANNOTATION = re.compile(r"<<([^<>=]*)=([-.]?)$")',
+           '_OPEN_ANNOTATION = re.compile(r"<<([^<>=]*)=([-.]?)")',
+           CALCULATOR_TESTS),
+    Mutant("calculator: the sign the '=-' token wrote is written again", "evaluate/calculator.py",
+           "    return value[len(written):] if value.startswith(written) else None",
+           "    return value",
            CALCULATOR_TESTS),
     Mutant("arithmetic: results rounded to integers", "arithmetic.py",
            "    if rounded.is_integer():\n",
